@@ -1,0 +1,51 @@
+"""Quantization kernels against the device-to-device copy bandwidth (the bound of a memory-bound
+kernel), at the standard attention and GEMM-activation shapes.
+
+  python -m benchmarks.bench_quant --out benchmarks/results
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from turbodiffusion import ops
+
+from .harness import Row, copy_bandwidth_gbs, print_table, rotation_count, time_ms, write_results
+from .metrics import ATTENTION_SHAPES, GEMM_SHAPES, quant_bytes
+
+
+def _row(name, shape, ms, nbytes, copy_gbs):
+    copy_ms = nbytes / copy_gbs / 1e6
+    return Row(name, shape, ms, "d2d copy of the same bytes", copy_ms, copy_ms / ms, "GB/s", nbytes / ms / 1e6)
+
+
+def run(out_dir: str) -> list[Row]:
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write)", flush=True)
+    rows = []
+    for tag, b, h, n, d in ATTENTION_SHAPES:
+        elems = b * h * n * d
+        sets = [tuple(torch.randn(b, n, h, d, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+                for _ in range(rotation_count(4 * elems))]
+        ms = time_ms(lambda q, k: ops.quantize_qk_int8(q, k, blk_q=64, blk_k=128), sets)
+        rows.append(_row("quantize_qk_int8 (q and k)", tag, ms, 2 * quant_bytes(elems), copy_gbs))
+        ms = time_ms(lambda q, k: ops.quantize_v_fp8(k), sets)
+        rows.append(_row("quantize_v_fp8", tag, ms, quant_bytes(elems), copy_gbs))
+        del sets
+    for m, k in sorted({(m, k) for m, k, _ in GEMM_SHAPES}):
+        sets = [(torch.randn(m, k, dtype=torch.bfloat16, device="cuda"),)
+                for _ in range(rotation_count(2 * m * k))]
+        ms = time_ms(ops.quantize_per_token_int8, sets)
+        rows.append(_row("quantize_per_token_int8", f"{m}x{k}", ms, quant_bytes(m * k), copy_gbs))
+        del sets
+    print_table(rows, "quant")
+    write_results("quant", rows, out_dir, {"copy_gbs": round(copy_gbs, 1),
+                                           "target": "ratio >= 0.80 (80% of copy bandwidth)"})
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="benchmarks/results")
+    run(p.parse_args().out)

@@ -1,0 +1,29 @@
+// CUDA implementations of the ops declared in turbodiffusion/ops.py (the one place that holds their
+// schemas, CPU references and fake implementations). No pybind: the module below exists only so
+// `import turbodiffusion._C` loads this library, whose static initialisers register the kernels.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+namespace td {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_qk_int8_cuda(
+    const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q, int64_t blk_k,
+    double q_scale_factor);
+std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, const std::string& layout,
+                                                       int64_t pad_to);
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor& x);
+}  // namespace td
+
+TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
+  m.impl("quantize_qk_int8", &td::quantize_qk_int8_cuda);
+  m.impl("quantize_v_fp8", &td::quantize_v_fp8_cuda);
+  m.impl("quantize_per_token_int8", &td::quantize_per_token_int8_cuda);
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "turbodiffusion CUDA kernels (ops registered with "
+                               "TORCH_LIBRARY; use turbodiffusion.ops)", -1, nullptr};
+  return PyModule_Create(&module);
+}

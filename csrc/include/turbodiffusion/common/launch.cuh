@@ -1,0 +1,39 @@
+// Launch helpers shared by the kernels' host code (torch-free).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/slice_pipeline.cuh"
+
+namespace td {
+
+constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Sizes the co-resident grid of a slice-pipelined kernel (slice_pipeline.cuh) and launches it
+// cooperatively, which fails loudly instead of deadlocking if the grid could not be co-resident.
+template <typename Kernel, typename... Args>
+void launch_slice_pipeline(Kernel kernel, int threads, int num_sms, int slices, int tiles_per_slice,
+                           unsigned* arrived, cudaStream_t stream, Args... args) {
+  int per_sm = 0;
+  TD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  const int resident = std::max(1, per_sm * num_sms);
+  SliceGroups g;
+  g.group_size = static_cast<int>(std::min<int64_t>(tiles_per_slice, resident));
+  g.num_groups = std::max(1, std::min(slices, resident / g.group_size));
+  g.arrived = arrived;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(g.num_groups * g.group_size);
+  cfg.blockDim = dim3(threads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  TD_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args..., g));
+}
+
+}  // namespace td

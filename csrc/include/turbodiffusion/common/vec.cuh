@@ -1,0 +1,62 @@
+// 16-byte vectors of 16-bit floats and their conversions to float32 and to 8-bit codes.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+namespace td {
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x);
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <>
+__device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+
+// N 16-bit elements loaded/stored as one access (N = 8: 16 bytes; N = 1: scalar path for
+// unaligned rows).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+  __device__ __forceinline__ void load(const T* p) { *this = *reinterpret_cast<const Vec*>(p); }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = T(0.f);
+  }
+  __device__ __forceinline__ float get(int i) const { return to_float(v[i]); }
+};
+
+// Symmetric INT8: round half to even (cvt.rni), saturate to [-127, 127]. `x * inv` is one IEEE
+// float32 multiply (the reference does the same), so kernel and reference agree bit for bit.
+__device__ __forceinline__ int8_t quant_int8(float x, float inv) {
+  int q = __float2int_rn(__fmul_rn(x, inv));
+  return static_cast<int8_t>(max(-127, min(127, q)));
+}
+
+// FP8 E4M3 with round-to-nearest-even and saturation to +-448 (cvt.rn.satfinite.e4m3x2.f32 on
+// sm_89+, an exact software conversion elsewhere).
+__device__ __forceinline__ uint8_t quant_fp8_e4m3(float x, float inv) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(__fmul_rn(x, inv), __NV_SATFINITE, __NV_E4M3));
+}
+
+// 1 / s for a quantizer with s = amax / qmax: inv = qmax / amax (IEEE), 0 for an all-zero group
+// and capped at FLT_MAX so that 0 * inv stays 0 (amax < 3.7e-37, only reachable by bf16, then
+// quantizes to 0: documented in docs/quantization.md).
+__device__ __forceinline__ float inv_scale(float amax, float qmax) {
+  return amax > 0.f ? fminf(__fdiv_rn(qmax, amax), 3.402823466e38f) : 0.f;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Nonnegative floats order like their bit patterns, so amax can use the integer atomicMax.
+__device__ __forceinline__ void atomic_max_nonneg(float* addr, float x) {
+  atomicMax(reinterpret_cast<unsigned int*>(addr), __float_as_uint(x));
+}
+
+}  // namespace td

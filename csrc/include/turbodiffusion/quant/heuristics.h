@@ -1,0 +1,21 @@
+// Tile shapes of the quantization kernels and why.
+//
+// Every quantizer is memory bound (a few flops per byte). An H100 needs about 25 KB in flight per SM
+// to cover HBM latency at 3 TB/s, so a CTA loads its whole tile (8 16-byte vectors per thread, 32 KB
+// for 256 threads) before it uses any of it, and 2+ CTAs share an SM.
+#pragma once
+
+namespace td {
+namespace quant {
+
+// Attention tensors: 256 threads x 8 vectors; a tile is 128 tokens at D = 128, 256 at D = 64, which
+// every supported scale block (16..128 tokens) divides.
+constexpr int kTileThreads = 256;
+constexpr int kTileVectorsPerThread = 8;
+
+// Activation rows: one CTA of 128 threads per row; each thread keeps up to 16 vectors in registers
+// (rows up to 16,384 elements are read once; longer rows are re-read from L1/L2).
+constexpr int kRowThreads = 128;
+
+}  // namespace quant
+}  // namespace td

@@ -1,0 +1,57 @@
+// Parameter structs of the quantization kernels: filled once by the launcher (csrc/ops/quant.cu),
+// read by device code. All offsets and strides are 64-bit (B*H*N*D passes 2^31 at Wan-14B-720p
+// from batch 6 on).
+#pragma once
+#include <cstdint>
+
+namespace td {
+
+// A [B, H, N, D] tensor seen through element strides (layout NHD or HND alike), D contiguous.
+struct SliceView {
+  int64_t stride_b, stride_h, stride_n;
+  int heads;
+  __host__ __device__ int64_t offset(int slice, int64_t n) const {
+    return (slice / heads) * stride_b + (slice % heads) * stride_h + n * stride_n;
+  }
+};
+
+// quantize_qk_int8, one tensor (q or k) at a time.
+struct QuantQKParams {
+  const void* x;          // bf16/fp16 input
+  SliceView in;
+  int8_t* x_int8;         // output, same shape, contiguous in the input's layout
+  SliceView out;
+  float* scale;           // [B*H, num_blocks]
+  float* mean;            // k only: [B*H, D] output mean; nullptr for q
+  float* workspace;       // k only: [B*H, D] zero-initialised running sums
+  unsigned* arrived;      // k only: [B*H] zero-initialised barrier counters
+  int slices;             // B*H
+  int64_t n;              // tokens
+  int blk;                // tokens per scale
+  int num_blocks;         // ceil(n / blk)
+  float scale_factor;     // multiplied into the stored scale (q: sm_scale * log2 e, say)
+};
+
+// quantize_v_fp8.
+struct QuantVParams {
+  const void* v;
+  SliceView in;
+  uint8_t* v_fp8;         // [B*H, D, n_pad] E4M3 codes
+  float* scale;           // [B*H, D]
+  float* workspace;       // [B*H, D] zero-initialised running amax
+  unsigned* arrived;      // [B*H] zero-initialised barrier counters
+  int slices;
+  int64_t n, n_pad;
+};
+
+// quantize_per_token_int8 on rows of a [M, K] matrix.
+struct QuantRowsParams {
+  const void* x;
+  int64_t row_stride;     // elements
+  int8_t* x_int8;         // [M, K] contiguous
+  float* scale;           // [M]
+  int64_t rows;
+  int k;
+};
+
+}  // namespace td

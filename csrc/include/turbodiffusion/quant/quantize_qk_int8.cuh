@@ -1,0 +1,125 @@
+// Per-block INT8 quantization of Q and of smoothed K for the attention kernels (ARCHITECTURE §4.1).
+//
+//   q:  s = amax(|q_block|) / 127, q_i8 = sat(rne(q * (127 / amax))), stored scale s * scale_factor
+//   k:  km = mean_N(k) per (b, h); the same per-block recipe on k - km.
+// K smoothing removes the per-channel bias that would otherwise set the INT8 range; softmax is
+// unchanged by it because q . km is the same for every key of a row.
+#pragma once
+#include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/quant/heuristics.h"
+#include "turbodiffusion/quant/tile.cuh"
+
+namespace td {
+
+template <typename T, int D>
+using QKTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>;
+
+// Quantizes one loaded tile: block amax -> scale -> INT8. `mu` is subtracted first (zeros for q).
+// Scale blocks (16..128 tokens) divide the tile and a warp's rows for one vector index lie in one
+// block, so a warp reduction plus one shared atomic per warp gives each block's amax.
+template <typename T, int D>
+__device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p, int slice, int tile,
+                                   const float (&mu)[8], float* blk_amax) {
+  using Tile = QKTile<T, D>;
+  if (threadIdx.x < Tile::ROWS / p.blk) blk_amax[threadIdx.x] = 0.f;
+  __syncthreads();
+  float v[Tile::VECS][8];
+#pragma unroll
+  for (int i = 0; i < Tile::VECS; ++i) {
+    const bool valid = t.row(tile, i) < p.n;  // padding rows must not enter the amax (k - km != 0)
+    float m = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      v[i][j] = valid ? __fsub_rn(t.x[i].get(j), mu[j]) : 0.f;
+      m = fmaxf(m, fabsf(v[i][j]));
+    }
+    m = warp_max(m);
+    if (threadIdx.x % 32 == 0) atomic_max_nonneg(&blk_amax[(t.row0 + i * Tile::STEP) / p.blk], m);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < Tile::VECS; ++i) {
+    const int64_t r = t.row(tile, i);
+    const int local = t.row0 + i * Tile::STEP;
+    const float amax = blk_amax[local / p.blk];
+    const float inv = inv_scale(amax, 127.f);
+    if (r < p.n) {
+      uint32_t w[2] = {0u, 0u};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) w[j / 4] |= uint32_t(uint8_t(quant_int8(v[i][j], inv))) << (8 * (j % 4));
+      *reinterpret_cast<uint2*>(p.x_int8 + p.out.offset(slice, r) + t.col) = make_uint2(w[0], w[1]);
+      if (t.col == 0 && local % p.blk == 0)
+        p.scale[int64_t(slice) * p.num_blocks + r / p.blk] = __fmul_rn(__fdiv_rn(amax, 127.f), p.scale_factor);
+    }
+  }
+  __syncthreads();  // blk_amax is reused by the next tile
+}
+
+// Q: one CTA per tile, single pass.
+template <typename T, int D>
+__global__ void __launch_bounds__(quant::kTileThreads) quantize_q_int8_kernel(QuantQKParams p, int tiles_per_slice) {
+  __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
+  const int slice = blockIdx.x / tiles_per_slice, tile = blockIdx.x % tiles_per_slice;
+  QKTile<T, D> t;
+  t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
+  const float zero[8] = {};
+  quantize_tile_int8<T, D>(t, p, slice, tile, zero, blk_amax);
+}
+
+// K: persistent and slice-pipelined (slice_pipeline.cuh). Phase 1 sums channels into p.workspace;
+// phase 2 subtracts the mean and quantizes, re-reading the slice from L2.
+template <typename T, int D>
+__global__ void __launch_bounds__(quant::kTileThreads)
+    quantize_k_int8_smooth_kernel(QuantQKParams p, int tiles_per_slice, SliceGroups g) {
+  using Tile = QKTile<T, D>;
+  __shared__ float red[Tile::WARPS * D];
+  __shared__ float blk_amax[Tile::ROWS / 16];
+  const int rank = blockIdx.x % g.group_size;
+  const T* x = static_cast<const T*>(p.x);
+  run_slice_pipeline(
+      g, p.slices,
+      [&](int s) {
+        float acc[8] = {};
+        for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
+          Tile t;
+          t.load(x, p.in, s, tile, p.n);
+#pragma unroll
+          for (int i = 0; i < Tile::VECS; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[j] += t.x[i].get(j);
+        }
+        reduce_channels_to_global<D, quant::kTileThreads, false>(
+            acc, red, [&](int c, float v) { atomicAdd(&p.workspace[int64_t(s) * D + c], v); });
+      },
+      [&](int s) {
+        Tile t;
+        float mu[8];
+        const float n = static_cast<float>(p.n);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) mu[j] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + t.col + j]), n);
+        if (rank == 0 && threadIdx.x < D)
+          p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), n);
+        for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
+          t.load(x, p.in, s, tile, p.n);
+          quantize_tile_int8<T, D>(t, p, s, tile, mu, blk_amax);
+        }
+      });
+}
+
+template <typename T, int D>
+void launch_quantize_q_int8(const QuantQKParams& p, cudaStream_t stream) {
+  const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
+  if (p.slices == 0 || tiles == 0) return;
+  quantize_q_int8_kernel<T, D><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
+  TD_CHECK_LAUNCH();
+}
+
+template <typename T, int D>
+void launch_quantize_k_int8_smooth(const QuantQKParams& p, int num_sms, cudaStream_t stream) {
+  const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
+  if (p.slices == 0 || tiles == 0) return;
+  launch_slice_pipeline(quantize_k_int8_smooth_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles,
+                        p.arrived, stream, p, tiles);
+}
+
+}  // namespace td

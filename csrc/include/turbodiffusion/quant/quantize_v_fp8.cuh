@@ -1,0 +1,108 @@
+// Per-channel FP8 E4M3 quantization of V, transposed for the PV product (ARCHITECTURE §4.1).
+//
+//   s_v[c] = amax_N(|v[:, c]|) / 448, codes = sat_e4m3(rn(v * (448 / amax)))
+//   out [B*H, D, n_pad]: tokens contiguous (the PV MMA reads V K-major), zero-padded past n, and
+//   reordered inside each 16-token group: position p holds token kVPerm[p] (see below).
+//
+// Persistent and slice-pipelined like K's smoothing (slice_pipeline.cuh): phase 1 reduces the
+// channel amax, phase 2 quantizes and transposes through shared memory.
+#pragma once
+#include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/quant/heuristics.h"
+#include "turbodiffusion/quant/tile.cuh"
+
+namespace td {
+
+// A thread of the QK^T accumulator (mma.sync m16n8k32 and wgmma alike) owns tokens
+// {2t, 2t+1, 8+2t, 9+2t} of each 16, while the 8-bit A operand of the PV MMA wants k-indices
+// 4t..4t+3. Storing V's tokens in this order makes the packed P registers a valid A operand.
+__constant__ constexpr int kVPerm[16] = {0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15};
+
+template <typename T, int D>
+using VTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(quant::kTileThreads)
+    quantize_v_fp8_kernel(QuantVParams p, int tiles_n, int tiles_pad, SliceGroups g) {
+  using Tile = VTile<T, D>;
+  constexpr int ROWS = Tile::ROWS;
+  __shared__ float red[Tile::WARPS * D];
+  // Token-major staging of one quantized tile: written with 8-byte stores along channels, read
+  // byte-wise along tokens by consecutive lanes on consecutive channels (conflict-free both ways).
+  __shared__ __align__(16) uint8_t stage[ROWS * D];
+  const int rank = blockIdx.x % g.group_size;
+  const T* v = static_cast<const T*>(p.v);
+  run_slice_pipeline(
+      g, p.slices,
+      [&](int s) {
+        float acc[8] = {};
+        for (int tile = rank; tile < tiles_n; tile += g.group_size) {
+          Tile t;
+          t.load(v, p.in, s, tile, p.n);
+#pragma unroll
+          for (int i = 0; i < Tile::VECS; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[j] = fmaxf(acc[j], fabsf(t.x[i].get(j)));
+        }
+        reduce_channels_to_global<D, quant::kTileThreads, true>(
+            acc, red, [&](int c, float m) { atomic_max_nonneg(&p.workspace[int64_t(s) * D + c], m); });
+      },
+      [&](int s) {
+        Tile t;
+        float inv[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) inv[j] = inv_scale(__ldcg(&p.workspace[int64_t(s) * D + t.col + j]), 448.f);
+        if (rank == 0 && threadIdx.x < D)
+          p.scale[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), 448.f);
+        uint8_t* out = p.v_fp8 + int64_t(s) * D * p.n_pad;
+        for (int tile = rank; tile < tiles_pad; tile += g.group_size) {
+          t.load(v, p.in, s, tile, p.n);  // rows >= n load as 0 and quantize to 0: the padding
+#pragma unroll
+          for (int i = 0; i < Tile::VECS; ++i) {
+            uint32_t w[2] = {0u, 0u};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) w[j / 4] |= uint32_t(quant_fp8_e4m3(t.x[i].get(j), inv[j])) << (8 * (j % 4));
+            *reinterpret_cast<uint2*>(&stage[(t.row0 + i * Tile::STEP) * D + t.col]) = make_uint2(w[0], w[1]);
+          }
+          __syncthreads();
+          // Each unit is one channel x 32 output positions (two permuted 16-token groups): a 32-byte
+          // contiguous run of the output row, i.e. one full sector.
+          const int64_t row_base = int64_t(tile) * ROWS;
+          for (int u = threadIdx.x; u < D * (ROWS / 32); u += quant::kTileThreads) {
+            const int c = u % D, pair = u / D;
+            uint32_t w[8];
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {
+              uint32_t word = 0;
+#pragma unroll
+              for (int b = 0; b < 4; ++b) {
+                const int pos = 4 * q + b;  // 0..31 within the pair
+                const int tok = pair * 32 + (pos / 16) * 16 + kVPerm[pos % 16];
+                word |= uint32_t(stage[tok * D + c]) << (8 * b);
+              }
+              w[q] = word;
+            }
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int64_t pos0 = row_base + pair * 32 + half * 16;
+              if (pos0 < p.n_pad)
+                *reinterpret_cast<uint4*>(out + int64_t(c) * p.n_pad + pos0) =
+                    make_uint4(w[4 * half], w[4 * half + 1], w[4 * half + 2], w[4 * half + 3]);
+            }
+          }
+          __syncthreads();  // stage is reused by the next tile
+        }
+      });
+}
+
+template <typename T, int D>
+void launch_quantize_v_fp8(const QuantVParams& p, int num_sms, cudaStream_t stream) {
+  constexpr int ROWS = VTile<T, D>::ROWS;
+  const int tiles_n = static_cast<int>(cdiv(p.n, ROWS));
+  const int tiles_pad = static_cast<int>(cdiv(p.n_pad, ROWS));
+  if (p.slices == 0 || tiles_pad == 0) return;
+  launch_slice_pipeline(quantize_v_fp8_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles_pad, p.arrived,
+                        stream, p, tiles_n, tiles_pad);
+}
+
+}  // namespace td

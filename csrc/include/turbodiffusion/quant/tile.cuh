@@ -1,0 +1,65 @@
+// A tile of consecutive tokens of one slice of a [B, H, N, D] tensor, spread over a CTA: thread t
+// owns channels [8 (t % VPR), +8) of rows t / VPR + i * STEP, i < VPT (VPR = D / 8 vectors per row).
+// Every thread thus always sees the same 8 channels, which makes per-channel reductions (K's mean,
+// V's amax) register-local until the end, and consecutive lanes cover a row with 16-byte loads.
+#pragma once
+#include "turbodiffusion/common/vec.cuh"
+#include "turbodiffusion/quant/params.h"
+
+namespace td {
+
+template <typename T, int D, int THREADS, int VPT>
+struct TokenTile {
+  static constexpr int VPR = D / 8;
+  static constexpr int STEP = THREADS / VPR;
+  static constexpr int ROWS = STEP * VPT;
+  static constexpr int WARPS = THREADS / 32;
+  static constexpr int VECS = VPT;
+  static_assert(D % 64 == 0 && THREADS % 32 == 0 && 32 % VPR == 0, "a warp covers whole rows");
+
+  Vec<T, 8> x[VPT];
+  int col, row0;
+
+  __device__ TokenTile() : col(8 * (threadIdx.x % VPR)), row0(threadIdx.x / VPR) {}
+  __device__ int64_t row(int tile, int i) const { return int64_t(tile) * ROWS + row0 + i * STEP; }
+
+  // All loads are issued before any use; rows >= n read as 0.
+  __device__ void load(const T* base, const SliceView& view, int slice, int tile, int64_t n) {
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t r = row(tile, i);
+      if (r < n) x[i].load(base + view.offset(slice, r) + col);
+      else x[i].zero();
+    }
+  }
+};
+
+// Reduces 8 per-thread channel partials over the CTA (threads sharing channels) and combines the
+// result into global memory with `atomic`; acc is consumed. `red` is WARPS * D floats of shared memory.
+template <int D, int THREADS, bool MAX, typename Atomic>
+__device__ void reduce_channels_to_global(float (&acc)[8], float* red, Atomic atomic) {
+  constexpr int VPR = D / 8, WARPS = THREADS / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int o = VPR; o < 32; o <<= 1) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float other = __shfl_xor_sync(0xffffffffu, acc[j], o);
+      acc[j] = MAX ? fmaxf(acc[j], other) : acc[j] + other;
+    }
+  }
+  if (lane < VPR) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) red[warp * D + 8 * lane + j] = acc[j];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += THREADS) {
+    float v = red[c];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) v = MAX ? fmaxf(v, red[w * D + c]) : v + red[w * D + c];
+    atomic(c, v);
+  }
+  __syncthreads();
+}
+
+}  // namespace td

@@ -1,0 +1,63 @@
+"""Fails (exit 1) when a kernel in a build log spills registers to local memory, unless its source
+explains why that is acceptable with a comment `TD_SPILL_OK(<kernel name>): <reason>` in csrc/.
+
+The build passes `-Xptxas=-warn-spills --resource-usage`, so ptxas reports, per function:
+  ptxas info    : Function properties for <mangled name>
+      <n> bytes stack frame, <s> bytes spill stores, <l> bytes spill loads
+Usage: python scripts/check_spills.py BUILD_LOG
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def demangle(name: str) -> str:
+    if shutil.which("c++filt"):
+        return subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip() or name
+    return name
+
+
+def spilling_functions(log: str) -> dict[str, tuple[int, int]]:
+    found, current = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current:
+            stores, loads = int(m.group(1)), int(m.group(2))
+            if stores or loads:
+                found[current] = (stores, loads)
+            current = None
+    return found
+
+
+def main(path: str) -> int:
+    log = pathlib.Path(path).read_text(errors="replace")
+    if "Function properties for" not in log:
+        print(f"check_spills: no ptxas resource report in {path} (was the extension built with -v?)")
+        return 1
+    allowed = set(re.findall(r"TD_SPILL_OK\((\w+)\)", "".join(
+        p.read_text(errors="replace") for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cu", ".cuh", ".h"))))
+    bad = []
+    for mangled, (stores, loads) in spilling_functions(log).items():
+        name = demangle(mangled)
+        kernel = re.sub(r"^(void )?(td::)?", "", name).split("<")[0].split("(")[0]
+        status = "allowed" if kernel in allowed else "NOT ALLOWED"
+        print(f"check_spills: {name}: {stores} B spill stores, {loads} B spill loads ({status})")
+        if kernel not in allowed:
+            bad.append(kernel)
+    n = log.count("Function properties for")
+    print(f"check_spills: {n} function reports, {len(bad)} unexplained spills")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,41 @@
+"""Helpers shared by the op tests: fresh random inputs, poisoned allocations, error metrics."""
+from __future__ import annotations
+
+import torch
+
+
+def poison_allocator(device: str, nbytes: int = 64 << 20) -> None:
+    """Fill free memory of the caching allocator with 0xFF (NaN / -1 patterns), so an op's
+    at::empty outputs start poisoned: an element the kernel forgets to write cannot pass as 0."""
+    if device == "cuda":
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        buf.fill_(0xFF)
+        del buf
+
+
+def attention_inputs(b: int, h: int, n: int, d: int, layout: str, dtype: torch.dtype, *, family: str = "gaussian",
+                     seed: int | None = None, device: str = "cpu") -> torch.Tensor:
+    """A [B, N, H, D] (NHD) or [B, H, N, D] (HND) tensor from a standard input family:
+    gaussian; bias (gaussian + per-channel offset of std 4, like K's outlier channels); peaky (x 8)."""
+    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**31))
+    x = torch.randn(b, h, n, d, generator=g)
+    if family == "bias":
+        x = x + 4.0 * torch.randn(b, h, 1, d, generator=g)
+    elif family == "peaky":
+        x = x * 8.0
+    if layout == "NHD":
+        x = x.transpose(1, 2).contiguous()
+    return x.to(dtype=dtype, device=device)
+
+
+def to_bhnd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    return x.transpose(1, 2) if layout == "NHD" else x
+
+
+def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).abs().sum() / b.abs().sum().clamp_min(1e-30)).item()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
