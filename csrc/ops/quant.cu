@@ -37,12 +37,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   const BHND sk = check_attention_tensor(k, "k", layout, q.device());
   TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type(), "k: expected dtype ", dtype_name(q.scalar_type()),
                    " (like q), got ", dtype_name(k.scalar_type()));
-  TORCH_CHECK_VALUE(sk.b == sq.b && sk.h == sq.h && sk.d == sq.d, "k: expected batch, heads and head dim (", sq.b,
-                    ", ", sq.h, ", ", sq.d, ") (like q), got (", sk.b, ", ", sk.h, ", ", sk.d, ")");
-  TORCH_CHECK_VALUE(is_valid_block(blk_q), "blk_q: expected one of (16, 32, 64, 128), got ", blk_q);
-  TORCH_CHECK_VALUE(is_valid_block(blk_k), "blk_k: expected one of (16, 32, 64, 128), got ", blk_k);
+  TORCH_CHECK_VALUE(sk.b == sq.b && sk.h == sq.h && sk.d == sq.d, "k: expected batch, heads and head dim (", num(sq.b),
+                    ", ", num(sq.h), ", ", num(sq.d), ") (like q), got (", num(sk.b), ", ", num(sk.h), ", ", num(sk.d), ")");
+  TORCH_CHECK_VALUE(is_valid_block(blk_q), "blk_q: expected one of (16, 32, 64, 128), got ", num(blk_q));
+  TORCH_CHECK_VALUE(is_valid_block(blk_k), "blk_k: expected one of (16, 32, 64, 128), got ", num(blk_k));
   TORCH_CHECK_VALUE(std::isfinite(q_scale_factor) && q_scale_factor > 0,
-                    "q_scale_factor: expected a finite positive number, got ", q_scale_factor);
+                    "q_scale_factor: expected a finite positive number, got ", num(q_scale_factor));
   check_vector_aligned(q, "q");
   check_vector_aligned(k, "k");
   const c10::cuda::CUDAGuard guard(q.device());
@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, cons
   check_layout(layout);
   const BHND s = check_attention_tensor(v, "v", layout, v.device());
   TORCH_CHECK_VALUE(pad_to > 0 && pad_to % 16 == 0,
-                    "pad_to: expected a positive multiple of 16 (the token-permutation group), got ", pad_to);
+                    "pad_to: expected a positive multiple of 16 (the token-permutation group), got ", num(pad_to));
   check_vector_aligned(v, "v");
   const c10::cuda::CUDAGuard guard(v.device());
   const int64_t n_pad = (s.n + pad_to - 1) / pad_to * pad_to;
@@ -129,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor
   check_half_dtype(x, "x");
   check_cuda_tensor(x, "x", x.device());
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) > 0,
-                    "x: expected at least 1 dimension and a non-empty last dimension, got shape ", x.sizes());
+                    "x: expected at least 1 dimension and a non-empty last dimension, got shape ", dims_str(x.sizes()));
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t k = x.size(-1);
   // Rows of a strided [..., K] tensor: a view when the leading dims collapse, else one copy.
@@ -143,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor
   p.scale = scale.data_ptr<float>();
   p.rows = rows.size(0);
   p.k = static_cast<int>(k);
-  TORCH_CHECK_VALUE(k < (int64_t(1) << 31), "x: last dimension ", k, " is too large (< 2^31)");
+  TORCH_CHECK_VALUE(k < (int64_t(1) << 31), "x: last dimension ", num(k), " is too large (< 2^31)");
   const bool aligned16 = k % 8 == 0 && p.row_stride % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   TD_DISPATCH_HALF(x.scalar_type() == at::kBFloat16, T, [&] { launch_quantize_per_token_int8<T>(p, aligned16, stream); });

@@ -1,11 +1,15 @@
 """Reference quantization (ARCHITECTURE §4.1, §4.4), written to match the kernels' float32 arithmetic.
 
 Every quantizer here follows one recipe, in float32 with IEEE rounding:
-    s   = amax / QMAX                     (a scale of 0 means an all-zero group)
-    x_q = sat(round_half_even(x / s))     (0 where s == 0)
-The CUDA kernels perform the same operations in the same order (`__fdiv_rn`, `__float2int_rn`,
-`cvt.rn.satfinite`), so given the same scales and means their outputs are bit-identical; the only
-legitimate differences come from reduction order in means (K smoothing), which the tests allow for.
+    s   = amax / QMAX                            (the stored scale; 0 means an all-zero group)
+    inv = min(QMAX / amax, FLT_MAX), 0 if amax == 0
+    x_q = sat(round_half_even(x * inv))
+Multiplying by one reciprocal per group (instead of dividing every element by s) is what the
+kernels do; the cap keeps 0 * inv == 0 for groups whose amax is below 3.7e-37 (only reachable in
+bf16), which then quantize to 0. The CUDA kernels perform the same operations in the same order
+(`__fdiv_rn`, `__fmul_rn`, `__float2int_rn`, `cvt.rn.satfinite`), so given the same scales and
+means their outputs are bit-identical; the only legitimate differences come from reduction order in
+means (K smoothing), which the tests allow for.
 """
 from __future__ import annotations
 
@@ -36,10 +40,13 @@ def _from_bhnd(x: torch.Tensor, layout: str) -> torch.Tensor:
     return (x.transpose(1, 2) if layout == "NHD" else x).contiguous()
 
 
-def _quantize(x: torch.Tensor, s: torch.Tensor, qmax: float) -> torch.Tensor:
-    """sat(round_half_even(x / s)) in float32, 0 where s == 0 (an all-zero group)."""
-    safe = torch.where(s > 0, s, torch.ones_like(s))
-    return torch.where(s > 0, torch.round(x / safe), torch.zeros_like(x)).clamp_(-qmax, qmax)
+FLT_MAX = torch.finfo(torch.float32).max
+
+
+def _quantize(x: torch.Tensor, amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """sat(round_half_even(x * inv)) in float32 with inv = min(qmax / amax, FLT_MAX), 0 for amax == 0."""
+    inv = torch.where(amax > 0, (qmax / amax).clamp(max=FLT_MAX), torch.zeros_like(amax))
+    return torch.round(x * inv).clamp_(-qmax, qmax)
 
 
 def int8_blockwise(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +54,9 @@ def int8_blockwise(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tenso
     b, h, n, d = x.shape
     nb = (n + blk - 1) // blk
     xp = F.pad(x, (0, 0, 0, nb * blk - n)).view(b, h, nb, blk, d)
-    s = xp.abs().amax(dim=(3, 4)) / INT8_MAX
-    s_tok = s.repeat_interleave(blk, dim=2)[:, :, :n, None]
-    return _quantize(x, s_tok, INT8_MAX).to(torch.int8), s
+    amax = xp.abs().amax(dim=(3, 4))
+    amax_tok = amax.repeat_interleave(blk, dim=2)[:, :, :n, None]
+    return _quantize(x, amax_tok, INT8_MAX).to(torch.int8), amax / INT8_MAX
 
 
 def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, layout: str, blk_q: int, blk_k: int,
@@ -69,11 +76,6 @@ def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, layout: str, blk_q: int, 
     return _from_bhnd(q_i8, layout), q_s, _from_bhnd(k_i8, layout), k_s, k_mean
 
 
-def fp8_per_channel_scale(v32: torch.Tensor) -> torch.Tensor:
-    """v32 [B, H, N, D] -> scale [B, H, D] = amax_N |v| / 448."""
-    return v32.abs().amax(dim=2) / FP8_E4M3_MAX
-
-
 def quantize_v_fp8(v: torch.Tensor, layout: str, pad_to: int):
     """FP8 E4M3 of v with one scale per (b, h, channel), transposed for the PV product.
 
@@ -83,18 +85,18 @@ def quantize_v_fp8(v: torch.Tensor, layout: str, pad_to: int):
     """
     v32 = _to_bhnd(v, layout).float()
     b, h, n, d = v32.shape
-    s = fp8_per_channel_scale(v32)
-    vq = _quantize(v32, s[:, :, None, :], FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    amax = v32.abs().amax(dim=2)
+    vq = _quantize(v32, amax[:, :, None, :], FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     n_pad = (n + pad_to - 1) // pad_to * pad_to
     out = torch.zeros(b, h, d, n_pad, dtype=torch.float8_e4m3fn, device=v.device)
     src = v_token_permutation(n_pad, device=v.device)
     valid = src < n
     out[..., valid] = vq.transpose(2, 3)[..., src[valid]]
-    return out, s
+    return out, amax / FP8_E4M3_MAX
 
 
 def quantize_per_token_int8(x: torch.Tensor):
     """Per-token (last-dim) symmetric INT8 of activations: (x_int8 like x, scale float32 x.shape[:-1])."""
     x32 = x.float()
-    s = x32.abs().amax(dim=-1) / INT8_MAX
-    return _quantize(x32, s[..., None], INT8_MAX).to(torch.int8).contiguous(), s
+    amax = x32.abs().amax(dim=-1)
+    return _quantize(x32, amax[..., None], INT8_MAX).to(torch.int8).contiguous(), amax / INT8_MAX

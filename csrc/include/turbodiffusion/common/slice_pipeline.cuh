@@ -2,12 +2,13 @@
 // second phase needs a reduction over the whole slice from the first: the mean of K for smoothing,
 // the per-channel amax of V.
 //
-// Reading the tensor twice from HBM would cost 2 reads + 1 write instead of 1 + 1. Instead, a group
+// Reading the tensor twice from HBM would cost 2 reads + 1 write instead of 1 + 1. Instead a group
 // of co-resident CTAs (a cooperative launch guarantees co-residency, so spinning cannot deadlock)
-// works on one slice at a time: phase 1 of slice j+1 runs before phase 2 of slice j, so the barrier
-// of slice j is almost always passed on arrival, and phase 2 re-reads a slice that was read a moment
-// ago and still sits in L2 (two slices in flight per group: 17 MB at Wan-1.3B-480p, 39 MB at
-// Wan-14B-720p, under the H100's 50 MB L2).
+// splits a slice's tiles, one tile per CTA, and keeps its tile in shared memory across the group
+// barrier: phase 2 reads shared memory, not HBM. Several groups work on different slices at once, so
+// one group's barrier wait overlaps another's loads. Slices longer than the grid can hold (more
+// tiles than co-resident CTAs, N > ~100k tokens at D = 128 on an H100) fall back to re-reading
+// tiles in phase 2.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -35,30 +36,20 @@ __device__ __forceinline__ void slice_wait(const SliceGroups& g, int slice) {
     while (true) {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(&g.arrived[slice]) : "memory");
       if (seen >= static_cast<unsigned>(g.group_size)) break;
-      __nanosleep(64);
+      __nanosleep(32);
     }
   }
   __syncthreads();
 }
 
-// Runs phase1(slice) / phase2(slice) for this CTA's slices, software-pipelined by one slice.
+// Runs phase1(slice), the group barrier, then phase2(slice) for each of this CTA's slices.
 template <typename Phase1, typename Phase2>
-__device__ __forceinline__ void run_slice_pipeline(const SliceGroups& g, int num_slices, Phase1&& phase1,
-                                                   Phase2&& phase2) {
-  const int group = blockIdx.x / g.group_size;
-  int prev = -1;
-  for (int s = group;; s += g.num_groups) {
-    const bool have = s < num_slices;
-    if (have) {
-      phase1(s);
-      slice_arrive(g, s);
-    }
-    if (prev >= 0) {
-      slice_wait(g, prev);
-      phase2(prev);
-    }
-    if (!have) break;
-    prev = s;
+__device__ __forceinline__ void run_slices(const SliceGroups& g, int num_slices, Phase1&& phase1, Phase2&& phase2) {
+  for (int s = blockIdx.x / g.group_size; s < num_slices; s += g.num_groups) {
+    phase1(s);
+    slice_arrive(g, s);
+    slice_wait(g, s);
+    phase2(s);
   }
 }
 

@@ -28,11 +28,11 @@ struct alignas(sizeof(T) * N) Vec {
   __device__ __forceinline__ float get(int i) const { return to_float(v[i]); }
 };
 
-// Symmetric INT8: round half to even (cvt.rni), saturate to [-127, 127]. `x * inv` is one IEEE
-// float32 multiply (the reference does the same), so kernel and reference agree bit for bit.
+// Symmetric INT8: round half to even (cvt.rni) of one IEEE float32 multiply (the reference does
+// the same, so kernel and reference agree bit for bit). No clamp is needed: |x| <= amax and
+// inv = 127 / amax give |x * inv| <= 127 (1 + 2^-22), which rounds to at most 127.
 __device__ __forceinline__ int8_t quant_int8(float x, float inv) {
-  int q = __float2int_rn(__fmul_rn(x, inv));
-  return static_cast<int8_t>(max(-127, min(127, q)));
+  return static_cast<int8_t>(__float2int_rn(__fmul_rn(x, inv)));
 }
 
 // FP8 E4M3 with round-to-nearest-even and saturation to +-448 (cvt.rn.satfinite.e4m3x2.f32 on

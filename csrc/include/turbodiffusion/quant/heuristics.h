@@ -1,8 +1,9 @@
 // Tile shapes of the quantization kernels and why.
 //
 // Every quantizer is memory bound (a few flops per byte). An H100 needs about 25 KB in flight per SM
-// to cover HBM latency at 3 TB/s, so a CTA loads its whole tile (8 16-byte vectors per thread, 32 KB
-// for 256 threads) before it uses any of it, and 2+ CTAs share an SM.
+// to cover HBM latency at 3 TB/s, so a CTA issues its whole tile (8 16-byte cp.async per thread,
+// 32 KB for 256 threads) before it uses any of it, and several CTAs share an SM so that one's
+// arithmetic overlaps another's loads (tile.cuh stages tiles in shared memory for that reason).
 #pragma once
 
 namespace td {

@@ -23,17 +23,15 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
   using Tile = QKTile<T, D>;
   if (threadIdx.x < Tile::ROWS / p.blk) blk_amax[threadIdx.x] = 0.f;
   __syncthreads();
-  float v[Tile::VECS][8];
+  // Pass 1: block amax of x - mu. Values are recomputed in pass 2 rather than kept (the same
+  // float32 subtraction gives the same bits), which halves the registers and doubles occupancy.
 #pragma unroll
   for (int i = 0; i < Tile::VECS; ++i) {
     const bool valid = t.row(tile, i) < p.n;  // padding rows must not enter the amax (k - km != 0)
     float m = 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      v[i][j] = valid ? __fsub_rn(t.x[i].get(j), mu[j]) : 0.f;
-      m = fmaxf(m, fabsf(v[i][j]));
-    }
-    m = warp_max(m);
+    for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(__fsub_rn(t.vec(i).get(j), mu[j])));
+    m = warp_max(valid ? m : 0.f);  // every lane joins the shuffle
     if (threadIdx.x % 32 == 0) atomic_max_nonneg(&blk_amax[(t.row0 + i * Tile::STEP) / p.blk], m);
   }
   __syncthreads();
@@ -46,7 +44,8 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
     if (r < p.n) {
       uint32_t w[2] = {0u, 0u};
 #pragma unroll
-      for (int j = 0; j < 8; ++j) w[j / 4] |= uint32_t(uint8_t(quant_int8(v[i][j], inv))) << (8 * (j % 4));
+      for (int j = 0; j < 8; ++j)
+        w[j / 4] |= uint32_t(uint8_t(quant_int8(__fsub_rn(t.vec(i).get(j), mu[j]), inv))) << (8 * (j % 4));
       *reinterpret_cast<uint2*>(p.x_int8 + p.out.offset(slice, r) + t.col) = make_uint2(w[0], w[1]);
       if (t.col == 0 && local % p.blk == 0)
         p.scale[int64_t(slice) * p.num_blocks + r / p.blk] = __fmul_rn(__fdiv_rn(amax, 127.f), p.scale_factor);
@@ -55,44 +54,48 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
   __syncthreads();  // blk_amax is reused by the next tile
 }
 
-// Q: one CTA per tile, single pass.
+// Q: one CTA per tile, single pass. Tile-major block order: CTAs running together read the same
+// tokens of every head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads) quantize_q_int8_kernel(QuantQKParams p, int tiles_per_slice) {
   __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
-  const int slice = blockIdx.x / tiles_per_slice, tile = blockIdx.x % tiles_per_slice;
-  QKTile<T, D> t;
+  __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
+  const int slice = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
+  QKTile<T, D> t(stage);
   t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
   const float zero[8] = {};
   quantize_tile_int8<T, D>(t, p, slice, tile, zero, blk_amax);
 }
 
-// K: persistent and slice-pipelined (slice_pipeline.cuh). Phase 1 sums channels into p.workspace;
-// phase 2 subtracts the mean and quantizes, re-reading the slice from L2.
+// K: persistent, slice-grouped (slice_pipeline.cuh). Phase 1 sums channels into p.workspace;
+// phase 2 subtracts the mean and quantizes the tile still in shared memory.
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads)
     quantize_k_int8_smooth_kernel(QuantQKParams p, int tiles_per_slice, SliceGroups g) {
   using Tile = QKTile<T, D>;
   __shared__ float red[Tile::WARPS * D];
   __shared__ float blk_amax[Tile::ROWS / 16];
+  __shared__ __align__(16) uint8_t stage[Tile::SMEM_BYTES];
   const int rank = blockIdx.x % g.group_size;
+  const bool resident = tiles_per_slice <= g.group_size;  // one tile per CTA: it stays in shared memory
   const T* x = static_cast<const T*>(p.x);
-  run_slice_pipeline(
+  run_slices(
       g, p.slices,
       [&](int s) {
         float acc[8] = {};
         for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
-          Tile t;
+          Tile t(stage);
           t.load(x, p.in, s, tile, p.n);
 #pragma unroll
           for (int i = 0; i < Tile::VECS; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[j] += t.x[i].get(j);
+            for (int j = 0; j < 8; ++j) acc[j] += t.vec(i).get(j);
         }
         reduce_channels_to_global<D, quant::kTileThreads, false>(
             acc, red, [&](int c, float v) { atomicAdd(&p.workspace[int64_t(s) * D + c], v); });
       },
       [&](int s) {
-        Tile t;
+        Tile t(stage);
         float mu[8];
         const float n = static_cast<float>(p.n);
 #pragma unroll
@@ -100,7 +103,7 @@ __global__ void __launch_bounds__(quant::kTileThreads)
         if (rank == 0 && threadIdx.x < D)
           p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), n);
         for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
-          t.load(x, p.in, s, tile, p.n);
+          if (!resident) t.load(x, p.in, s, tile, p.n);
           quantize_tile_int8<T, D>(t, p, s, tile, mu, blk_amax);
         }
       });

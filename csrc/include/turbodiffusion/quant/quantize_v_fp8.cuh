@@ -4,8 +4,8 @@
 //   out [B*H, D, n_pad]: tokens contiguous (the PV MMA reads V K-major), zero-padded past n, and
 //   reordered inside each 16-token group: position p holds token kVPerm[p] (see below).
 //
-// Persistent and slice-pipelined like K's smoothing (slice_pipeline.cuh): phase 1 reduces the
-// channel amax, phase 2 quantizes and transposes through shared memory.
+// Persistent and slice-grouped like K's smoothing (slice_pipeline.cuh): phase 1 reduces the
+// channel amax, phase 2 quantizes the tile kept in shared memory and transposes it there.
 #pragma once
 #include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/quant/heuristics.h"
@@ -23,32 +23,36 @@ using VTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>
 
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads)
-    quantize_v_fp8_kernel(QuantVParams p, int tiles_n, int tiles_pad, SliceGroups g) {
+    quantize_v_fp8_kernel(QuantVParams p, int tiles_pad, SliceGroups g) {
   using Tile = VTile<T, D>;
   constexpr int ROWS = Tile::ROWS;
   __shared__ float red[Tile::WARPS * D];
+  __shared__ __align__(16) uint8_t tile_smem[Tile::SMEM_BYTES];
   // Token-major staging of one quantized tile: written with 8-byte stores along channels, read
   // byte-wise along tokens by consecutive lanes on consecutive channels (conflict-free both ways).
-  __shared__ __align__(16) uint8_t stage[ROWS * D];
+  // It reuses the input tile's buffer once every thread has read its input vectors.
+  uint8_t* stage = tile_smem;
   const int rank = blockIdx.x % g.group_size;
+  // One tile per CTA (the padding tiles included): it stays in shared memory across the barrier.
+  const bool resident = tiles_pad <= g.group_size;
   const T* v = static_cast<const T*>(p.v);
-  run_slice_pipeline(
+  run_slices(
       g, p.slices,
       [&](int s) {
         float acc[8] = {};
-        for (int tile = rank; tile < tiles_n; tile += g.group_size) {
-          Tile t;
+        for (int tile = rank; tile < tiles_pad; tile += g.group_size) {
+          Tile t(tile_smem);
           t.load(v, p.in, s, tile, p.n);
 #pragma unroll
           for (int i = 0; i < Tile::VECS; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[j] = fmaxf(acc[j], fabsf(t.x[i].get(j)));
+            for (int j = 0; j < 8; ++j) acc[j] = fmaxf(acc[j], fabsf(t.vec(i).get(j)));
         }
         reduce_channels_to_global<D, quant::kTileThreads, true>(
             acc, red, [&](int c, float m) { atomic_max_nonneg(&p.workspace[int64_t(s) * D + c], m); });
       },
       [&](int s) {
-        Tile t;
+        Tile t(tile_smem);
         float inv[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) inv[j] = inv_scale(__ldcg(&p.workspace[int64_t(s) * D + t.col + j]), 448.f);
@@ -56,14 +60,19 @@ __global__ void __launch_bounds__(quant::kTileThreads)
           p.scale[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), 448.f);
         uint8_t* out = p.v_fp8 + int64_t(s) * D * p.n_pad;
         for (int tile = rank; tile < tiles_pad; tile += g.group_size) {
-          t.load(v, p.in, s, tile, p.n);  // rows >= n load as 0 and quantize to 0: the padding
+          if (!resident) t.load(v, p.in, s, tile, p.n);  // rows >= n are 0 and quantize to 0: the padding
+          uint2 codes[Tile::VECS];
 #pragma unroll
           for (int i = 0; i < Tile::VECS; ++i) {
             uint32_t w[2] = {0u, 0u};
 #pragma unroll
-            for (int j = 0; j < 8; ++j) w[j / 4] |= uint32_t(quant_fp8_e4m3(t.x[i].get(j), inv[j])) << (8 * (j % 4));
-            *reinterpret_cast<uint2*>(&stage[(t.row0 + i * Tile::STEP) * D + t.col]) = make_uint2(w[0], w[1]);
+            for (int j = 0; j < 8; ++j) w[j / 4] |= uint32_t(quant_fp8_e4m3(t.vec(i).get(j), inv[j])) << (8 * (j % 4));
+            codes[i] = make_uint2(w[0], w[1]);
           }
+          __syncthreads();  // every input vector is read before codes overwrite the buffer
+#pragma unroll
+          for (int i = 0; i < Tile::VECS; ++i)
+            *reinterpret_cast<uint2*>(&stage[(t.row0 + i * Tile::STEP) * D + t.col]) = codes[i];
           __syncthreads();
           // Each unit is one channel x 32 output positions (two permuted 16-token groups): a 32-byte
           // contiguous run of the output row, i.e. one full sector.
@@ -98,11 +107,10 @@ __global__ void __launch_bounds__(quant::kTileThreads)
 template <typename T, int D>
 void launch_quantize_v_fp8(const QuantVParams& p, int num_sms, cudaStream_t stream) {
   constexpr int ROWS = VTile<T, D>::ROWS;
-  const int tiles_n = static_cast<int>(cdiv(p.n, ROWS));
   const int tiles_pad = static_cast<int>(cdiv(p.n_pad, ROWS));
   if (p.slices == 0 || tiles_pad == 0) return;
   launch_slice_pipeline(quantize_v_fp8_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles_pad, p.arrived,
-                        stream, p, tiles_n, tiles_pad);
+                        stream, p, tiles_pad);
 }
 
 }  // namespace td

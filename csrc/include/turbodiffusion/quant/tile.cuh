@@ -2,11 +2,24 @@
 // owns channels [8 (t % VPR), +8) of rows t / VPR + i * STEP, i < VPT (VPR = D / 8 vectors per row).
 // Every thread thus always sees the same 8 channels, which makes per-channel reductions (K's mean,
 // V's amax) register-local until the end, and consecutive lanes cover a row with 16-byte loads.
+//
+// The tile is staged in shared memory with cp.async rather than held in registers: the quantizers
+// read it twice (amax, then codes), and registers holding 32 KB per CTA would cap an SM at two
+// CTAs, too few to overlap one CTA's arithmetic with another's loads. Each thread reads back only
+// the vectors it copied itself, so waiting for its own copies is enough (no barrier).
 #pragma once
 #include "turbodiffusion/common/vec.cuh"
 #include "turbodiffusion/quant/params.h"
 
 namespace td {
+
+// 16-byte global -> shared copy; `valid == false` writes zeros (src-size 0) and reads nothing.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 template <typename T, int D, int THREADS, int VPT>
 struct TokenTile {
@@ -15,23 +28,27 @@ struct TokenTile {
   static constexpr int ROWS = STEP * VPT;
   static constexpr int WARPS = THREADS / 32;
   static constexpr int VECS = VPT;
+  static constexpr int SMEM_BYTES = ROWS * D * sizeof(T);
   static_assert(D % 64 == 0 && THREADS % 32 == 0 && 32 % VPR == 0, "a warp covers whole rows");
 
-  Vec<T, 8> x[VPT];
+  Vec<T, 8>* stage;  // [ROWS * VPR] vectors; thread t's vector i is stage[t + i * THREADS]
   int col, row0;
 
-  __device__ TokenTile() : col(8 * (threadIdx.x % VPR)), row0(threadIdx.x / VPR) {}
+  __device__ explicit TokenTile(void* smem)
+      : stage(static_cast<Vec<T, 8>*>(smem)), col(8 * (threadIdx.x % VPR)), row0(threadIdx.x / VPR) {}
   __device__ int64_t row(int tile, int i) const { return int64_t(tile) * ROWS + row0 + i * STEP; }
 
-  // All loads are issued before any use; rows >= n read as 0.
+  // Issues every copy of the tile, then waits for this thread's own; rows >= n read as 0.
   __device__ void load(const T* base, const SliceView& view, int slice, int tile, int64_t n) {
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
       const int64_t r = row(tile, i);
-      if (r < n) x[i].load(base + view.offset(slice, r) + col);
-      else x[i].zero();
+      const bool valid = r < n;
+      cp_async_16(&stage[threadIdx.x + i * THREADS], valid ? base + view.offset(slice, r) + col : base, valid);
     }
+    cp_async_wait_all();
   }
+  __device__ Vec<T, 8> vec(int i) const { return stage[threadIdx.x + i * THREADS]; }
 };
 
 // Reduces 8 per-thread channel partials over the CTA (threads sharing channels) and combines the
