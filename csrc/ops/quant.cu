@@ -66,6 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   pq.slices = static_cast<int>(sq.b * sq.h);
   pq.n = sq.n;
   pq.blk = static_cast<int>(blk_q);
+  pq.log2_blk = __builtin_ctz(pq.blk);
   pq.num_blocks = static_cast<int>(q_scale.size(2));
   pq.scale_factor = static_cast<float>(q_scale_factor);
 
@@ -80,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   pk.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * sk.d);
   pk.n = sk.n;
   pk.blk = static_cast<int>(blk_k);
+  pk.log2_blk = __builtin_ctz(pk.blk);
   pk.num_blocks = static_cast<int>(k_scale.size(2));
   pk.scale_factor = 1.f;
 

@@ -43,9 +43,16 @@ def _from_bhnd(x: torch.Tensor, layout: str) -> torch.Tensor:
 FLT_MAX = torch.finfo(torch.float32).max
 
 
+def _scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """The stored scale amax / qmax, an IEEE float32 division."""
+    return amax / torch.full_like(amax, qmax)
+
+
 def _quantize(x: torch.Tensor, amax: torch.Tensor, qmax: float) -> torch.Tensor:
     """sat(round_half_even(x * inv)) in float32 with inv = min(qmax / amax, FLT_MAX), 0 for amax == 0."""
-    inv = torch.where(amax > 0, (qmax / amax).clamp(max=FLT_MAX), torch.zeros_like(amax))
+    # Tensor-by-tensor division: IEEE like the kernels' __fdiv_rn (torch turns `scalar / tensor` into
+    # reciprocal-and-multiply, and may do the same for `tensor / scalar`).
+    inv = torch.where(amax > 0, (torch.full_like(amax, qmax) / amax).clamp(max=FLT_MAX), torch.zeros_like(amax))
     return torch.round(x * inv).clamp_(-qmax, qmax)
 
 
@@ -56,7 +63,7 @@ def int8_blockwise(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tenso
     xp = F.pad(x, (0, 0, 0, nb * blk - n)).view(b, h, nb, blk, d)
     amax = xp.abs().amax(dim=(3, 4))
     amax_tok = amax.repeat_interleave(blk, dim=2)[:, :, :n, None]
-    return _quantize(x, amax_tok, INT8_MAX).to(torch.int8), amax / INT8_MAX
+    return _quantize(x, amax_tok, INT8_MAX).to(torch.int8), _scale(amax, INT8_MAX)
 
 
 def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, layout: str, blk_q: int, blk_k: int,
@@ -92,11 +99,11 @@ def quantize_v_fp8(v: torch.Tensor, layout: str, pad_to: int):
     src = v_token_permutation(n_pad, device=v.device)
     valid = src < n
     out[..., valid] = vq.transpose(2, 3)[..., src[valid]]
-    return out, amax / FP8_E4M3_MAX
+    return out, _scale(amax, FP8_E4M3_MAX)
 
 
 def quantize_per_token_int8(x: torch.Tensor):
     """Per-token (last-dim) symmetric INT8 of activations: (x_int8 like x, scale float32 x.shape[:-1])."""
     x32 = x.float()
     amax = x32.abs().amax(dim=-1)
-    return _quantize(x32, amax[..., None], INT8_MAX).to(torch.int8).contiguous(), amax / INT8_MAX
+    return _quantize(x32, amax[..., None], INT8_MAX).to(torch.int8).contiguous(), _scale(amax, INT8_MAX)

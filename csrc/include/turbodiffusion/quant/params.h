@@ -10,8 +10,9 @@ namespace td {
 struct SliceView {
   int64_t stride_b, stride_h, stride_n;
   int heads;
-  __host__ __device__ int64_t offset(int slice, int64_t n) const {
-    return (slice / heads) * stride_b + (slice % heads) * stride_h + n * stride_n;
+  // Offset of token 0 of a slice; token n is n * stride_n further.
+  __host__ __device__ int64_t slice_offset(int slice) const {
+    return (slice / heads) * stride_b + (slice % heads) * stride_h;
   }
 };
 
@@ -27,7 +28,8 @@ struct QuantQKParams {
   unsigned* arrived;      // k only: [B*H] zero-initialised barrier counters
   int slices;             // B*H
   int64_t n;              // tokens
-  int blk;                // tokens per scale
+  int blk;                // tokens per scale (a power of two)
+  int log2_blk;
   int num_blocks;         // ceil(n / blk)
   float scale_factor;     // multiplied into the stored scale (q: sm_scale * log2 e, say)
 };

@@ -17,39 +17,44 @@ using QKTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread
 // Quantizes one loaded tile: block amax -> scale -> INT8. `mu` is subtracted first (zeros for q).
 // Scale blocks (16..128 tokens) divide the tile and a warp's rows for one vector index lie in one
 // block, so a warp reduction plus one shared atomic per warp gives each block's amax.
-template <typename T, int D>
+template <typename T, int D, bool SMOOTH>
 __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p, int slice, int tile,
                                    const float (&mu)[8], float* blk_amax) {
   using Tile = QKTile<T, D>;
-  if (threadIdx.x < Tile::ROWS / p.blk) blk_amax[threadIdx.x] = 0.f;
+  if (threadIdx.x < (Tile::ROWS >> p.log2_blk)) blk_amax[threadIdx.x] = 0.f;
   __syncthreads();
-  // Pass 1: block amax of x - mu. Values are recomputed in pass 2 rather than kept (the same
-  // float32 subtraction gives the same bits), which halves the registers and doubles occupancy.
+  const int64_t valid_rows = p.n - t.row(tile, 0);  // vector i is valid iff i * STEP < valid_rows
+  // Pass 1: block amax of x - mu. Values are recomputed in pass 2 from the staged tile (the same
+  // float32 subtraction gives the same bits) instead of being held in registers.
 #pragma unroll
   for (int i = 0; i < Tile::VECS; ++i) {
-    const bool valid = t.row(tile, i) < p.n;  // padding rows must not enter the amax (k - km != 0)
+    const Vec<T, 8> x = t.vec(i);
     float m = 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(__fsub_rn(t.vec(i).get(j), mu[j])));
-    m = warp_max(valid ? m : 0.f);  // every lane joins the shuffle
-    if (threadIdx.x % 32 == 0) atomic_max_nonneg(&blk_amax[(t.row0 + i * Tile::STEP) / p.blk], m);
+    for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(SMOOTH ? __fsub_rn(x.get(j), mu[j]) : x.get(j)));
+    // Padding rows must not enter the amax (k - km != 0 there); every lane joins the shuffle.
+    m = warp_max(int64_t(i) * Tile::STEP < valid_rows ? m : 0.f);
+    if (threadIdx.x % 32 == 0) atomic_max_nonneg(&blk_amax[(t.row0 + i * Tile::STEP) >> p.log2_blk], m);
   }
   __syncthreads();
+  int8_t* out = p.x_int8 + p.out.slice_offset(slice) + t.row(tile, 0) * p.out.stride_n + t.col;
+  float* scale = p.scale + int64_t(slice) * p.num_blocks;
 #pragma unroll
   for (int i = 0; i < Tile::VECS; ++i) {
-    const int64_t r = t.row(tile, i);
+    if (int64_t(i) * Tile::STEP >= valid_rows) break;  // rows are increasing in i
     const int local = t.row0 + i * Tile::STEP;
-    const float amax = blk_amax[local / p.blk];
+    const float amax = blk_amax[local >> p.log2_blk];
     const float inv = inv_scale(amax, 127.f);
-    if (r < p.n) {
-      uint32_t w[2] = {0u, 0u};
+    const Vec<T, 8> x = t.vec(i);
+    uint32_t w[2] = {0u, 0u};
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        w[j / 4] |= uint32_t(uint8_t(quant_int8(__fsub_rn(t.vec(i).get(j), mu[j]), inv))) << (8 * (j % 4));
-      *reinterpret_cast<uint2*>(p.x_int8 + p.out.offset(slice, r) + t.col) = make_uint2(w[0], w[1]);
-      if (t.col == 0 && local % p.blk == 0)
-        p.scale[int64_t(slice) * p.num_blocks + r / p.blk] = __fmul_rn(__fdiv_rn(amax, 127.f), p.scale_factor);
+    for (int j = 0; j < 8; ++j) {
+      const float v = SMOOTH ? __fsub_rn(x.get(j), mu[j]) : x.get(j);
+      w[j / 4] |= uint32_t(uint8_t(quant_int8(v, inv))) << (8 * (j % 4));
     }
+    *reinterpret_cast<uint2*>(out + int64_t(i) * Tile::STEP * p.out.stride_n) = make_uint2(w[0], w[1]);
+    if (t.col == 0 && (local & ((1 << p.log2_blk) - 1)) == 0)
+      scale[(int64_t(tile) * Tile::ROWS + local) >> p.log2_blk] = __fmul_rn(__fdiv_rn(amax, 127.f), p.scale_factor);
   }
   __syncthreads();  // blk_amax is reused by the next tile
 }
@@ -64,7 +69,7 @@ __global__ void __launch_bounds__(quant::kTileThreads) quantize_q_int8_kernel(Qu
   QKTile<T, D> t(stage);
   t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
   const float zero[8] = {};
-  quantize_tile_int8<T, D>(t, p, slice, tile, zero, blk_amax);
+  quantize_tile_int8<T, D, false>(t, p, slice, tile, zero, blk_amax);
 }
 
 // K: persistent, slice-grouped (slice_pipeline.cuh). Phase 1 sums channels into p.workspace;
@@ -104,7 +109,7 @@ __global__ void __launch_bounds__(quant::kTileThreads)
           p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), n);
         for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
           if (!resident) t.load(x, p.in, s, tile, p.n);
-          quantize_tile_int8<T, D>(t, p, s, tile, mu, blk_amax);
+          quantize_tile_int8<T, D, true>(t, p, s, tile, mu, blk_amax);
         }
       });
 }

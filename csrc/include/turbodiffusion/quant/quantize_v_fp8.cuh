@@ -15,8 +15,10 @@ namespace td {
 
 // A thread of the QK^T accumulator (mma.sync m16n8k32 and wgmma alike) owns tokens
 // {2t, 2t+1, 8+2t, 9+2t} of each 16, while the 8-bit A operand of the PV MMA wants k-indices
-// 4t..4t+3. Storing V's tokens in this order makes the packed P registers a valid A operand.
-__constant__ constexpr int kVPerm[16] = {0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15};
+// 4t..4t+3. Storing V's tokens in this order makes the packed P registers a valid A operand:
+// position p of a 16-token group holds token v_perm(p) = {0,1,8,9, 2,3,10,11, 4,5,12,13, 6,7,14,15}[p].
+__host__ __device__ constexpr int v_perm(int p) { return 2 * (p / 4) + (p % 4 < 2 ? p % 4 : 6 + p % 4); }
+static_assert(v_perm(2) == 8 && v_perm(3) == 9 && v_perm(4) == 2 && v_perm(15) == 15, "V token order");
 
 template <typename T, int D>
 using VTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>;
@@ -79,15 +81,15 @@ __global__ void __launch_bounds__(quant::kTileThreads)
           const int64_t row_base = int64_t(tile) * ROWS;
           for (int u = threadIdx.x; u < D * (ROWS / 32); u += quant::kTileThreads) {
             const int c = u % D, pair = u / D;
+            const uint8_t* column = stage + pair * 32 * D + c;  // token 0 of the pair, channel c
             uint32_t w[8];
 #pragma unroll
             for (int q = 0; q < 8; ++q) {
               uint32_t word = 0;
 #pragma unroll
               for (int b = 0; b < 4; ++b) {
-                const int pos = 4 * q + b;  // 0..31 within the pair
-                const int tok = pair * 32 + (pos / 16) * 16 + kVPerm[pos % 16];
-                word |= uint32_t(stage[tok * D + c]) << (8 * b);
+                const int pos = 4 * q + b;  // 0..31 within the pair; compile-time offsets below
+                word |= uint32_t(column[((pos / 16) * 16 + v_perm(pos % 16)) * D]) << (8 * b);
               }
               w[q] = word;
             }

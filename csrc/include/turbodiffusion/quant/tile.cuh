@@ -38,13 +38,16 @@ struct TokenTile {
       : stage(static_cast<Vec<T, 8>*>(smem)), col(8 * (threadIdx.x % VPR)), row0(threadIdx.x / VPR) {}
   __device__ int64_t row(int tile, int i) const { return int64_t(tile) * ROWS + row0 + i * STEP; }
 
-  // Issues every copy of the tile, then waits for this thread's own; rows >= n read as 0.
+  // Issues every copy of the tile, then waits for this thread's own; rows >= n read as 0. Addresses
+  // advance by a constant per vector (no per-vector 64-bit index arithmetic).
   __device__ void load(const T* base, const SliceView& view, int slice, int tile, int64_t n) {
+    const T* src = base + view.slice_offset(slice) + row(tile, 0) * view.stride_n + col;
+    const int64_t step = int64_t(STEP) * view.stride_n;
+    const int64_t valid_rows = n - row(tile, 0);  // vector i is valid iff i * STEP < valid_rows
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
-      const int64_t r = row(tile, i);
-      const bool valid = r < n;
-      cp_async_16(&stage[threadIdx.x + i * THREADS], valid ? base + view.offset(slice, r) + col : base, valid);
+      const bool valid = int64_t(i) * STEP < valid_rows;
+      cp_async_16(&stage[threadIdx.x + i * THREADS], valid ? src + i * step : base, valid);
     }
     cp_async_wait_all();
   }
