@@ -52,9 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   at::Tensor q_scale = at::empty({sq.b, sq.h, (sq.n + blk_q - 1) / blk_q}, f32);
   at::Tensor k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
   at::Tensor k_mean = at::empty({sk.b, sk.h, sk.d}, f32);
-  // Running channel sums, then the slice barrier counters (reinterpreted as unsigned).
+  // Running channel sums (kReplicas copies per slice), then the slice barrier counters (unsigned).
   const int64_t slices = sk.b * sk.h;
-  at::Tensor workspace = at::zeros({slices * (sk.d + 1)}, f32);
+  at::Tensor workspace = at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   QuantQKParams pq{};
@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   pk.scale = k_scale.data_ptr<float>();
   pk.mean = k_mean.data_ptr<float>();
   pk.workspace = workspace.data_ptr<float>();
-  pk.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * sk.d);
+  pk.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * sk.d);
   pk.n = sk.n;
   pk.blk = static_cast<int>(blk_k);
   pk.log2_blk = __builtin_ctz(pk.blk);
@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, cons
   const int64_t slices = s.b * s.h;
   at::Tensor v_fp8 = at::empty({s.b, s.h, s.d, n_pad}, v.options().dtype(at::kFloat8_e4m3fn));
   at::Tensor v_scale = at::empty({s.b, s.h, s.d}, v.options().dtype(at::kFloat));
-  at::Tensor workspace = at::zeros({slices * (s.d + 1)}, v.options().dtype(at::kFloat));
+  at::Tensor workspace = at::zeros({slices * (quant::kReplicas * s.d + 1)}, v.options().dtype(at::kFloat));
 
   QuantVParams p{};
   p.v = v.data_ptr();
@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, cons
   p.v_fp8 = reinterpret_cast<uint8_t*>(v_fp8.data_ptr());
   p.scale = v_scale.data_ptr<float>();
   p.workspace = workspace.data_ptr<float>();
-  p.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * s.d);
+  p.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * s.d);
   p.slices = static_cast<int>(slices);
   p.n = s.n;
   p.n_pad = n_pad;

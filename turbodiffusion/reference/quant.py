@@ -48,12 +48,17 @@ def _scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     return amax / torch.full_like(amax, qmax)
 
 
-def _quantize(x: torch.Tensor, amax: torch.Tensor, qmax: float) -> torch.Tensor:
-    """sat(round_half_even(x * inv)) in float32 with inv = min(qmax / amax, FLT_MAX), 0 for amax == 0."""
+def _scaled(x: torch.Tensor, amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """x * inv in float32 with inv = min(qmax / amax, FLT_MAX), 0 for amax == 0, saturated to +-qmax."""
     # Tensor-by-tensor division: IEEE like the kernels' __fdiv_rn (torch turns `scalar / tensor` into
     # reciprocal-and-multiply, and may do the same for `tensor / scalar`).
     inv = torch.where(amax > 0, (torch.full_like(amax, qmax) / amax).clamp(max=FLT_MAX), torch.zeros_like(amax))
-    return torch.round(x * inv).clamp_(-qmax, qmax)
+    return (x * inv).clamp_(-qmax, qmax)
+
+
+def _quantize_int8(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """sat(round_half_even(x * inv)): INT8 codes (cvt.rni in the kernels)."""
+    return torch.round(_scaled(x, amax, INT8_MAX)).to(torch.int8)
 
 
 def int8_blockwise(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +68,7 @@ def int8_blockwise(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tenso
     xp = F.pad(x, (0, 0, 0, nb * blk - n)).view(b, h, nb, blk, d)
     amax = xp.abs().amax(dim=(3, 4))
     amax_tok = amax.repeat_interleave(blk, dim=2)[:, :, :n, None]
-    return _quantize(x, amax_tok, INT8_MAX).to(torch.int8), _scale(amax, INT8_MAX)
+    return _quantize_int8(x, amax_tok), _scale(amax, INT8_MAX)
 
 
 def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, layout: str, blk_q: int, blk_k: int,
@@ -93,7 +98,8 @@ def quantize_v_fp8(v: torch.Tensor, layout: str, pad_to: int):
     v32 = _to_bhnd(v, layout).float()
     b, h, n, d = v32.shape
     amax = v32.abs().amax(dim=2)
-    vq = _quantize(v32, amax[:, :, None, :], FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    # E4M3 rounding to nearest even of the saturated product (cvt.rn.satfinite in the kernel).
+    vq = _scaled(v32, amax[:, :, None, :], FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     n_pad = (n + pad_to - 1) // pad_to * pad_to
     out = torch.zeros(b, h, d, n_pad, dtype=torch.float8_e4m3fn, device=v.device)
     src = v_token_permutation(n_pad, device=v.device)
@@ -106,4 +112,4 @@ def quantize_per_token_int8(x: torch.Tensor):
     """Per-token (last-dim) symmetric INT8 of activations: (x_int8 like x, scale float32 x.shape[:-1])."""
     x32 = x.float()
     amax = x32.abs().amax(dim=-1)
-    return _quantize(x32, amax[..., None], INT8_MAX).to(torch.int8).contiguous(), _scale(amax, INT8_MAX)
+    return _quantize_int8(x32, amax[..., None]).contiguous(), _scale(amax, INT8_MAX)

@@ -14,6 +14,12 @@ namespace quant {
 constexpr int kTileThreads = 256;
 constexpr int kTileVectorsPerThread = 8;
 
+// Per-slice channel reductions (K's sums, V's amax) are combined with global atomics by every CTA of a
+// slice group (hundreds). Into one [D] array that serialises ~250 atomics per address in L2; spread
+// over kReplicas copies (CTA rank % kReplicas) the contention drops 16x, and the reader adds the
+// 16 copies once per slice.
+constexpr int kReplicas = 16;
+
 // Activation rows: one CTA of 128 threads per row; each thread keeps up to 16 vectors in registers
 // (rows up to 16,384 elements are read once; longer rows are re-read from L1/L2).
 constexpr int kRowThreads = 128;

@@ -24,7 +24,7 @@ struct QuantQKParams {
   SliceView out;
   float* scale;           // [B*H, num_blocks]
   float* mean;            // k only: [B*H, D] output mean; nullptr for q
-  float* workspace;       // k only: [B*H, D] zero-initialised running sums
+  float* workspace;       // k only: [B*H, kReplicas, D] zero-initialised running sums
   unsigned* arrived;      // k only: [B*H] zero-initialised barrier counters
   int slices;             // B*H
   int64_t n;              // tokens
@@ -40,7 +40,7 @@ struct QuantVParams {
   SliceView in;
   uint8_t* v_fp8;         // [B*H, D, n_pad] E4M3 codes
   float* scale;           // [B*H, D]
-  float* workspace;       // [B*H, D] zero-initialised running amax
+  float* workspace;       // [B*H, kReplicas, D] zero-initialised running amax
   unsigned* arrived;      // [B*H] zero-initialised barrier counters
   int slices;
   int64_t n, n_pad;

@@ -79,6 +79,7 @@ __global__ void __launch_bounds__(quant::kTileThreads)
     quantize_k_int8_smooth_kernel(QuantQKParams p, int tiles_per_slice, SliceGroups g) {
   using Tile = QKTile<T, D>;
   __shared__ float red[Tile::WARPS * D];
+  __shared__ float chan[D];
   __shared__ float blk_amax[Tile::ROWS / 16];
   __shared__ __align__(16) uint8_t stage[Tile::SMEM_BYTES];
   const int rank = blockIdx.x % g.group_size;
@@ -97,16 +98,18 @@ __global__ void __launch_bounds__(quant::kTileThreads)
             for (int j = 0; j < 8; ++j) acc[j] += t.vec(i).get(j);
         }
         reduce_channels_to_global<D, quant::kTileThreads, false>(
-            acc, red, [&](int c, float v) { atomicAdd(&p.workspace[int64_t(s) * D + c], v); });
+            acc, red, [&](int c, float v) {
+              atomicAdd(&p.workspace[(int64_t(s) * quant::kReplicas + rank % quant::kReplicas) * D + c], v);
+            });
       },
       [&](int s) {
         Tile t(stage);
         float mu[8];
         const float n = static_cast<float>(p.n);
+        combine_replicas<D, false>(p.workspace + int64_t(s) * quant::kReplicas * D, chan);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) mu[j] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + t.col + j]), n);
-        if (rank == 0 && threadIdx.x < D)
-          p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), n);
+        for (int j = 0; j < 8; ++j) mu[j] = __fdiv_rn(chan[t.col + j], n);
+        if (rank == 0 && threadIdx.x < D) p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(chan[threadIdx.x], n);
         for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
           if (!resident) t.load(x, p.in, s, tile, p.n);
           quantize_tile_int8<T, D, true>(t, p, s, tile, mu, blk_amax);

@@ -29,6 +29,7 @@ __global__ void __launch_bounds__(quant::kTileThreads)
   using Tile = VTile<T, D>;
   constexpr int ROWS = Tile::ROWS;
   __shared__ float red[Tile::WARPS * D];
+  __shared__ float chan[D];
   __shared__ __align__(16) uint8_t tile_smem[Tile::SMEM_BYTES];
   // Token-major staging of one quantized tile: written with 8-byte stores along channels, read
   // byte-wise along tokens by consecutive lanes on consecutive channels (conflict-free both ways).
@@ -51,15 +52,17 @@ __global__ void __launch_bounds__(quant::kTileThreads)
             for (int j = 0; j < 8; ++j) acc[j] = fmaxf(acc[j], fabsf(t.vec(i).get(j)));
         }
         reduce_channels_to_global<D, quant::kTileThreads, true>(
-            acc, red, [&](int c, float m) { atomic_max_nonneg(&p.workspace[int64_t(s) * D + c], m); });
+            acc, red, [&](int c, float m) {
+              atomic_max_nonneg(&p.workspace[(int64_t(s) * quant::kReplicas + rank % quant::kReplicas) * D + c], m);
+            });
       },
       [&](int s) {
         Tile t(tile_smem);
         float inv[8];
+        combine_replicas<D, true>(p.workspace + int64_t(s) * quant::kReplicas * D, chan);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) inv[j] = inv_scale(__ldcg(&p.workspace[int64_t(s) * D + t.col + j]), 448.f);
-        if (rank == 0 && threadIdx.x < D)
-          p.scale[int64_t(s) * D + threadIdx.x] = __fdiv_rn(__ldcg(&p.workspace[int64_t(s) * D + threadIdx.x]), 448.f);
+        for (int j = 0; j < 8; ++j) inv[j] = inv_scale(chan[t.col + j], 448.f);
+        if (rank == 0 && threadIdx.x < D) p.scale[int64_t(s) * D + threadIdx.x] = __fdiv_rn(chan[threadIdx.x], 448.f);
         uint8_t* out = p.v_fp8 + int64_t(s) * D * p.n_pad;
         for (int tile = rank; tile < tiles_pad; tile += g.group_size) {
           if (!resident) t.load(v, p.in, s, tile, p.n);  // rows >= n are 0 and quantize to 0: the padding

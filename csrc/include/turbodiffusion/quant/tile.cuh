@@ -9,6 +9,7 @@
 // the vectors it copied itself, so waiting for its own copies is enough (no barrier).
 #pragma once
 #include "turbodiffusion/common/vec.cuh"
+#include "turbodiffusion/quant/heuristics.h"
 #include "turbodiffusion/quant/params.h"
 
 namespace td {
@@ -78,6 +79,22 @@ __device__ void reduce_channels_to_global(float (&acc)[8], float* red, Atomic at
 #pragma unroll
     for (int w = 1; w < WARPS; ++w) v = MAX ? fmaxf(v, red[w * D + c]) : v + red[w * D + c];
     atomic(c, v);
+  }
+  __syncthreads();
+}
+
+// After the slice barrier: combines the kReplicas partial copies of a slice's channel reduction
+// (`ws` points at [kReplicas, D]) into chan[D] in shared memory (sum or max). Reads bypass L1.
+template <int D, bool MAX>
+__device__ void combine_replicas(const float* ws, float* chan) {
+  if (threadIdx.x < D) {
+    float a = __ldcg(&ws[threadIdx.x]);
+#pragma unroll
+    for (int r = 1; r < quant::kReplicas; ++r) {
+      const float b = __ldcg(&ws[r * D + threadIdx.x]);
+      a = MAX ? fmaxf(a, b) : a + b;
+    }
+    chan[threadIdx.x] = a;
   }
   __syncthreads();
 }
