@@ -1,0 +1,1 @@
+"""Model definitions (Wan DiT, VAE, text encoder) and checkpoint loading."""

@@ -1,0 +1,100 @@
+"""Pluggable attention on Wan's native [B, N, H, D] layout.
+
+`attention(q, k, v, kind=...)` is the single entry point the models call. Each kind is an
+implementation registered by name; "sdpa" (torch's scaled_dot_product_attention) is always there,
+the low-bit and sparse kinds register themselves when their kernels land. Inputs and output are
+[B, N, H, D]; implementations take strided views, so no layout copy is made on the way in.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+AttentionImpl = Callable[..., torch.Tensor]
+
+# Kinds whose output includes SLA's linear branch; they need the per-layer `proj_l` (ARCHITECTURE §4.3).
+SLA_KINDS = ("sla", "sagesla")
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Tensor:
+    """Dense softmax(q k^T / sqrt(D)) v via torch SDPA on [B, H, N, D] views; returns a [B, N, H, D] view."""
+    if opts:
+        raise TypeError(f"attention kind 'sdpa' takes no options, got {sorted(opts)}")
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+# name -> implementation; None marks a kind whose kernels have not landed yet.
+_KINDS: dict[str, Optional[AttentionImpl]] = {"sdpa": _sdpa, "sage": None, "sagesla": None, "sla": None}
+
+
+def register_attention(kind: str, impl: AttentionImpl) -> None:
+    """Register (or replace) the implementation of an attention kind: impl(q, k, v, **opts) -> [B, N, H, D]."""
+    _KINDS[kind] = impl
+
+
+def attention_kinds() -> tuple[str, ...]:
+    """Every known attention kind, available or not."""
+    return tuple(_KINDS)
+
+
+def check_attention_kind(kind: str) -> None:
+    """Raise ValueError for an unknown kind and RuntimeError for a kind whose kernels have not landed."""
+    if kind not in _KINDS:
+        raise ValueError(f"attention kind: expected one of {attention_kinds()}, got {kind!r}")
+    if _KINDS[kind] is None:
+        raise RuntimeError(f"attention kind {kind!r}: its kernels have not landed yet in this build; "
+                           f"use kind='sdpa'")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kind: str = "sdpa", **opts) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v (or the kind's approximation of it) on q [B, Nq, H, D], k/v [B, Nk, H, D].
+
+    Returns [B, Nq, H, D] (possibly a strided view). `opts` are the kind's own options (e.g. topk, proj_l).
+    """
+    check_attention_kind(kind)
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4 or (q.shape[0], q.shape[2:]) != (k.shape[0], k.shape[2:]):
+        raise ValueError(f"attention: expected q [B, Nq, H, D] and k, v [B, Nk, H, D], got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    return _KINDS[kind](q, k, v, **opts)
+
+
+class SLALinearBranch(nn.Module):
+    """Parameters of SLA's linear-attention branch: `proj_l`, an fp32 Linear(D, D) shared by the heads.
+
+    Zero-initialised (an untuned model adds nothing); released TurboWan checkpoints carry tuned values.
+    """
+
+    def __init__(self, head_dim: int, *, device=None):
+        super().__init__()
+        self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32, device=device)
+        nn.init.zeros_(self.proj_l.weight)
+        nn.init.zeros_(self.proj_l.bias)
+
+
+class AttentionOp(nn.Module):
+    """Self-attention operator of one layer: the kind, its options and (for SLA models) `local_attn.proj_l`.
+
+    `sla_params=True` creates `local_attn` even for kinds that do not use it, so TurboWan checkpoints
+    (which always carry proj_l) load strictly whatever the attention kind.
+    """
+
+    def __init__(self, kind: str, head_dim: int, *, sla_params: bool = False, opts: Optional[dict] = None,
+                 device=None):
+        super().__init__()
+        check_attention_kind(kind)
+        self.kind = kind
+        self.opts = dict(opts or {})
+        if sla_params or kind in SLA_KINDS:
+            self.local_attn = SLALinearBranch(head_dim, device=device)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kind in SLA_KINDS:
+            return attention(q, k, v, kind=self.kind, proj_l=self.local_attn.proj_l, **self.opts)
+        return attention(q, k, v, kind=self.kind, **self.opts)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, opts={self.opts}"

@@ -1,0 +1,1 @@
+"""Samplers: rCM few-step (TurboDiffusion) and Euler flow matching (the original recipe, for baselines)."""
