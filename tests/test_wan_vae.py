@@ -55,7 +55,9 @@ def test_tiled_decode_matches_untiled(vae):
     latent = torch.randn(1, 16, 2, 8, 40)  # tile 14 -> 3 crops along W; the middle one has a full halo
     full = vae.decode(latent)
     tiled = vae.decode(latent, tile=14)
-    assert (tiled - full).abs().max().item() <= 1e-6  # measured 0.0 (float32, CPU)
+    # 0.0 measured on this machine's CPU; 2.3e-6 on the GPU machine's CPU, whose float32 convolutions
+    # reassociate sums differently for different input widths.
+    assert (tiled - full).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("shape, match", [((1, 3, 6, 16, 16), "1 \\+ 4k frames"),

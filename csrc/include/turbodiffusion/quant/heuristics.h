@@ -20,8 +20,9 @@ constexpr int kTileVectorsPerThread = 8;
 // 16 copies once per slice.
 constexpr int kReplicas = 16;
 
-// Activation rows: one CTA of 128 threads per row; each thread keeps up to 16 vectors in registers
-// (rows up to 16,384 elements are read once; longer rows are re-read from L1/L2).
+// Activation rows: one CTA of 128 threads per row (256 past 8,192 elements); each thread keeps up to
+// 8 vectors in registers (rows up to 16,384 elements are read once; longer rows are re-read from
+// L1/L2).
 constexpr int kRowThreads = 128;
 
 }  // namespace quant
