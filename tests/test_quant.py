@@ -203,3 +203,16 @@ def test_quantize_ops_capture_in_cuda_graph():
     for got, want in zip(out_v + out_x, ops.quantize_v_fp8(q) + ops.quantize_per_token_int8(x)):
         assert torch.equal(got.view(torch.uint8) if got.dtype == torch.float8_e4m3fn else got,
                            want.view(torch.uint8) if want.dtype == torch.float8_e4m3fn else want)
+
+
+def test_quantize_weight_int8_per_channel():
+    from turbodiffusion.quant import quantize_weight_int8_per_channel
+
+    w = torch.randn(96, 200) * torch.rand(96, 1)
+    w[3, 7] = 9.0
+    q, s = quantize_weight_int8_per_channel(w)
+    assert q.dtype == torch.int8 and s.shape == (96,)
+    assert int(q[3, 7]) == 127 and s[3].item() == pytest.approx(9.0 / 127, rel=1e-7)
+    assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-7).all()
+    with pytest.raises(ValueError, match="w"):
+        quantize_weight_int8_per_channel(w[0])

@@ -1,4 +1,5 @@
-"""TurboDiffusion's offline INT8 weight format: 128 x 128 block scales (golden quantization_int8.json).
+"""Offline INT8 weight quantization: per output channel (our W8A8 format), and TurboDiffusion's 128 x 128
+block-scale format (golden quantization_int8.json), described here.
 
 For every 128 x 128 tile of a weight w [N, K] (partial tiles at the edges included):
     amax  = max(1e-8, max |w_tile|)             float32 (w converted exactly from bf16/fp16)
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import reference
 
 BLOCK = 128
 INT8_MIN, INT8_MAX = -128, 127
@@ -65,3 +68,11 @@ def dequantize_weight_int8_block128(q: torch.Tensor, scale: torch.Tensor,
     compute = torch.promote_types(dtype, torch.float32)
     tiles = _tiles(q.to(compute)) * scale.to(compute)[:, None, :, None]
     return tiles.view(grid[0] * BLOCK, grid[1] * BLOCK)[:n, :k].to(dtype)
+
+
+def quantize_weight_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] (bf16/fp16/float32, any device) -> (q int8 [N, K], scale float32 [N]) with one scale per
+    output channel: s[n] = amax_K |w[n]| / 127, q = rne(w * (127 / amax)) (ARCHITECTURE §4.4). It is the
+    per-token activation recipe applied to the weight's rows, so it reuses that reference."""
+    _check_2d("w", w)
+    return reference.quantize_per_token_int8(w)

@@ -13,6 +13,12 @@ namespace quant {
 // every supported scale block (16..128 tokens) divides.
 constexpr int kTileThreads = 256;
 constexpr int kTileVectorsPerThread = 8;
+// 5 CTAs per SM (<= 48 registers; with the shared-memory carveout at its maximum, 5 x ~37 KB fit;
+// 6 spills): the slice-grouped K and V kernels keep one tile per CTA in shared memory across their
+// barrier, so the co-resident CTA count bounds the tokens per slice they can hold (5 x 132 x 128 =
+// 84k, above Wan-14B-720p's 75,600) and how many slices proceed at once. ncu at 4 CTAs per SM
+// (62 registers): Wan-14B-720p K fell back to re-reading tiles and reached 33% of DRAM bandwidth.
+constexpr int kTileMinBlocksPerSM = 5;
 
 // Per-slice channel reductions (K's sums, V's amax) are combined with global atomics by every CTA of a
 // slice group (hundreds). Into one [D] array that serialises ~250 atomics per address in L2; spread
@@ -20,9 +26,10 @@ constexpr int kTileVectorsPerThread = 8;
 // 16 copies once per slice.
 constexpr int kReplicas = 16;
 
-// Activation rows: one CTA of 128 threads per row (256 past 8,192 elements); each thread keeps up to
-// 8 vectors in registers (rows up to 16,384 elements are read once; longer rows are re-read from
-// L1/L2).
+// Activation rows: one CTA of 128 threads per row; each thread keeps up to 16 vectors in registers
+// (rows up to 16,384 elements are read once; longer rows are re-read from L1/L2). Measured on the
+// H100 (2026-11-26): 256 threads x 8 vectors past 8,192 elements was slower (0.68x / 0.83x of copy
+// bandwidth at K = 8960 / 13824, against 0.76x / 1.00x).
 constexpr int kRowThreads = 128;
 
 }  // namespace quant

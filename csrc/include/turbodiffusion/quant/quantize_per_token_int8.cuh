@@ -22,10 +22,10 @@ __device__ float block_max(float m, float* red) {
 }
 
 // VEC = 8 for 16-byte aligned rows, 1 otherwise. Rows longer than the register cache
-// (THREADS * VPT * VEC) take a second pass through L1/L2.
-template <typename T, int VEC, int THREADS, int VPT>
-__global__ void __launch_bounds__(THREADS) quantize_per_token_int8_kernel(QuantRowsParams p) {
-  constexpr int CHUNK = THREADS * VPT;  // vectors per pass
+// (kRowThreads * VPT * VEC) take a second pass through L1/L2.
+template <typename T, int VEC, int VPT>
+__global__ void __launch_bounds__(quant::kRowThreads) quantize_per_token_int8_kernel(QuantRowsParams p) {
+  constexpr int THREADS = quant::kRowThreads, CHUNK = THREADS * VPT;  // vectors per pass
   __shared__ float red[THREADS / 32];
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(p.x) + row * p.row_stride;
@@ -71,19 +71,16 @@ __global__ void __launch_bounds__(THREADS) quantize_per_token_int8_kernel(QuantR
 template <typename T>
 void launch_quantize_per_token_int8(const QuantRowsParams& p, bool aligned16, cudaStream_t stream) {
   if (p.rows == 0) return;
-  const dim3 grid(static_cast<unsigned>(p.rows));
-  constexpr int T1 = quant::kRowThreads, T2 = 2 * quant::kRowThreads;
+  const dim3 grid(static_cast<unsigned>(p.rows)), block(quant::kRowThreads);
   if (!aligned16) {
-    quantize_per_token_int8_kernel<T, 1, T1, 16><<<grid, T1, 0, stream>>>(p);
+    quantize_per_token_int8_kernel<T, 1, 16><<<grid, block, 0, stream>>>(p);
   } else {
-    // The smallest register cache that holds the row (fewer idle registers, more CTAs per SM);
-    // past 1024 vectors a second warp group rather than 16 vectors per thread, whose ~150
-    // registers would leave too few warps per SM to cover memory latency.
+    // Smallest register cache that holds the row: fewer idle registers, more CTAs per SM.
     const int64_t nvec = p.k / 8;
-    if (nvec <= T1 * 2) quantize_per_token_int8_kernel<T, 8, T1, 2><<<grid, T1, 0, stream>>>(p);
-    else if (nvec <= T1 * 4) quantize_per_token_int8_kernel<T, 8, T1, 4><<<grid, T1, 0, stream>>>(p);
-    else if (nvec <= T1 * 8) quantize_per_token_int8_kernel<T, 8, T1, 8><<<grid, T1, 0, stream>>>(p);
-    else quantize_per_token_int8_kernel<T, 8, T2, 8><<<grid, T2, 0, stream>>>(p);
+    if (nvec <= quant::kRowThreads * 2) quantize_per_token_int8_kernel<T, 8, 2><<<grid, block, 0, stream>>>(p);
+    else if (nvec <= quant::kRowThreads * 4) quantize_per_token_int8_kernel<T, 8, 4><<<grid, block, 0, stream>>>(p);
+    else if (nvec <= quant::kRowThreads * 8) quantize_per_token_int8_kernel<T, 8, 8><<<grid, block, 0, stream>>>(p);
+    else quantize_per_token_int8_kernel<T, 8, 16><<<grid, block, 0, stream>>>(p);
   }
   TD_CHECK_LAUNCH();
 }

@@ -62,7 +62,7 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
 // Q: one CTA per tile, single pass. Tile-major block order: CTAs running together read the same
 // tokens of every head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
 template <typename T, int D>
-__global__ void __launch_bounds__(quant::kTileThreads) quantize_q_int8_kernel(QuantQKParams p, int tiles_per_slice) {
+__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM) quantize_q_int8_kernel(QuantQKParams p, int tiles_per_slice) {
   __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
   __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
   const int slice = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(quant::kTileThreads) quantize_q_int8_kernel(Qu
 // K: persistent, slice-grouped (slice_pipeline.cuh). Phase 1 sums channels into p.workspace;
 // phase 2 subtracts the mean and quantizes the tile still in shared memory.
 template <typename T, int D>
-__global__ void __launch_bounds__(quant::kTileThreads)
+__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
     quantize_k_int8_smooth_kernel(QuantQKParams p, int tiles_per_slice, SliceGroups g) {
   using Tile = QKTile<T, D>;
   __shared__ float red[Tile::WARPS * D];
@@ -121,6 +121,7 @@ template <typename T, int D>
 void launch_quantize_q_int8(const QuantQKParams& p, cudaStream_t stream) {
   const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
   if (p.slices == 0 || tiles == 0) return;
+  prefer_shared_memory(quantize_q_int8_kernel<T, D>);
   quantize_q_int8_kernel<T, D><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
   TD_CHECK_LAUNCH();
 }

@@ -24,7 +24,7 @@ template <typename T, int D>
 using VTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>;
 
 template <typename T, int D>
-__global__ void __launch_bounds__(quant::kTileThreads)
+__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
     quantize_v_fp8_kernel(QuantVParams p, int tiles_pad, SliceGroups g) {
   using Tile = VTile<T, D>;
   constexpr int ROWS = Tile::ROWS;
