@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -14,12 +15,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
 std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, const std::string& layout,
                                                        int64_t pad_to);
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor& x);
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
+    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
+    double sm_scale);
+at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
+                          const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
+                          const std::string& backend);
 }  // namespace td
 
 TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
   m.impl("quantize_qk_int8", &td::quantize_qk_int8_cuda);
   m.impl("quantize_v_fp8", &td::quantize_v_fp8_cuda);
   m.impl("quantize_per_token_int8", &td::quantize_per_token_int8_cuda);
+  m.impl("w8a8_gemm", &td::w8a8_gemm_cuda);
+  m.impl("attention_int8_fp8_mma", &td::attention_int8_fp8_mma_cuda);
 }
 
 extern "C" PyObject* PyInit__C(void) {

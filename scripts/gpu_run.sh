@@ -2,11 +2,11 @@
 # The GPU workflow in one call (docs/gpu_workflow.md): build for this GPU's arch with every core,
 # run the whole test suite (GPU tests included), compute-sanitizer memcheck on small shapes, and
 # the benchmarks. Logs and result tables go to $OUT (default ./gpu_out).
-#   TD_COMMIT=<sha> bash scripts/gpu_run.sh [bench suites...]     (default suites: quant)
+#   TD_COMMIT=<sha> bash scripts/gpu_run.sh [bench suites...]   (default: quant gemm attention)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-SUITES=${*:-quant}
+SUITES=${*:-quant gemm attention}
 status=0
 step() { echo "=== $1 ($(date +%T))"; }
 
@@ -40,5 +40,8 @@ for suite in $SUITES; do
   python3 -m "benchmarks.bench_$suite" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
+# Logs travel as one archive (the lent GPU machine returns at most 8 files).
+tar czf "$OUT/logs.tgz" -C "$OUT" device.txt build.log tests.log sanitizer.log bench.log 2>/dev/null \
+  && rm -f "$OUT"/{device.txt,build.log,tests.log,sanitizer.log,bench.log}
 echo "=== done, status $status"
 exit $status

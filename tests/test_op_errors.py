@@ -11,6 +11,7 @@ from turbodiffusion import ops
 QK = torch.ops.turbodiffusion.quantize_qk_int8
 V = torch.ops.turbodiffusion.quantize_v_fp8
 TOK = torch.ops.turbodiffusion.quantize_per_token_int8
+GEMM = torch.ops.turbodiffusion.w8a8_gemm
 
 
 def _t(shape, device, dtype=torch.bfloat16):
@@ -48,6 +49,39 @@ def _cases(device):
     ]
 
 
+def _gemm_cases(device):
+    i8 = lambda *s: torch.randint(-5, 5, s, dtype=torch.int8).to(device)  # noqa: E731
+    f32 = lambda *s: torch.rand(s).to(device)  # noqa: E731
+    a, w = i8(4, 32), i8(16, 32)
+    good = dict(a=a, a_scale=f32(4), w=w, w_scale=f32(16), bias=None, out_dtype=torch.bfloat16, backend="auto")
+    g = lambda **kw: GEMM(*{**good, **kw}.values())  # noqa: E731
+    return [
+        (lambda: g(a=a.float()), TypeError, ["a", "int8/float8_e4m3fn", "float32"]),
+        (lambda: g(w=w.to(torch.float8_e4m3fn)), TypeError, ["w", "like a"]),
+        (lambda: g(a=i8(4, 24), w=i8(16, 24)), ValueError, ["K = 24", "multiple of 16"]),
+        (lambda: g(w=i8(12, 32), w_scale=f32(12)), ValueError, ["N = 12", "multiple of 8"]),
+        (lambda: g(w=i8(16, 48)), ValueError, ["w", "K like a"]),
+        (lambda: g(a=i8(2, 4, 32)), ValueError, ["a", "2-D"]),
+        (lambda: g(a_scale=f32(5)), ValueError, ["a_scale", "[4]"]),
+        (lambda: g(w_scale=f32(16).half()), TypeError, ["w_scale", "float32"]),
+        (lambda: g(bias=f32(16)), TypeError, ["bias", "bfloat16"]),
+        (lambda: g(out_dtype=torch.float32), TypeError, ["out_dtype", "float32"]),
+        (lambda: g(backend="cublas"), ValueError, ["backend", "cublas"]),
+        (lambda: g(a=i8(4, 64)[:, ::2]), ValueError, ["a", "unit stride"]),
+        (lambda: g(w=i8(16, 40)[:, :32]), ValueError, ["w", "row stride"]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_gemm_bad_input_names_the_argument(device, index):
+    call, exc, words = _gemm_cases(device)[index]
+    with pytest.raises(exc) as info:
+        call()
+    text = str(info.value)
+    for w in words:
+        assert w in text, f"message {text!r} lacks {w!r}"
+
+
 @pytest.mark.parametrize("index", range(18))
 def test_bad_input_names_the_argument(device, index):
     call, exc, words = _cases(device)[index]
@@ -62,3 +96,44 @@ def test_cuda_tensor_mixed_with_cpu_tensor_on_public_api(device):
     q = _t((1, 16, 2, 64), device)
     with pytest.raises((ValueError, RuntimeError), match="k: expected a tensor on"):
         ops.quantize_qk_int8(q, _t((1, 16, 2, 64), _other_device(device)))
+
+
+ATTN = torch.ops.turbodiffusion.attention_int8_fp8_mma
+
+
+def _attention_cases(device):
+    q = _t((1, 40, 2, 64), device)
+    kv = _t((1, 70, 2, 64), device)
+    q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, kv, blk_q=16, blk_k=16)
+    v8, vs = ops.quantize_v_fp8(kv, pad_to=64)
+    good = dict(q=q, q_int8=q_i8, q_scale=q_s, k_int8=k_i8, k_scale=k_s, k_mean=km, v_fp8=v8, v_scale=vs,
+                layout="NHD", sm_scale=0.125)
+    a = lambda **kw: ATTN(*{**good, **kw}.values())  # noqa: E731
+    i8 = lambda *s: torch.zeros(s, dtype=torch.int8, device=device)  # noqa: E731
+    return [
+        (lambda: a(q_int8=q_i8.float()), TypeError, ["q_int8", "int8", "float32"]),
+        (lambda: a(q=q.float()), TypeError, ["q", "bfloat16/float16", "float32"]),
+        (lambda: a(k_int8=k_i8.to(_other_device(device))), (ValueError, RuntimeError), ["k_int8", "expected a tensor on"]),
+        (lambda: a(q=_t((1, 40, 2, 96), device), q_int8=i8(1, 40, 2, 96)), ValueError, ["q", "head dim 96"]),
+        (lambda: a(k_int8=i8(1, 70, 3, 64)), ValueError, ["k_int8", "batch, heads and head dim"]),
+        (lambda: a(k_int8=i8(1, 0, 2, 64)), ValueError, ["k_int8", "at least one key"]),
+        (lambda: a(q_scale=q_s[..., :2].contiguous()), ValueError, ["q_scale", "expected shape", "[1, 2, 3]"]),
+        (lambda: a(k_scale=k_s.double()), TypeError, ["k_scale", "float32"]),
+        (lambda: a(v_scale=torch.ones(1, 4, 64, device=device)[:, ::2]), ValueError, ["v_scale", "contiguous"]),
+        (lambda: a(v_fp8=ops.quantize_v_fp8(kv, pad_to=16)[0]), ValueError, ["v_fp8", "multiple of 64"]),
+        (lambda: a(q_int8=i8(1, 40, 2, 128)[..., ::2]), ValueError, ["q_int8", "unit stride"]),
+        (lambda: a(layout="BHND"), ValueError, ["layout", "BHND"]),
+        (lambda: a(sm_scale=0.0), ValueError, ["sm_scale"]),
+        (lambda: ops.sage_attention(q, kv, kv[:, :30]), ValueError, ["v", "like k"]),
+        (lambda: ops.sage_attention(q, kv, kv.half()), TypeError, ["v", "like q"]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(15))
+def test_attention_bad_input_names_the_argument(device, index):
+    call, exc, words = _attention_cases(device)[index]
+    with pytest.raises(exc) as info:
+        call()
+    text = str(info.value)
+    for w in words:
+        assert w in text, f"message {text!r} lacks {w!r}"

@@ -136,3 +136,187 @@ def quantize_v_fp8(v: torch.Tensor, *, layout: str = "NHD", pad_to: int = 128):
 def quantize_per_token_int8(x: torch.Tensor):
     """Per-token INT8 of activations x [..., K] (bf16/fp16): (x_int8 [..., K], x_scale [...] float32)."""
     return torch.ops.turbodiffusion.quantize_per_token_int8(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# w8a8_gemm: INT8 or FP8 E4M3 GEMM with the per-token x per-channel scale + bias epilogue (§4.4,
+# docs/gemm.md). Appended after the extension import: the CUDA kernels register under this name from
+# C++ at load time, which only needs the schema to exist before the first call.
+GEMM_BACKENDS = ("auto", "sm90", "mma")
+GEMM_IN_DTYPES = (torch.int8, torch.float8_e4m3fn)
+
+
+def _check_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend):
+    C.check_tensor("a", a, dtypes=GEMM_IN_DTYPES, ndim=2)
+    C.check_tensor("w", w, dtypes=GEMM_IN_DTYPES, ndim=2, device=a.device)
+    if w.dtype != a.dtype:
+        raise TypeError(f"w: expected dtype {str(a.dtype).replace('torch.', '')} (like a), got "
+                        f"{str(w.dtype).replace('torch.', '')}")
+    m, k = a.shape
+    n = w.size(0)
+    if w.size(1) != k:
+        raise ValueError(f"w: expected shape [N, {k}] (K like a), got {tuple(w.shape)}")
+    if k == 0 or k % 16:
+        raise ValueError(f"a: K = {k} is not supported: expected a positive multiple of 16 (16-byte rows for TMA "
+                         f"and cp.async)")
+    if n == 0 or n % 8:
+        raise ValueError(f"w: N = {n} is not supported: expected a positive multiple of 8 (16-byte output rows)")
+    for name, t in (("a", a), ("w", w)):
+        if t.size(0) > 1 and t.stride(0) % 16:
+            raise ValueError(f"{name}: expected a row stride that is a multiple of 16 elements, got strides "
+                             f"{tuple(t.stride())}")
+    C.check_tensor("a_scale", a_scale, dtypes=(torch.float32,), ndim=1, device=a.device)
+    if a_scale.size(0) != m:
+        raise ValueError(f"a_scale: expected shape [{m}] (M of a), got {tuple(a_scale.shape)}")
+    C.check_tensor("w_scale", w_scale, dtypes=(torch.float32,), ndim=1, device=a.device)
+    if w_scale.size(0) != n:
+        raise ValueError(f"w_scale: expected shape [{n}] (N of w), got {tuple(w_scale.shape)}")
+    if out_dtype not in C.HALF_DTYPES:
+        raise TypeError(f"out_dtype: expected bfloat16/float16, got {str(out_dtype).replace('torch.', '')}")
+    if bias is not None:
+        C.check_tensor("bias", bias, dtypes=(out_dtype,), ndim=1, device=a.device)
+        if bias.size(0) != n:
+            raise ValueError(f"bias: expected shape [{n}] (N of w), got {tuple(bias.shape)}")
+    C.check_choice("backend", backend, GEMM_BACKENDS)
+    if backend == "mma" and a.dtype != torch.int8:
+        raise ValueError("backend: 'mma' (the mma.sync kernel) supports int8 inputs only, got float8_e4m3fn")
+
+
+def _fake_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend):
+    return torch.empty((a.size(0), w.size(0)), dtype=out_dtype, device=a.device)
+
+
+_register("w8a8_gemm(Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype, "
+          "str backend) -> Tensor", _check_gemm, ref.w8a8_gemm, _fake_gemm)
+
+
+def w8a8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
+              bias: torch.Tensor | None = None, *, out_dtype: torch.dtype = torch.bfloat16,
+              backend: str = "auto") -> torch.Tensor:
+    """y [M, N] = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n] in float32, stored as out_dtype (bf16/fp16).
+
+    a [M, K] and w [N, K] both int8 or both float8_e4m3fn (K % 16 == 0, N % 8 == 0, unit last stride);
+    a_scale [M] and w_scale [N] float32; bias [N] in out_dtype or None. INT8 accumulates exactly in
+    int32. backend (CUDA only): "auto" (sm90 CUTLASS kernel on Hopper, mma.sync kernel elsewhere),
+    "sm90" (TMA + wgmma, Hopper only) or "mma" (mma.sync, int8 only; runs on sm80+ including H100).
+    """
+    return torch.ops.turbodiffusion.w8a8_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend)
+
+
+# --------------------------------------------------------------------------------------------------
+# attention_int8_fp8_mma: INT8 Q K^T + FP8 P V on already-quantized tensors, the mma.sync kernel
+# (§4.1; csrc/include/turbodiffusion/attention/mma_int8_fp8_attn.cuh). CPU = its float32 emulation.
+# Its granularity is fixed by the kernel's MMA fragments (reference/attention.py, heuristics.h):
+# one Q scale per 16 rows (a warp's m16 tile), one K scale per 16 keys, V padded to the 64-key tile.
+ATTN_MMA_BLK_Q = ref.attention.MMA_BLK_Q
+ATTN_MMA_BLK_K = ref.attention.MMA_BLK_K
+ATTN_MMA_KV_TILE = ref.attention.MMA_KV_TILE
+_LOG2E = 1.4426950408889634
+
+
+def _check_quantized_attention_tensor(name, t, layout, device=None):
+    C.check_tensor(name, t, dtypes=(torch.int8,), ndim=4, device=device)
+    b, h, n, d = C.bhnd(t, layout)
+    C.check_head_dim(name, d)
+    if any(t.size(i) > 1 and t.stride(i) % 16 for i in range(3)):
+        raise ValueError(f"{name}: expected 16-byte aligned rows (strides multiples of 16 elements), got strides "
+                         f"{tuple(t.stride())}")
+    return b, h, n, d
+
+
+def _check_f32(name, t, shape, device):
+    C.check_tensor(name, t, dtypes=(torch.float32,), device=device)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(t.stride())}")
+
+
+def _check_attn_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
+    C.check_layout(layout)
+    C.check_attention_tensor("q", q, layout)
+    dev = q.device
+    b, h, nq, d = _check_quantized_attention_tensor("q_int8", q_int8, layout, dev)
+    if q_int8.shape != q.shape:
+        raise ValueError(f"q_int8: expected shape {tuple(q.shape)} (like q), got {tuple(q_int8.shape)}")
+    bk, hk, nk, dk = _check_quantized_attention_tensor("k_int8", k_int8, layout, dev)
+    if (bk, hk, dk) != (b, h, d):
+        raise ValueError(f"k_int8: expected batch, heads and head dim {(b, h, d)} (like q_int8), got {(bk, hk, dk)}")
+    if nk == 0:
+        raise ValueError("k_int8: expected at least one key, got 0")
+    _check_f32("q_scale", q_scale, (b, h, _cdiv(nq, ATTN_MMA_BLK_Q)), dev)
+    _check_f32("k_scale", k_scale, (b, h, _cdiv(nk, ATTN_MMA_BLK_K)), dev)
+    _check_f32("k_mean", k_mean, (b, h, d), dev)
+    _check_f32("v_scale", v_scale, (b, h, d), dev)
+    C.check_tensor("v_fp8", v_fp8, dtypes=(torch.float8_e4m3fn,), ndim=4, device=dev)
+    t = ATTN_MMA_KV_TILE
+    if tuple(v_fp8.shape[:3]) != (b, h, d) or v_fp8.size(3) % t or v_fp8.size(3) < nk:
+        raise ValueError(f"v_fp8: expected shape [{b}, {h}, {d}, N_pad] with N_pad a multiple of {t} and >= {nk} "
+                         f"(quantize_v_fp8 with pad_to={t}), got {list(v_fp8.shape)}")
+    if not v_fp8.is_contiguous():
+        raise ValueError(f"v_fp8: expected a contiguous tensor, got strides {tuple(v_fp8.stride())}")
+    if not (math.isfinite(sm_scale) and sm_scale > 0):
+        raise ValueError(f"sm_scale: expected a finite positive number, got {sm_scale}")
+
+
+def _fake_attn_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
+    b, h, nq, d = C.bhnd(q, layout)
+    shape = (b, nq, h, d) if layout == "NHD" else (b, h, nq, d)
+    return (torch.empty(shape, dtype=q.dtype, device=q.device),
+            torch.empty((b, h, nq), dtype=torch.float32, device=q.device))
+
+
+_register("attention_int8_fp8_mma(Tensor q, Tensor q_int8, Tensor q_scale, Tensor k_int8, Tensor k_scale, "
+          "Tensor k_mean, Tensor v_fp8, Tensor v_scale, str layout, float sm_scale) -> (Tensor, Tensor)",
+          _check_attn_mma, ref.attention_int8_fp8_mma, _fake_attn_mma)
+
+
+def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch.Tensor, k_int8: torch.Tensor,
+                           k_scale: torch.Tensor, k_mean: torch.Tensor, v_fp8: torch.Tensor, v_scale: torch.Tensor, *,
+                           layout: str = "NHD", sm_scale: float):
+    """Attention on quantized inputs (the mma.sync kernel): returns (out in q's layout and dtype, lse [B, H, Nq]).
+
+    q_int8/k_int8 from quantize_qk_int8(blk_q=16, blk_k=16, q_scale_factor=sm_scale*log2(e)), v_fp8/v_scale
+    from quantize_v_fp8(pad_to=64). q (unquantized) gives the output dtype and the K-smoothing correction
+    of the natural-log lse: + sm_scale * (q . k_mean).
+    """
+    return torch.ops.turbodiffusion.attention_int8_fp8_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
+                                                           layout, float(sm_scale))
+
+
+def _check_sage_inputs(q, k, v, layout, sm_scale):
+    C.check_layout(layout)
+    b, h, _, d = C.check_attention_tensor("q", q, layout)
+    bk, hk, nk, dk = C.check_attention_tensor("k", k, layout, device=q.device)
+    C.check_attention_tensor("v", v, layout, device=q.device)
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {str(q.dtype).replace('torch.', '')} (like q), got "
+                            f"{str(t.dtype).replace('torch.', '')}")
+    if (bk, hk, dk) != (b, h, d):
+        raise ValueError(f"k: expected batch, heads and head dim {(b, h, d)} (like q), got {(bk, hk, dk)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected shape {tuple(k.shape)} (like k), got {tuple(v.shape)}")
+    if nk == 0:
+        raise ValueError("k: expected at least one key, got 0")
+    if sm_scale is not None and not (math.isfinite(sm_scale) and sm_scale > 0):
+        raise ValueError(f"sm_scale: expected a finite positive number or None, got {sm_scale}")
+
+
+def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "NHD",
+                   sm_scale: float | None = None, return_lse: bool = False):
+    """softmax(sm_scale q k^T) v with INT8 Q K^T and FP8 P V (SageAttention2 numerics, ARCHITECTURE §4.1).
+
+    q [B, Nq, H, D], k/v [B, Nk, H, D] ("NHD") or [B, H, N, D] ("HND"); bf16/fp16, D in {64, 128}, any Nq
+    and Nk >= 1; sm_scale defaults to 1/sqrt(D). Quantization is included: per-16-row Q and per-16-key
+    smoothed K scales (the kernel's fragment granularity), per-channel FP8 V. Returns the output in q's
+    layout and dtype, and with return_lse also lse [B, H, Nq] float32 (natural log of sum exp(sm_scale q.k)).
+    """
+    _check_sage_inputs(q, k, v, layout, sm_scale)
+    d = q.shape[-1]
+    scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
+    q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
+                                                q_scale_factor=scale * _LOG2E)
+    v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
+    out, lse = attention_int8_fp8_mma(q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout=layout, sm_scale=scale)
+    return (out, lse) if return_lse else out

@@ -28,7 +28,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Te
 
 
 # name -> implementation; None marks a kind whose kernels have not landed yet.
-_KINDS: dict[str, Optional[AttentionImpl]] = {"sdpa": _sdpa, "sage": None, "sagesla": None, "sla": None}
+def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Tensor:
+    """INT8/FP8 SageAttention (turbodiffusion.nn.sage), imported on first use. float32 inputs (CPU
+    pipelines) go through bf16, whose rounding is below the INT8/FP8 quantization's error."""
+    from .sage import sage_attention_nhd
+
+    if q.dtype == torch.float32:
+        return sage_attention_nhd(q.bfloat16(), k.bfloat16(), v.bfloat16(), **opts).float()
+    return sage_attention_nhd(q, k, v, **opts)
+
+
+_KINDS: dict[str, Optional[AttentionImpl]] = {"sdpa": _sdpa, "sage": _sage, "sagesla": None, "sla": None}
 
 
 def register_attention(kind: str, impl: AttentionImpl) -> None:

@@ -22,8 +22,18 @@ def _plain_linear(in_features: int, out_features: int, *, dtype=None, device=Non
     return nn.Linear(in_features, out_features, dtype=dtype, device=device)
 
 
+def _w8a8_linear(kind: str) -> LinearFactory:
+    def factory(in_features: int, out_features: int, *, dtype=None, device=None) -> nn.Module:
+        from ...nn import linear  # lazy: nn.linear imports the ops
+
+        make = linear.int8_linear_factory if kind == "int8" else linear.fp8_linear_factory
+        return make(in_features, out_features, dtype=dtype, device=device)
+    return factory
+
+
 # name -> factory(in_features, out_features, *, dtype, device); None marks kinds whose kernels have not landed.
-_LINEAR_KINDS: dict[str, Optional[LinearFactory]] = {"bf16": _plain_linear, "int8": None, "fp8": None}
+_LINEAR_KINDS: dict[str, Optional[LinearFactory]] = {"bf16": _plain_linear, "int8": _w8a8_linear("int8"),
+                                                     "fp8": _w8a8_linear("fp8")}
 
 
 def register_linear(kind: str, factory: LinearFactory) -> None:

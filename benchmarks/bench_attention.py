@@ -1,0 +1,77 @@
+"""Dense attention at the standard shapes (benchmarks/metrics.py ATTENTION_SHAPES): sage_attention
+(INT8 Q K^T + FP8 P V, quantization included; the mma.sync kernel) against torch SDPA with the cuDNN
+and flash backends, all in this process. TOPS count the dense-equivalent 4 B H N^2 D; % of peak is
+against the H100's 1979 TOPS dense INT8/FP8.
+
+  python -m benchmarks.bench_attention --out benchmarks/results
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from turbodiffusion import ops
+
+from .harness import Row, print_table, rotation_count, time_ms, write_results
+from .metrics import ATTENTION_SHAPES, attention_flops
+
+PEAK_TOPS = 1979.0  # H100 SXM dense INT8 / FP8
+
+
+def _sdpa(backend):
+    def fn(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return fn
+
+
+def _sage(q, k, v):
+    return ops.sage_attention(q, k, v, layout="NHD")
+
+
+def run(out_dir: str) -> list[Row]:
+    rows = []
+    notes = {"peak_tops": PEAK_TOPS, "sage kernel": "mma.sync m16n8k32 INT8 QK + E4M3 PV (mma_int8_fp8_attn)"}
+    for tag, b, h, n, d in ATTENTION_SHAPES:
+        flops = attention_flops(b, h, n, n, d)
+        per_set = 3 * b * n * h * d * 2
+        sets = [tuple(torch.randn(b, n, h, d, dtype=torch.bfloat16, device="cuda") for _ in range(3))
+                for _ in range(min(rotation_count(per_set), 3 if n > 50000 else 6))]
+        base = {}
+        for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            try:
+                base[name] = time_ms(_sdpa(backend), sets, warmup=3, reps=10 if n > 50000 else 20)
+            except RuntimeError as e:  # a backend unavailable in this torch build
+                print(f"SDPA {name} unavailable: {e}", flush=True)
+        ref_name, ref_ms = ("SDPA cuDNN bf16", base["cuDNN"]) if "cuDNN" in base else ("SDPA flash bf16", base["flash"])
+        for name, ms in base.items():
+            rows.append(Row(f"SDPA {name} bf16", tag, ms, ref_name, ref_ms, ref_ms / ms, "TFLOPS", flops / ms / 1e9))
+        ms = time_ms(_sage, sets, warmup=3, reps=10 if n > 50000 else 20)
+        tops = flops / ms / 1e9
+        rows.append(Row(f"sage mma.sync (incl. quant, {100 * tops / PEAK_TOPS:.1f}% peak)", tag, ms, ref_name, ref_ms,
+                        ref_ms / ms, "TOPS", tops))
+        # The attention kernel alone (inputs quantized once, outside the timing).
+        q, k, v = sets[0]
+        sm = d ** -0.5
+        q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * 1.4426950408889634)
+        v8, vs = ops.quantize_v_fp8(v, pad_to=64)
+        qargs = (q, q_i8, q_s, k_i8, k_s, km, v8, vs)
+        ms_k = time_ms(lambda: ops.attention_int8_fp8_mma(*qargs, layout="NHD", sm_scale=sm), [()], warmup=3,
+                       reps=10 if n > 50000 else 20)
+        tops_k = flops / ms_k / 1e9
+        rows.append(Row(f"sage mma.sync kernel only ({100 * tops_k / PEAK_TOPS:.1f}% peak)", tag, ms_k, ref_name,
+                        ref_ms, ref_ms / ms_k, "TOPS", tops_k))
+        del sets, qargs
+        torch.cuda.empty_cache()
+    print_table(rows, "attention")
+    write_results("attention", rows, out_dir, notes)
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="benchmarks/results")
+    run(p.parse_args().out)

@@ -1,0 +1,40 @@
+// Tile shapes of the attention kernels and why.
+#pragma once
+
+namespace td {
+namespace attn {
+
+// ---- mma.sync INT8-QK / FP8-PV kernel (mma_int8_fp8_attn.cuh; sm_89, sm_90, sm_120) ----
+//
+// Each warp owns 16 query rows: the M of mma.sync m16n8k32, so a warp's rows are exactly one A
+// fragment and one Q scale (kBlkQ = 16: "per-warp" granularity, the finest quantize_qk_int8 offers).
+// A warp with 32 rows (two m16 tiles) would halve the shared-memory reads per MMA, but its fp32
+// output accumulator alone (2 x 16 x D / 32 lanes) is 128 registers at D = 128, which spills.
+constexpr int kBlkQ = 16;
+// One K scale per 16 keys: two n8 columns of the QK^T accumulator share it, so dequantizing is one
+// fp32 multiply per score with a scale picked per n8 block (finer than one scale per KV tile at no
+// extra cost; the smallest block quantize_qk_int8 offers).
+constexpr int kBlkK = 16;
+// Keys per KV tile: two k32 steps of the PV MMA. 64 keys x 128 channels of INT8 K plus the same of
+// FP8 V is 16 KB per stage, 32 KB double-buffered (cp.async): three 4-warp CTAs fit an SM's shared
+// memory at D = 128. The S/P tile of a warp is 16 x 64 fp32 = 32 registers per lane.
+// V is padded (quantize_v_fp8 pad_to) to a multiple of this.
+constexpr int kKvTile = 64;
+
+// Warps per CTA by head dim. Every CTA streams all of K and V of its (b, h) through shared memory,
+// so more query rows per CTA mean less L2 traffic; registers bound it:
+//  D = 128: O (64) + S/P (32) + Q fragments (16) + addressing and prefetched fragments: ptxas takes
+//           all 255 registers (12 bytes spill, see the kernel); a 3-CTA cap (168) spilled 68-100
+//           bytes, so 4 warps (64 query rows) and 2 CTAs per SM (8 warps).
+//  D = 64:  O (32) + S/P (32) + Q (8): a 128-register cap (2 CTAs of 8 warps) spilled 96 bytes on
+//           sm_120a, so 8 warps (128 rows) with no cap; the register count decides residency.
+template <int D>
+struct MmaAttnConfig {
+  static constexpr int kWarps = D == 128 ? 4 : 8;
+  static constexpr int kMinBlocksPerSm = D == 128 ? 2 : 1;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kRowsPerCta = 16 * kWarps;
+};
+
+}  // namespace attn
+}  // namespace td

@@ -1,0 +1,126 @@
+// Torch-facing launcher of the quantized attention kernels: check inputs, allocate outputs, fill the
+// Params struct, dispatch. No kernel math here (csrc/include/turbodiffusion/attention/).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "ops/checks.h"
+#include "turbodiffusion/attention/mma_int8_fp8_attn.cuh"
+#include "turbodiffusion/common/dispatch.h"
+
+namespace td {
+namespace {
+
+// A 4-D tensor of `dtype` on `device` with a unit last stride; returns its [B, H, N, D] sizes.
+BHND check_quantized_attention_tensor(const at::Tensor& t, const char* name, const std::string& layout,
+                                      c10::ScalarType dtype, const c10::Device& device) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, ": expected dtype ", dtype_name(dtype), ", got ",
+                   dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D tensor, got ", num(t.dim()), "-D with shape ",
+                    dims_str(t.sizes()));
+  check_cuda_tensor(t, name, device);
+  BHND s = layout == "NHD" ? BHND{t.size(0), t.size(2), t.size(1), t.size(3)}
+                           : BHND{t.size(0), t.size(1), t.size(2), t.size(3)};
+  TORCH_CHECK_VALUE(s.d == 64 || s.d == 128, name, ": head dim ", num(s.d), " is not supported (supported: (64, 128))");
+  // cp.async copies 16-byte pieces of each row.
+  bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int i = 0; i + 1 < t.dim(); ++i) aligned = aligned && (t.size(i) == 1 || t.stride(i) % 16 == 0);
+  TORCH_CHECK_VALUE(aligned, name, ": expected 16-byte aligned rows (base address and strides multiples of 16 "
+                    "elements), got strides ", dims_str(t.strides()));
+  return s;
+}
+
+// A contiguous float32 tensor of the given shape on `device`.
+void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, const c10::Device& device) {
+  TORCH_CHECK_TYPE(t.scalar_type() == c10::kFloat, name, ": expected dtype float32, got ", dtype_name(t.scalar_type()));
+  check_cuda_tensor(t, name, device);
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, ": expected shape ", dims_str(shape), ", got ", dims_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", dims_str(t.strides()));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
+    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
+    double sm_scale) {
+  check_layout(layout);
+  const c10::Device device = q.device();
+  check_attention_tensor(q, "q", layout, device);
+  check_vector_aligned(q, "q");
+  const BHND sq = check_quantized_attention_tensor(q_int8, "q_int8", layout, c10::kChar, device);
+  TORCH_CHECK_VALUE(q_int8.sizes() == q.sizes(), "q_int8: expected shape ", dims_str(q.sizes()), " (like q), got ",
+                    dims_str(q_int8.sizes()));
+  const BHND sk = check_quantized_attention_tensor(k_int8, "k_int8", layout, c10::kChar, device);
+  TORCH_CHECK_VALUE(sk.b == sq.b && sk.h == sq.h && sk.d == sq.d, "k_int8: expected batch, heads and head dim (",
+                    num(sq.b), ", ", num(sq.h), ", ", num(sq.d), ") (like q_int8), got (", num(sk.b), ", ", num(sk.h),
+                    ", ", num(sk.d), ")");
+  TORCH_CHECK_VALUE(sk.n > 0, "k_int8: expected at least one key, got 0");
+  const int64_t bq = attn::kBlkQ, bk = attn::kBlkK, tile = attn::kKvTile;
+  check_f32(q_scale, "q_scale", {sq.b, sq.h, (sq.n + bq - 1) / bq}, device);
+  check_f32(k_scale, "k_scale", {sq.b, sq.h, (sk.n + bk - 1) / bk}, device);
+  check_f32(k_mean, "k_mean", {sq.b, sq.h, sq.d}, device);
+  check_f32(v_scale, "v_scale", {sq.b, sq.h, sq.d}, device);
+  TORCH_CHECK_TYPE(v_fp8.scalar_type() == c10::kFloat8_e4m3fn, "v_fp8: expected dtype float8_e4m3fn, got ",
+                   dtype_name(v_fp8.scalar_type()));
+  check_cuda_tensor(v_fp8, "v_fp8", device);
+  TORCH_CHECK_VALUE(v_fp8.dim() == 4 && v_fp8.size(0) == sq.b && v_fp8.size(1) == sq.h && v_fp8.size(2) == sq.d &&
+                        v_fp8.size(3) % tile == 0 && v_fp8.size(3) >= sk.n,
+                    "v_fp8: expected shape [", num(sq.b), ", ", num(sq.h), ", ", num(sq.d),
+                    ", N_pad] with N_pad a multiple of ", num(tile), " and >= ", num(sk.n), " (quantize_v_fp8 with pad_to=",
+                    num(tile), "), got ", dims_str(v_fp8.sizes()));
+  TORCH_CHECK_VALUE(v_fp8.is_contiguous(), "v_fp8: expected a contiguous tensor, got strides ", dims_str(v_fp8.strides()));
+  TORCH_CHECK_VALUE(std::isfinite(sm_scale) && sm_scale > 0, "sm_scale: expected a finite positive number, got ",
+                    num(sm_scale));
+  const c10::ScalarType out_dtype = q.scalar_type();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
+  const int cc = prop->major * 10 + prop->minor;
+  TORCH_CHECK(cc >= 89, "attention_int8_fp8_mma: needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
+              " (", prop->name, "); an sm_80 FP16-PV path is not built");
+
+  at::Tensor out = at::empty(layout == "NHD" ? std::vector<int64_t>{sq.b, sq.n, sq.h, sq.d}
+                                             : std::vector<int64_t>{sq.b, sq.h, sq.n, sq.d},
+                             q_int8.options().dtype(out_dtype));
+  at::Tensor lse = at::empty({sq.b, sq.h, sq.n}, q_int8.options().dtype(at::kFloat));
+
+  AttnInt8Fp8Params p{};
+  p.q_orig = q.data_ptr();
+  p.q = q_int8.data_ptr<int8_t>();
+  p.k = k_int8.data_ptr<int8_t>();
+  p.v = reinterpret_cast<const uint8_t*>(v_fp8.data_ptr());
+  p.q_scale = q_scale.data_ptr<float>();
+  p.k_scale = k_scale.data_ptr<float>();
+  p.k_mean = k_mean.data_ptr<float>();
+  p.v_scale = v_scale.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  const bool nhd = layout == "NHD";
+  auto strides = [&](const at::Tensor& t, int64_t& sb, int64_t& sh, int64_t& sn) {
+    sb = t.stride(0);
+    sh = nhd ? t.stride(2) : t.stride(1);
+    sn = nhd ? t.stride(1) : t.stride(2);
+  };
+  strides(q_int8, p.q_stride_b, p.q_stride_h, p.q_stride_n);
+  strides(q, p.qo_stride_b, p.qo_stride_h, p.qo_stride_n);
+  strides(k_int8, p.k_stride_b, p.k_stride_h, p.k_stride_n);
+  strides(out, p.o_stride_b, p.o_stride_h, p.o_stride_n);
+  p.v_n_pad = v_fp8.size(3);
+  p.nq = sq.n;
+  p.nk = sk.n;
+  p.heads = static_cast<int>(sq.h);
+  p.q_blocks = static_cast<int>(q_scale.size(2));
+  p.k_blocks = static_cast<int>(k_scale.size(2));
+  p.out_bf16 = out_dtype == c10::kBFloat16;
+  p.lse_scale = static_cast<float>(sm_scale * 1.4426950408889634);  // like the reference: fp32(sm_scale * log2 e)
+  TORCH_CHECK_VALUE(sq.h <= 65535 && sq.b <= 65535, "q_int8: expected at most 65535 heads and batches, got ",
+                    num(sq.h), " and ", num(sq.b));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_mma_int8_fp8_attn<D>(p, static_cast<int>(sq.b), stream); });
+  return {out, lse};
+}
+
+}  // namespace td
