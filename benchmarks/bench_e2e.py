@@ -1,0 +1,115 @@
+"""End-to-end DiT sampling on the GPU: 4-step rCM with random weights at the standard Wan shapes, time per
+step and peak memory for each attention / linear kind, against the sdpa + bf16 model of the same size.
+
+  python -m benchmarks.bench_e2e --out benchmarks/results          (--smoke: tiny model on CPU, no files)
+
+Random weights are drawn on the device (normal for floating parameters, random codes and small scales for
+W8A8 buffers), so no checkpoint is needed; the timings are those of a real forward, the outputs are noise.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from turbodiffusion.models.wan.config import get_config
+from turbodiffusion.models.wan.dit import WanDiT
+from turbodiffusion.pipelines.sizes import latent_shape, video_size
+from turbodiffusion.sampling.rcm import sample_rcm
+
+from .harness import Row, print_table, write_results
+
+# (shape tag, config, resolution, frames, [(attention, linear), ...]); the first pair is the baseline.
+CASES = [
+    ("wan1.3b-480p", "wan2.1-t2v-1.3b", "480p", 81, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8"),
+                                                      ("sage", "int8")]),
+    ("wan14b-720p", "wan2.1-t2v-14b", "720p", 81, [("sdpa", "bf16"), ("sdpa", "int8"), ("sage", "int8")]),
+]
+SMOKE = [("tiny", "tiny-t2v", None, 5, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8")])]
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for p in model.parameters():
+        fan_in = p.shape[-1] if p.dim() > 1 else 1
+        p.normal_(0, fan_in ** -0.5, generator=gen)
+    for name, b in model.named_buffers():
+        if b is None or not b.numel():
+            continue
+        if b.dtype in (torch.int8, torch.float8_e4m3fn):
+            codes = torch.randint(-127, 128, b.shape, generator=gen, device=b.device)
+            b.copy_(codes.to(b.dtype) if b.dtype == torch.int8 else (codes / 4.0).to(b.dtype))
+        elif name.endswith("scale"):
+            b.fill_(1.0 / (127 * b.shape[-1] ** 0.5) if b.dim() else 1e-3)
+        elif b.is_floating_point():
+            b.normal_(0, 0.1, generator=gen)
+
+
+def run_case(config: str, shape, attention: str, linear: str, device: str, dtype) -> tuple[float, float]:
+    """(median ms per step, peak GiB) of a 4-step rCM sample."""
+    model = WanDiT(get_config(config), dtype=dtype, device=device, attention=attention, linear=linear).eval()
+    randomize(model)
+    cfg = model.config
+    context = torch.randn(shape[0], 512 if device == "cuda" else 12, cfg.text_dim, dtype=dtype, device=device)
+    marks = []
+
+    def mark(*_):
+        if device == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            marks.append(e)
+        else:
+            marks.append(time.perf_counter())
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    mark()
+    with torch.no_grad():
+        sample_rcm(lambda x, t: model(x, t, context), shape, num_steps=4, device=device,
+                   generator=torch.Generator(device=device).manual_seed(0), on_step=mark)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        steps = [a.elapsed_time(b) for a, b in zip(marks, marks[1:])]
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        steps = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
+        peak = 0.0
+    del model
+    return statistics.median(steps), peak
+
+
+def run(out_dir: str, smoke: bool = False) -> list[Row]:
+    device, dtype = ("cpu", torch.float32) if smoke else ("cuda", torch.bfloat16)
+    rows = []
+    for tag, config, resolution, frames, kinds in (SMOKE if smoke else CASES):
+        if resolution is None:
+            shape = (1, 16, 2, 8, 8)
+        else:
+            width, height = video_size(resolution, "16:9")
+            shape = latent_shape(frames, width, height)
+        base_ms = None
+        for attention, linear in kinds:
+            ms, peak = run_case(config, shape, attention, linear, device, dtype)
+            base_ms = base_ms or ms
+            rows.append(Row(f"DiT rCM step ({attention}, {linear}; peak {peak:.1f} GiB)", f"{tag} {list(shape)}", ms,
+                            "sdpa + bf16 step", base_ms, base_ms / ms, "GiB peak", peak))
+            print(f"{tag} {attention}/{linear}: {ms:.1f} ms per step, peak {peak:.2f} GiB", flush=True)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print_table(rows, "e2e")
+    if not smoke:
+        write_results("e2e", rows, out_dir, {"what": "median time of the 4 steps of one rCM sample, random weights, "
+                                                     "DiT only (no text encoder, no VAE), batch 1, 81 frames"})
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU (checks the script, times nothing real)")
+    args = p.parse_args()
+    run(args.out, args.smoke)
