@@ -27,6 +27,7 @@
 #include "turbodiffusion/attention/params.h"
 #include "turbodiffusion/common/cuda_check.h"
 #include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/common/sm80_primitives.cuh"
 
 namespace td {
 namespace mma_attn {
@@ -35,46 +36,6 @@ namespace mma_attn {
 // so P converts to FP8 without a per-row scale; the factor 448 cancels in O / l.
 constexpr float kLog2Fp8Max = 8.807354922057604f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; src_bytes = 0 writes zeros (keys past Nk) without reading.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-// D(s32) += A(s8, 16x32) B(s8, 32x8)
-__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// D(f32) += A(e4m3, 16x32) B(e4m3, 32x8). FP8 mma.sync exists from sm_89 on.
-__device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  __trap();  // not built for sm < 89 (the launcher refuses those devices)
-#endif
-}
 
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = +0
   float y;
@@ -154,12 +115,12 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
       const int i = tid + it * Cfg::kThreads, r = i / KCH, c = i % KCH;
       const bool ok = key0 + r < p.nk;
       const int8_t* src = ok ? kg + (key0 + r) * p.k_stride_n + c * 16 : kg;
-      cp_async_16(&sK[stage][chunk_offset<KCH>(r, c)], src, ok ? 16 : 0);
+      cp_async_16(&sK[stage][chunk_offset<KCH>(r, c)], src, ok);
     }
 #pragma unroll
     for (int it = 0; it < D * VCH / Cfg::kThreads; ++it) {
       const int i = tid + it * Cfg::kThreads, r = i / VCH, c = i % VCH;
-      cp_async_16(&sV[stage][chunk_offset<VCH>(r, c)], vg + r * p.v_n_pad + key0 + c * 16, 16);
+      cp_async_16(&sV[stage][chunk_offset<VCH>(r, c)], vg + r * p.v_n_pad + key0 + c * 16, true);
     }
   };
 

@@ -15,6 +15,8 @@
 #include <cstdint>
 
 #include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/sm80_primitives.cuh"
+#include "turbodiffusion/common/vec.cuh"
 #include "turbodiffusion/gemm/heuristics.h"
 #include "turbodiffusion/gemm/params.h"
 
@@ -39,33 +41,6 @@ static_assert(SMEM_BYTES <= 99 * 1024, "must fit the 99 KiB per-block limit of s
 // distinct 16-byte bank groups (conflict-free), and cp.async writes stay 16-byte aligned.
 __device__ __forceinline__ int swizzle(int r, int c) { return r * BK + ((c ^ ((r >> 1) & 3)) << 4); }
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; src_bytes = 0 zero-fills the destination (rows past M/N, chunks past K).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// d += a (16 x 32, row) * b (32 x 8, col), int8 inputs, int32 accumulators.
-__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Issue the copies of k-tile `kt` (rows m0.., n0..) into `stage`.
 __device__ __forceinline__ void load_tile(const W8A8GemmParams& p, uint8_t* smem, int stage, int kt, int64_t m0,
                                           int64_t n0) {
@@ -80,14 +55,14 @@ __device__ __forceinline__ void load_tile(const W8A8GemmParams& p, uint8_t* smem
     const int c = tid + i * THREADS, r = c / CHUNKS, ch = c % CHUNKS;
     const int64_t gm = m0 + r, gk = k0 + ch * 16;
     const bool ok = gm < p.m && gk < p.k;  // K % 16 == 0: a chunk is all in or all out
-    cp_async16(smem_addr(sa + swizzle(r, ch)), ok ? a + gm * p.lda + gk : a, ok);
+    cp_async_16(smem_u32(sa + swizzle(r, ch)), ok ? a + gm * p.lda + gk : a, ok);
   }
 #pragma unroll
   for (int i = 0; i < BN * CHUNKS / THREADS; ++i) {
     const int c = tid + i * THREADS, r = c / CHUNKS, ch = c % CHUNKS;
     const int64_t gn = n0 + r, gk = k0 + ch * 16;
     const bool ok = gn < p.n && gk < p.k;
-    cp_async16(smem_addr(sb + swizzle(r, ch)), ok ? w + gn * p.ldw + gk : w, ok);
+    cp_async_16(smem_u32(sb + swizzle(r, ch)), ok ? w + gn * p.ldw + gk : w, ok);
   }
 }
 
@@ -101,8 +76,6 @@ template <>
 __device__ __forceinline__ __half2 pack2<__half2>(float x, float y) {
   return __floats2half2_rn(x, y);
 }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
 // Scale, add the bias, convert and store the warp's 64 x 32 accumulator tile (2 values per store).
 template <class T, class T2>
@@ -179,14 +152,14 @@ __global__ void __launch_bounds__(THREADS) w8a8_gemm_mma_kernel(const W8A8GemmPa
       for (int mi = 0; mi < MI; ++mi) {
         // matrices: (rows 0-7, chunk c), (rows 8-15, c), (rows 0-7, c+1), (rows 8-15, c+1) = a0..a3
         const int r = wm * WM + mi * 16 + lrow + (lmat & 1) * 8;
-        ldmatrix_x4(af[mi], smem_addr(sa + swizzle(r, kk * 2 + (lmat >> 1))));
+        ldmatrix_x4(af[mi], smem_u32(sa + swizzle(r, kk * 2 + (lmat >> 1))));
       }
 #pragma unroll
       for (int nj = 0; nj < NI; nj += 2) {
         // matrices: (n 0-7, c), (n 0-7, c+1), (n 8-15, c), (n 8-15, c+1) = b0, b1 of two n8 tiles
         uint32_t r4[4];
         const int r = wn * WN + nj * 8 + lrow + (lmat >> 1) * 8;
-        ldmatrix_x4(r4, smem_addr(sb + swizzle(r, kk * 2 + (lmat & 1))));
+        ldmatrix_x4(r4, smem_u32(sb + swizzle(r, kk * 2 + (lmat & 1))));
         bf[nj][0] = r4[0];
         bf[nj][1] = r4[1];
         bf[nj + 1][0] = r4[2];

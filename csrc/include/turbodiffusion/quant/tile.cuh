@@ -8,19 +8,12 @@
 // CTAs, too few to overlap one CTA's arithmetic with another's loads. Each thread reads back only
 // the vectors it copied itself, so waiting for its own copies is enough (no barrier).
 #pragma once
+#include "turbodiffusion/common/sm80_primitives.cuh"
 #include "turbodiffusion/common/vec.cuh"
 #include "turbodiffusion/quant/heuristics.h"
 #include "turbodiffusion/quant/params.h"
 
 namespace td {
-
-// 16-byte global -> shared copy; `valid == false` writes zeros (src-size 0) and reads nothing.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 template <typename T, int D, int THREADS, int VPT>
 struct TokenTile {
