@@ -38,6 +38,7 @@ def test_encode_is_causal(vae):
     changed[:, :, 1:] = torch.rand_like(changed[:, :, 1:])
     assert torch.equal(vae.encode(changed)[:, :, 0], latent[:, :, 0])  # latent 0 sees pixel frame 0 only
     assert torch.equal(vae.encode(video[:, :, :5]), latent[:, :, :2])  # chunk [1..4] -> latent frame 1
+    assert torch.equal(vae.encode(video[:, :, :1]), latent[:, :, :1])  # a single frame (T = 4*0 + 1)
 
 
 def test_decode_is_causal(vae):

@@ -322,7 +322,9 @@ class WanVAE(nn.Module):
         _check_video("video", video)
         x = video.to(self._dtype)
         state: StreamState = {}
-        chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(4, dim=2))
+        # Frame 0 alone, then 4 frames at a time (a 1-frame video has no second chunk: split() of an
+        # empty tensor would return one empty chunk).
+        chunks = [x[:, :, :1]] + (list(x[:, :, 1:].split(4, dim=2)) if x.shape[2] > 1 else [])
         out = torch.cat([self.encoder(chunk, state) for chunk in chunks], dim=2)
         mu = self.conv1(out)[:, :self.z_dim]  # channels [z:] are the log-variance, unused
         mean, inv_std = self._stats(mu)
