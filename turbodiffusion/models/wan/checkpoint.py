@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from ...quant import dequantize_weight_int8_block128
 from .config import WanConfig
@@ -53,6 +54,28 @@ def require_file(path: PathLike, what: str, *, flag: Optional[str] = None, sourc
     how = f" and pass its path with {flag}" if flag else ""
     raise FileNotFoundError(f"{what}: file {p.name!r} not found at {p}; {where}. Download it yourself "
                             f"(nothing is downloaded at run time){how}.")
+
+
+def load_flat_checkpoint(build: Callable[[], nn.Module], path: PathLike, *, what: str, file_name: str, source: str,
+                         dtype: torch.dtype, device) -> nn.Module:
+    """Load a flat `.pth` state dict (the VAE's, the umT5 encoder's) strictly into `build()`.
+
+    The module is built on the meta device and takes the memory-mapped tensors as its parameters, so the
+    file is read once and no second copy is made before the dtype/device cast. Errors name the argument,
+    the expected file and where it comes from.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"path: {what} checkpoint {str(p)!r} not found; expected the file {file_name} "
+                                f"from {source}")
+    with torch.device("meta"):
+        model = build()
+    state_dict = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"path: {str(p)!r} is not a {what} state dict ({file_name}): {e}") from e
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 class CheckpointMismatchError(ValueError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from typing import Optional, Sequence
 
 import torch
@@ -167,19 +166,11 @@ class UMT5Encoder(nn.Module):
         The model is built on the meta device and takes the memory-mapped tensors as its parameters:
         the 11 GB file is not copied in RAM before the dtype/device cast.
         """
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: umT5 checkpoint {str(path)!r} not found; expected the file "
-                                    f"{CHECKPOINT_NAME} from {CHECKPOINT_SOURCE}")
-        tokenizer = UMT5Tokenizer(tokenizer_dir)  # fails fast, before the large read
-        with torch.device("meta"):
-            model = cls(XXL, tokenizer)
-        state_dict = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        try:
-            model.load_state_dict(state_dict, strict=True, assign=True)
-        except RuntimeError as e:
-            raise ValueError(f"path: {str(path)!r} is not a umT5-XXL encoder state dict ({CHECKPOINT_NAME}): {e}") from e
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        from .checkpoint import load_flat_checkpoint  # lazy: checkpoint imports the DiT
+
+        # The tokenizer folder is checked inside build(), after the file check and before the large read.
+        return load_flat_checkpoint(lambda: cls(XXL, UMT5Tokenizer(tokenizer_dir)), path, what="umT5-XXL encoder",
+                                    file_name=CHECKPOINT_NAME, source=CHECKPOINT_SOURCE, dtype=dtype, device=device)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask int64 [B, L] (mask 1 on real tokens) -> hidden states [B, L, dim] at every position

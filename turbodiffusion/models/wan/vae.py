@@ -11,7 +11,6 @@ Module and parameter names equal the reference's, so `Wan2.1_VAE.pth` loads with
 from __future__ import annotations
 
 import math
-import pathlib
 from typing import Optional
 
 import torch
@@ -288,18 +287,10 @@ class WanVAE(nn.Module):
         The model is built on the meta device and takes the memory-mapped tensors as its parameters,
         so the file is read once and no second copy is made before the dtype/device cast.
         """
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: Wan VAE checkpoint {str(path)!r} not found; expected the file "
-                                    f"{CHECKPOINT_NAME} from {CHECKPOINT_SOURCE}")
-        with torch.device("meta"):
-            model = cls()
-        state_dict = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        try:
-            model.load_state_dict(state_dict, strict=True, assign=True)
-        except RuntimeError as e:
-            raise ValueError(f"path: {str(path)!r} is not a Wan2.1 VAE state dict ({CHECKPOINT_NAME}): {e}") from e
-        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        from .checkpoint import load_flat_checkpoint  # lazy: checkpoint imports the DiT
+
+        return load_flat_checkpoint(cls, path, what="Wan2.1 VAE", file_name=CHECKPOINT_NAME, source=CHECKPOINT_SOURCE,
+                                    dtype=dtype, device=device)
 
     # ---- latent normalisation ------------------------------------------------------------------
     @staticmethod
