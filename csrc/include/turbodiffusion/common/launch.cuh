@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <unordered_map>
 
 #include "turbodiffusion/common/cuda_check.h"
-#include "turbodiffusion/common/slice_pipeline.cuh"
+#include "turbodiffusion/common/slice_groups.cuh"
 
 namespace td {
 
@@ -20,15 +22,30 @@ void prefer_shared_memory(Kernel kernel) {
                                      cudaSharedmemCarveoutMaxShared));
 }
 
-// Sizes the co-resident grid of a slice-pipelined kernel (slice_pipeline.cuh) and launches it
+// CTAs of `kernel` (with `threads` threads) that fit on one SM, after asking for the largest shared
+// carveout. Both driver calls cost host microseconds on every launch, so the answer is kept per
+// kernel (a process is assumed to drive GPUs of one architecture).
+template <typename Kernel>
+int ctas_per_sm(Kernel kernel, int threads) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const void* key = reinterpret_cast<const void*>(kernel);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  prefer_shared_memory(kernel);
+  int per_sm = 0;
+  TD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  cache.emplace(key, per_sm);
+  return per_sm;
+}
+
+// Sizes the co-resident grid of a slice-grouped kernel (slice_groups.cuh) and launches it
 // cooperatively, which fails loudly instead of deadlocking if the grid could not be co-resident.
 template <typename Kernel, typename... Args>
-void launch_slice_pipeline(Kernel kernel, int threads, int num_sms, int slices, int tiles_per_slice,
-                           unsigned* arrived, cudaStream_t stream, Args... args) {
-  int per_sm = 0;
-  prefer_shared_memory(kernel);
-  TD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  const int resident = std::max(1, per_sm * num_sms);
+void launch_slice_groups(Kernel kernel, int threads, int num_sms, int slices, int tiles_per_slice,
+                         unsigned* arrived, cudaStream_t stream, Args... args) {
+  const int resident = std::max(1, ctas_per_sm(kernel, threads) * num_sms);
   SliceGroups g;
   g.group_size = static_cast<int>(std::min<int64_t>(tiles_per_slice, resident));
   // As many groups as fit, then as few as give the same number of rounds: 16 slices on 10 groups

@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerS
   quantize_tile_int8<T, D, false>(t, p, slice, tile, zero, blk_amax);
 }
 
-// K: persistent, slice-grouped (slice_pipeline.cuh). Phase 1 sums channels into p.workspace;
+// K: persistent, slice-grouped (slice_groups.cuh). Phase 1 sums channels into p.workspace;
 // phase 2 subtracts the mean and quantizes the tile still in shared memory.
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
@@ -121,7 +121,8 @@ template <typename T, int D>
 void launch_quantize_q_int8(const QuantQKParams& p, cudaStream_t stream) {
   const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
   if (p.slices == 0 || tiles == 0) return;
-  prefer_shared_memory(quantize_q_int8_kernel<T, D>);
+  static const bool carveout_set = (prefer_shared_memory(quantize_q_int8_kernel<T, D>), true);  // once
+  (void)carveout_set;
   quantize_q_int8_kernel<T, D><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
   TD_CHECK_LAUNCH();
 }
@@ -130,8 +131,8 @@ template <typename T, int D>
 void launch_quantize_k_int8_smooth(const QuantQKParams& p, int num_sms, cudaStream_t stream) {
   const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
   if (p.slices == 0 || tiles == 0) return;
-  launch_slice_pipeline(quantize_k_int8_smooth_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles,
-                        p.arrived, stream, p, tiles);
+  launch_slice_groups(quantize_k_int8_smooth_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles,
+                      p.arrived, stream, p, tiles);
 }
 
 }  // namespace td

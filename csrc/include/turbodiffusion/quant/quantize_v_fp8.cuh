@@ -4,7 +4,7 @@
 //   out [B*H, D, n_pad]: tokens contiguous (the PV MMA reads V K-major), zero-padded past n, and
 //   reordered inside each 16-token group: position p holds token kVPerm[p] (see below).
 //
-// Persistent and slice-grouped like K's smoothing (slice_pipeline.cuh): phase 1 reduces the
+// Persistent and slice-grouped like K's smoothing (slice_groups.cuh): phase 1 reduces the
 // channel amax, phase 2 quantizes the tile kept in shared memory and transposes it there.
 #pragma once
 #include "turbodiffusion/common/launch.cuh"
@@ -114,8 +114,8 @@ void launch_quantize_v_fp8(const QuantVParams& p, int num_sms, cudaStream_t stre
   constexpr int ROWS = VTile<T, D>::ROWS;
   const int tiles_pad = static_cast<int>(cdiv(p.n_pad, ROWS));
   if (p.slices == 0 || tiles_pad == 0) return;
-  launch_slice_pipeline(quantize_v_fp8_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles_pad, p.arrived,
-                        stream, p, tiles_pad);
+  launch_slice_groups(quantize_v_fp8_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles_pad, p.arrived,
+                      stream, p, tiles_pad);
 }
 
 }  // namespace td
