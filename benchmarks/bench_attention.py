@@ -7,7 +7,6 @@ against the H100's 1979 TOPS dense INT8/FP8.
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from turbodiffusion import ops
 
-from .harness import Row, print_table, rotation_count, time_ms, write_results
+from .harness import main, Row, print_table, rotation_count, time_ms, write_results
 from .metrics import ATTENTION_SHAPES, attention_flops
 
 PEAK_TOPS = 1979.0  # H100 SXM dense INT8 / FP8
@@ -72,6 +71,4 @@ def run(out_dir: str) -> list[Row]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="benchmarks/results")
-    run(p.parse_args().out)
+    main(run, __doc__)

@@ -9,21 +9,14 @@ _scaled_mm, Int8Linear >= 1.35x nn.Linear.
 """
 from __future__ import annotations
 
-import argparse
-import math
 
 import torch
 
 from turbodiffusion import ops
 from turbodiffusion.nn.linear import Int8Linear
 
-from .harness import Row, print_table, rotation_count, time_ms, write_results
+from .harness import geomean_ratio, main, Row, print_table, rotation_count, time_ms, write_results
 from .metrics import GEMM_SHAPES, gemm_flops
-
-
-def _geo(rows):
-    r = [x.ratio for x in rows if x.ratio > 0]
-    return math.exp(sum(map(math.log, r)) / len(r)) if r else float("nan")
 
 
 def run(out_dir: str, shapes=GEMM_SHAPES) -> list[Row]:
@@ -82,7 +75,7 @@ def run(out_dir: str, shapes=GEMM_SHAPES) -> list[Row]:
     rows, notes = [], {}
     for name, rs in groups.items():
         print_table(rs, name)
-        notes[f"geomean {name}"] = round(_geo(rs), 3)
+        notes[f"geomean {name}"] = round(geomean_ratio(rs), 3)
         rows += rs
     notes["targets"] = ("int8 vs bf16 >= 1.7, int8 vs _int_mm >= 1.4, fp8 vs _scaled_mm >= 1.0, "
                         "Int8Linear vs nn.Linear >= 1.35 (geometric means)")
@@ -92,6 +85,4 @@ def run(out_dir: str, shapes=GEMM_SHAPES) -> list[Row]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="benchmarks/results")
-    run(p.parse_args().out)
+    main(run, __doc__)

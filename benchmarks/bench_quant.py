@@ -5,13 +5,12 @@ kernel), at the standard attention and GEMM-activation shapes.
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 from turbodiffusion import ops
 
-from .harness import Row, copy_bandwidth_gbs, print_table, rotation_count, time_ms, write_results
+from .harness import main, Row, copy_bandwidth_gbs, print_table, rotation_count, time_ms, write_results
 from .metrics import ATTENTION_SHAPES, GEMM_SHAPES, quant_bytes
 
 
@@ -46,6 +45,4 @@ def run(out_dir: str) -> list[Row]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="benchmarks/results")
-    run(p.parse_args().out)
+    main(run, __doc__)

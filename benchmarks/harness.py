@@ -80,13 +80,26 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / ms / 1e6
 
 
+def geomean_ratio(rows: Sequence[Row]) -> float:
+    """Geometric mean of the rows' ratios (nan for none)."""
+    ratios = [r.ratio for r in rows if r.ratio > 0]
+    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+
+
+def main(run: Callable[[str], object], doc: str | None) -> None:
+    """Command line of a benchmark suite: `python -m benchmarks.bench_<suite> [--out DIR]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--out", default="benchmarks/results")
+    run(p.parse_args().out)
+
+
 def print_table(rows: Sequence[Row], title: str) -> str:
     head = f"| name | shape | ms | baseline | baseline ms | ratio | value |\n|---|---|---|---|---|---|---|\n"
     body = "".join(f"| {r.name} | {r.shape} | {r.ms:.4f} | {r.baseline} | {r.baseline_ms:.4f} | {r.ratio:.2f}x | "
                    f"{r.value:.1f} {r.metric} |\n" for r in rows)
-    ratios = [r.ratio for r in rows if r.ratio > 0]
-    geo = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
-    text = f"### {title}\n\n{head}{body}\ngeometric mean ratio: {geo:.3f}x\n"
+    text = f"### {title}\n\n{head}{body}\ngeometric mean ratio: {geomean_ratio(rows):.3f}x\n"
     print(text, flush=True)
     return text
 
