@@ -1,6 +1,7 @@
 """Dense attention at the standard shapes (benchmarks/metrics.py ATTENTION_SHAPES): sage_attention
-(INT8 Q K^T + FP8 P V, quantization included; the mma.sync kernel) against torch SDPA with the cuDNN
-and flash backends, all in this process. TOPS count the dense-equivalent 4 B H N^2 D; % of peak is
+(INT8 Q K^T + FP8 P V, quantization included) with the sm90 wgmma kernel and the mma.sync kernel,
+each also alone on pre-quantized inputs, against torch SDPA with the cuDNN and flash backends, all in
+this process. TOPS count the dense-equivalent 4 B H N^2 D; % of peak is
 against the H100's 1979 TOPS dense INT8/FP8.
 
   python -m benchmarks.bench_attention --out benchmarks/results
@@ -27,13 +28,13 @@ def _sdpa(backend):
     return fn
 
 
-def _sage(q, k, v):
-    return ops.sage_attention(q, k, v, layout="NHD")
+KERNELS = {"sm90": "wgmma m64n128k32 INT8 QK + m64nDk32 E4M3 PV, TMA, warp-specialized (sm90_int8_fp8_attn)",
+           "mma": "mma.sync m16n8k32 INT8 QK + E4M3 PV (mma_int8_fp8_attn)"}
 
 
 def run(out_dir: str) -> list[Row]:
     rows = []
-    notes = {"peak_tops": PEAK_TOPS, "sage kernel": "mma.sync m16n8k32 INT8 QK + E4M3 PV (mma_int8_fp8_attn)"}
+    notes = {"peak_tops": PEAK_TOPS, **{f"sage {k}": v for k, v in KERNELS.items()}}
     for tag, b, h, n, d in ATTENTION_SHAPES:
         flops = attention_flops(b, h, n, n, d)
         per_set = 3 * b * n * h * d * 2
@@ -48,21 +49,24 @@ def run(out_dir: str) -> list[Row]:
         ref_name, ref_ms = ("SDPA cuDNN bf16", base["cuDNN"]) if "cuDNN" in base else ("SDPA flash bf16", base["flash"])
         for name, ms in base.items():
             rows.append(Row(f"SDPA {name} bf16", tag, ms, ref_name, ref_ms, ref_ms / ms, "TFLOPS", flops / ms / 1e9))
-        ms = time_ms(_sage, sets, warmup=3, reps=10 if n > 50000 else 20)
-        tops = flops / ms / 1e9
-        rows.append(Row(f"sage mma.sync (incl. quant, {100 * tops / PEAK_TOPS:.1f}% peak)", tag, ms, ref_name, ref_ms,
-                        ref_ms / ms, "TOPS", tops))
-        # The attention kernel alone (inputs quantized once, outside the timing).
+        reps = 10 if n > 50000 else 20
         q, k, v = sets[0]
         sm = d ** -0.5
         q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * 1.4426950408889634)
         v8, vs = ops.quantize_v_fp8(v, pad_to=64)
         qargs = (q, q_i8, q_s, k_i8, k_s, km, v8, vs)
-        ms_k = time_ms(lambda: ops.attention_int8_fp8_mma(*qargs, layout="NHD", sm_scale=sm), [()], warmup=3,
-                       reps=10 if n > 50000 else 20)
-        tops_k = flops / ms_k / 1e9
-        rows.append(Row(f"sage mma.sync kernel only ({100 * tops_k / PEAK_TOPS:.1f}% peak)", tag, ms_k, ref_name,
-                        ref_ms, ref_ms / ms_k, "TOPS", tops_k))
+        for kernel in KERNELS:
+            ms = time_ms(lambda q, k, v: ops.sage_attention(q, k, v, layout="NHD", backend=kernel), sets, warmup=3,
+                         reps=reps)
+            tops = flops / ms / 1e9
+            rows.append(Row(f"sage {kernel} (incl. quant, {100 * tops / PEAK_TOPS:.1f}% peak)", tag, ms, ref_name,
+                            ref_ms, ref_ms / ms, "TOPS", tops))
+            # The attention kernel alone (inputs quantized once, outside the timing).
+            ms_k = time_ms(lambda: ops.attention_int8_fp8(*qargs, layout="NHD", sm_scale=sm, backend=kernel), [()],
+                           warmup=3, reps=reps)
+            tops_k = flops / ms_k / 1e9
+            rows.append(Row(f"sage {kernel} kernel only ({100 * tops_k / PEAK_TOPS:.1f}% peak)", tag, ms_k, ref_name,
+                            ref_ms, ref_ms / ms_k, "TOPS", tops_k))
         del sets, qargs
         torch.cuda.empty_cache()
     print_table(rows, "attention")

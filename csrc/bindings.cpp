@@ -15,10 +15,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
 std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, const std::string& layout,
                                                        int64_t pad_to);
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor& x);
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
-    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
-    double sm_scale);
+// The two quantized-attention kernels take the same arguments.
+#define TD_DECLARE_QUANTIZED_ATTENTION(NAME)                                                                 \
+  std::tuple<at::Tensor, at::Tensor> NAME(const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, \
+                                          const at::Tensor& k_int8, const at::Tensor& k_scale,                \
+                                          const at::Tensor& k_mean, const at::Tensor& v_fp8,                  \
+                                          const at::Tensor& v_scale, const std::string& layout, double sm_scale);
+TD_DECLARE_QUANTIZED_ATTENTION(attention_int8_fp8_mma_cuda)
+TD_DECLARE_QUANTIZED_ATTENTION(attention_int8_fp8_sm90_cuda)
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
                           const std::string& backend);
@@ -30,6 +34,7 @@ TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
   m.impl("quantize_per_token_int8", &td::quantize_per_token_int8_cuda);
   m.impl("w8a8_gemm", &td::w8a8_gemm_cuda);
   m.impl("attention_int8_fp8_mma", &td::attention_int8_fp8_mma_cuda);
+  m.impl("attention_int8_fp8_sm90", &td::attention_int8_fp8_sm90_cuda);
 }
 
 extern "C" PyObject* PyInit__C(void) {

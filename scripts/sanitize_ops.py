@@ -18,13 +18,15 @@ def main() -> None:
             ops.quantize_v_fp8(k, layout=layout, pad_to=128)
     for shape in ((3, 77), (5, 1536), (2, 20000), (4, 13824)):
         ops.quantize_per_token_int8(torch.randn(shape, dtype=torch.bfloat16, device="cuda"))
-    for d in (64, 128):  # sage attention (quantization + mma.sync kernel): partial tiles, Nq != Nk
+    sm90 = torch.cuda.get_device_capability() == (9, 0)
+    for d in (64, 128):  # sage attention (quantization + both kernels): partial tiles, Nq != Nk
         for layout, (nq, nk) in (("NHD", (77, 130)), ("HND", (17, 1))):
             shp = (lambda n: (2, n, 3, d)) if layout == "NHD" else (lambda n: (2, 3, n, d))
             q = torch.randn(shp(nq), dtype=torch.bfloat16, device="cuda")
             kv = torch.randn(shp(nk), dtype=torch.bfloat16, device="cuda")
-            ops.sage_attention(q, kv, kv, layout=layout, return_lse=True)
-            ops.sage_attention(q.half(), kv.half(), kv.half(), layout=layout)
+            for backend in ("mma", "sm90") if sm90 else ("mma",):
+                ops.sage_attention(q, kv, kv, layout=layout, return_lse=True, backend=backend)
+                ops.sage_attention(q.half(), kv.half(), kv.half(), layout=layout, backend=backend)
     for backend in ("auto", "mma"):  # W8A8 GEMM: odd M, N and K multiples of 8 and 16 only
         for out_dtype in (torch.bfloat16, torch.float16):
             a = torch.randint(-128, 128, (77, 48), dtype=torch.int8, device="cuda")

@@ -1,4 +1,4 @@
-"""Quantized attention (ARCHITECTURE §4.1): the mma.sync kernel against its float32 emulation on
+"""Quantized attention (ARCHITECTURE §4.1): both kernels (mma.sync, sm90 wgmma) against their float32 emulation on
 already-quantized inputs (kernel exactness), the emulation against exact fp64 attention (so CPU runs
 are not vacuous), and sage_attention from bf16/fp16 inputs against fp32 attention (quantization
 error) on the standard input families."""
@@ -21,6 +21,16 @@ LOG2E = 1.0 / math.log(2.0)
 
 def _ids(v):
     return str(v).replace("torch.", "")
+
+
+KERNELS = ["mma", "sm90"]  # ops.attention_int8_fp8_<kernel>, emulated by ref.attention_int8_fp8_<kernel>
+
+
+def _kernel_ops(device, kernel):
+    """(op, emulation) of `kernel`, skipping kernels the local GPU cannot run."""
+    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip(f"the sm90 kernel needs an sm_90 GPU, this one is sm_{''.join(map(str, torch.cuda.get_device_capability()))}")
+    return getattr(torch.ops.turbodiffusion, f"attention_int8_fp8_{kernel}"), getattr(ref, f"attention_int8_fp8_{kernel}")
 
 
 def _random_quantized(b, h, nq, nk, d, layout, dtype, device, *, uniform_keys=False, seed=0):
@@ -117,15 +127,17 @@ EXACT_CASES = [  # (b, h, nq, nk, d)
 @pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: "b{}h{}q{}k{}d{}".format(*c))
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=_ids)
-def test_kernel_matches_emulation(device, case, layout, dtype):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_matches_emulation(device, kernel, case, layout, dtype):
     b, h, nq, nk, d = case
     if device == "cpu" and nq * nk > 10**5:
         pytest.skip("on CPU the op is the emulation itself; the long case only matters for the kernel")
+    op, emulation = _kernel_ops(device, kernel)
     args, sm = _random_quantized(b, h, nq, nk, d, layout, dtype, device, seed=nq * 7 + nk)
     poison_allocator(device)
-    out, lse = ops.attention_int8_fp8_mma(*args, layout=layout, sm_scale=sm)
-    r_out, r_lse = ref.attention_int8_fp8_mma(*(t.cpu() for t in args), layout, sm)
-    msg = f"case {case} {layout} {dtype}"
+    out, lse = op(*args, layout, sm)
+    r_out, r_lse = emulation(*(t.cpu() for t in args), layout, sm)
+    msg = f"{kernel} case {case} {layout} {dtype}"
     assert out.shape == r_out.shape and out.dtype == dtype and lse.shape == (b, h, nq), msg
     assert out.is_contiguous()
     o, r = out.cpu().float(), r_out.float()
@@ -137,11 +149,20 @@ def test_kernel_matches_emulation(device, case, layout, dtype):
     torch.testing.assert_close(lse.cpu(), r_lse, rtol=0, atol=1e-4, msg=msg)
 
 
-def test_kernel_uniform_keys_exact(device):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_uniform_keys_exact(device, kernel):
+    op, emulation = _kernel_ops(device, kernel)
     args, sm = _random_quantized(1, 2, 70, 130, 128, "HND", torch.bfloat16, device, uniform_keys=True)
-    out, lse = ops.attention_int8_fp8_mma(*args, layout="HND", sm_scale=sm)
-    r_out, r_lse = ref.attention_int8_fp8_mma(*(t.cpu() for t in args), "HND", sm)
-    torch.testing.assert_close(out.cpu().float(), r_out.float(), rtol=2 ** -8, atol=1e-6)
+    out, lse = op(*args, "HND", sm)
+    r_out, r_lse = emulation(*(t.cpu() for t in args), "HND", sm)
+    o, r = out.cpu().float(), r_out.float()
+    if kernel == "sm90":
+        # Every P is 448 and a tile's 128 products 448 v accumulate in wgmma's reduced-precision FP8
+        # accumulator (the reason for two-level accumulation); 64-key mma.sync tiles stay within 2^-8.
+        assert rel_l1(o, r) < 5e-4, rel_l1(o, r)
+        torch.testing.assert_close(o, r, rtol=2 ** -8, atol=2e-3 * r.abs().max().item())
+    else:
+        torch.testing.assert_close(o, r, rtol=2 ** -8, atol=1e-6)
     torch.testing.assert_close(lse.cpu(), r_lse, rtol=0, atol=1e-4)
 
 
@@ -165,9 +186,9 @@ def _family_inputs(b, h, nq, nk, d, layout, dtype, family, device):
     return q, k, v
 
 
-def _check_accuracy(q, k, v, layout, family, msg, sm_scale=None):
+def _check_accuracy(q, k, v, layout, family, msg, sm_scale=None, backend="auto"):
     poison_allocator(q.device.type)
-    out, lse = ops.sage_attention(q, k, v, layout=layout, sm_scale=sm_scale, return_lse=True)
+    out, lse = ops.sage_attention(q, k, v, layout=layout, sm_scale=sm_scale, return_lse=True, backend=backend)
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous(), msg
     e_out, e_lse = ref.attention_exact(q.float(), k.float(), v.float(), layout, sm_scale=sm_scale,
                                        dtype=torch.float32)
@@ -185,12 +206,14 @@ def _check_accuracy(q, k, v, layout, family, msg, sm_scale=None):
 @pytest.mark.parametrize("size", ACC_SIZES, ids=lambda s: "q{}k{}".format(*s))
 @pytest.mark.parametrize("family", ["gaussian", "bias", "peaky"])
 @pytest.mark.parametrize("d", [64, 128])
-def test_sage_attention_accuracy(device, size, family, d):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sage_attention_accuracy(device, kernel, size, family, d):
     nq, nk = size
+    _kernel_ops(device, kernel)
     layout = "NHD" if (nq + d) % 2 else "HND"  # both layouts across the grid
     dtype = torch.float16 if (nk == 17 and d == 64) else torch.bfloat16
     q, k, v = _family_inputs(1, 2, nq, nk, d, layout, dtype, family, device)
-    _check_accuracy(q, k, v, layout, family, f"{family} d{d} nq{nq} nk{nk} {layout} {dtype}")
+    _check_accuracy(q, k, v, layout, family, f"{kernel} {family} d{d} nq{nq} nk{nk} {layout} {dtype}", backend=kernel)
 
 
 def test_sage_attention_layouts_agree_and_custom_scale(device):
@@ -232,14 +255,16 @@ def test_sage_kind_and_drop_in(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("nq,nk,d,layout", [(32760, 32760, 128, "NHD"), (32760, 512, 128, "HND"),
                                             (32760, 32760, 64, "HND")])
-def test_sage_attention_long_cuda(nq, nk, d, layout):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sage_attention_long_cuda(kernel, nq, nk, d, layout):
+    op, emulation = _kernel_ops("cuda", kernel)
     for family in ("bias", "gaussian"):
         q, k, v = _family_inputs(1, 2, nq, nk, d, layout, torch.bfloat16, family, "cuda")
-        _check_accuracy(q, k, v, layout, family, f"{family} d{d} nq{nq} nk{nk} {layout}")
+        _check_accuracy(q, k, v, layout, family, f"{kernel} {family} d{d} nq{nq} nk{nk} {layout}", backend=kernel)
     # Kernel exactness at length: the emulation runs on the GPU too (one head).
     args, sm = _random_quantized(1, 1, nq, nk, d, layout, torch.bfloat16, "cuda", seed=3)
-    out, lse = ops.attention_int8_fp8_mma(*args, layout=layout, sm_scale=sm)
-    r_out, r_lse = ref.attention_int8_fp8_mma(*args, layout, sm)
+    out, lse = op(*args, layout, sm)
+    r_out, r_lse = emulation(*args, layout, sm)
     assert rel_l1(out.float(), r_out.float()) < 2e-3 and cosine(out.float(), r_out.float()) > 0.99999
     torch.testing.assert_close(lse, r_lse, rtol=0, atol=2e-4)
 

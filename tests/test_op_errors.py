@@ -98,17 +98,17 @@ def test_cuda_tensor_mixed_with_cpu_tensor_on_public_api(device):
         ops.quantize_qk_int8(q, _t((1, 16, 2, 64), _other_device(device)))
 
 
-ATTN = torch.ops.turbodiffusion.attention_int8_fp8_mma
-
-
-def _attention_cases(device):
+def _attention_cases(device, kernel):
+    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm90 kernel needs an sm_90 GPU")
+    op = getattr(torch.ops.turbodiffusion, f"attention_int8_fp8_{kernel}")
     q = _t((1, 40, 2, 64), device)
     kv = _t((1, 70, 2, 64), device)
     q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, kv, blk_q=16, blk_k=16)
     v8, vs = ops.quantize_v_fp8(kv, pad_to=64)
     good = dict(q=q, q_int8=q_i8, q_scale=q_s, k_int8=k_i8, k_scale=k_s, k_mean=km, v_fp8=v8, v_scale=vs,
                 layout="NHD", sm_scale=0.125)
-    a = lambda **kw: ATTN(*{**good, **kw}.values())  # noqa: E731
+    a = lambda **kw: op(*{**good, **kw}.values())  # noqa: E731
     i8 = lambda *s: torch.zeros(s, dtype=torch.int8, device=device)  # noqa: E731
     return [
         (lambda: a(q_int8=q_i8.float()), TypeError, ["q_int8", "int8", "float32"]),
@@ -126,12 +126,19 @@ def _attention_cases(device):
         (lambda: a(sm_scale=0.0), ValueError, ["sm_scale"]),
         (lambda: ops.sage_attention(q, kv, kv[:, :30]), ValueError, ["v", "like k"]),
         (lambda: ops.sage_attention(q, kv, kv.half()), TypeError, ["v", "like q"]),
-    ]
+        (lambda: ops.sage_attention(q, kv, kv, backend="wgmma"), ValueError, ["backend", "wgmma", "sm90"]),
+    ] + ([  # TMA loads whole rows of a contiguous tensor
+        (lambda: a(k_int8=i8(1, 140, 2, 64)[:, ::2]), ValueError, ["k_int8", "contiguous", "17920, 256, 64, 1"]),
+    ] if kernel == "sm90" else [])
 
 
-@pytest.mark.parametrize("index", range(15))
-def test_attention_bad_input_names_the_argument(device, index):
-    call, exc, words = _attention_cases(device)[index]
+@pytest.mark.parametrize("kernel", ["mma", "sm90"])
+@pytest.mark.parametrize("index", range(17))
+def test_attention_bad_input_names_the_argument(device, kernel, index):
+    cases = _attention_cases(device, kernel)
+    if index >= len(cases):
+        pytest.skip(f"{kernel} has {len(cases)} cases")
+    call, exc, words = cases[index]
     with pytest.raises(exc) as info:
         call()
     text = str(info.value)

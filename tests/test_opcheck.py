@@ -26,6 +26,8 @@ def _samples(device):
                                                                                   device=device),)],
         "attention_int8_fp8_mma": [_attention_sample(1, 33, 17, 2, 64, "NHD", torch.bfloat16, device),
                                    _attention_sample(2, 20, 70, 1, 128, "HND", torch.float16, device)],
+        "attention_int8_fp8_sm90": [_attention_sample(1, 33, 17, 2, 64, "NHD", torch.bfloat16, device),
+                                    _attention_sample(2, 130, 70, 1, 128, "HND", torch.float16, device)],
     }
 
 
@@ -43,6 +45,8 @@ def test_every_op_has_samples():
 
 @pytest.mark.parametrize("name", sorted(ops.OPS))
 def test_opcheck(device, name):
+    if device == "cuda" and name.endswith("_sm90") and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm90 kernel needs an sm_90 GPU")
     op = getattr(torch.ops.turbodiffusion, name)
     for args in _samples(device)[name]:
         torch.library.opcheck(op, args, test_utils=_test_utils(args))

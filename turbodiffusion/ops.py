@@ -7,6 +7,7 @@ torch.compile see them as pure functions.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -204,23 +205,27 @@ def w8a8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: 
 
 
 # --------------------------------------------------------------------------------------------------
-# attention_int8_fp8_mma: INT8 Q K^T + FP8 P V on already-quantized tensors, the mma.sync kernel
-# (§4.1; csrc/include/turbodiffusion/attention/mma_int8_fp8_attn.cuh). CPU = its float32 emulation.
-# Its granularity is fixed by the kernel's MMA fragments (reference/attention.py, heuristics.h):
-# one Q scale per 16 rows (a warp's m16 tile), one K scale per 16 keys, V padded to the 64-key tile.
+# attention_int8_fp8_{mma,sm90}: INT8 Q K^T + FP8 P V on already-quantized tensors (§4.1), the mma.sync
+# kernel (csrc/include/turbodiffusion/attention/mma_int8_fp8_attn.cuh; sm_89/90/120) and the Hopper
+# wgmma kernel (sm90_int8_fp8_attn.cuh). CPU = their float32 emulation (64- and 128-key tiles).
+# Their granularity is fixed by the MMA fragments (reference/attention.py, heuristics.h): one Q scale
+# per 16 rows (a warp's m16 rows), one K scale per 16 keys, V padded to 64 keys.
 ATTN_MMA_BLK_Q = ref.attention.MMA_BLK_Q
 ATTN_MMA_BLK_K = ref.attention.MMA_BLK_K
 ATTN_MMA_KV_TILE = ref.attention.MMA_KV_TILE
 _LOG2E = 1.4426950408889634
 
 
-def _check_quantized_attention_tensor(name, t, layout, device=None):
+def _check_quantized_attention_tensor(name, t, layout, device=None, contiguous=False):
     C.check_tensor(name, t, dtypes=(torch.int8,), ndim=4, device=device)
     b, h, n, d = C.bhnd(t, layout)
     C.check_head_dim(name, d)
     if any(t.size(i) > 1 and t.stride(i) % 16 for i in range(3)):
         raise ValueError(f"{name}: expected 16-byte aligned rows (strides multiples of 16 elements), got strides "
                          f"{tuple(t.stride())}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name}: the sm90 kernel loads it with TMA and expects a contiguous tensor (as "
+                         f"quantize_qk_int8 returns it), got strides {tuple(t.stride())}")
     return b, h, n, d
 
 
@@ -232,14 +237,15 @@ def _check_f32(name, t, shape, device):
         raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(t.stride())}")
 
 
-def _check_attn_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
+def _check_attn_quantized(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale,
+                          contiguous=False):
     C.check_layout(layout)
     C.check_attention_tensor("q", q, layout)
     dev = q.device
-    b, h, nq, d = _check_quantized_attention_tensor("q_int8", q_int8, layout, dev)
+    b, h, nq, d = _check_quantized_attention_tensor("q_int8", q_int8, layout, dev, contiguous)
     if q_int8.shape != q.shape:
         raise ValueError(f"q_int8: expected shape {tuple(q.shape)} (like q), got {tuple(q_int8.shape)}")
-    bk, hk, nk, dk = _check_quantized_attention_tensor("k_int8", k_int8, layout, dev)
+    bk, hk, nk, dk = _check_quantized_attention_tensor("k_int8", k_int8, layout, dev, contiguous)
     if (bk, hk, dk) != (b, h, d):
         raise ValueError(f"k_int8: expected batch, heads and head dim {(b, h, d)} (like q_int8), got {(bk, hk, dk)}")
     if nk == 0:
@@ -259,29 +265,44 @@ def _check_attn_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
         raise ValueError(f"sm_scale: expected a finite positive number, got {sm_scale}")
 
 
-def _fake_attn_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
+def _fake_attn_quantized(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
     b, h, nq, d = C.bhnd(q, layout)
     shape = (b, nq, h, d) if layout == "NHD" else (b, h, nq, d)
     return (torch.empty(shape, dtype=q.dtype, device=q.device),
             torch.empty((b, h, nq), dtype=torch.float32, device=q.device))
 
 
-_register("attention_int8_fp8_mma(Tensor q, Tensor q_int8, Tensor q_scale, Tensor k_int8, Tensor k_scale, "
-          "Tensor k_mean, Tensor v_fp8, Tensor v_scale, str layout, float sm_scale) -> (Tensor, Tensor)",
-          _check_attn_mma, ref.attention_int8_fp8_mma, _fake_attn_mma)
+_ATTN_QUANTIZED_ARGS = ("(Tensor q, Tensor q_int8, Tensor q_scale, Tensor k_int8, Tensor k_scale, Tensor k_mean, "
+                        "Tensor v_fp8, Tensor v_scale, str layout, float sm_scale) -> (Tensor, Tensor)")
+_register("attention_int8_fp8_mma" + _ATTN_QUANTIZED_ARGS, _check_attn_quantized, ref.attention_int8_fp8_mma,
+          _fake_attn_quantized)
+_register("attention_int8_fp8_sm90" + _ATTN_QUANTIZED_ARGS,
+          functools.partial(_check_attn_quantized, contiguous=True), ref.attention_int8_fp8_sm90, _fake_attn_quantized)
+ATTENTION_BACKENDS = ("auto", "sm90", "mma")
 
 
-def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch.Tensor, k_int8: torch.Tensor,
-                           k_scale: torch.Tensor, k_mean: torch.Tensor, v_fp8: torch.Tensor, v_scale: torch.Tensor, *,
-                           layout: str = "NHD", sm_scale: float):
-    """Attention on quantized inputs (the mma.sync kernel): returns (out in q's layout and dtype, lse [B, H, Nq]).
+def attention_int8_fp8(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch.Tensor, k_int8: torch.Tensor,
+                       k_scale: torch.Tensor, k_mean: torch.Tensor, v_fp8: torch.Tensor, v_scale: torch.Tensor, *,
+                       layout: str = "NHD", sm_scale: float, backend: str = "auto"):
+    """Attention on quantized inputs: returns (out in q's layout and dtype, lse [B, H, Nq]).
 
     q_int8/k_int8 from quantize_qk_int8(blk_q=16, blk_k=16, q_scale_factor=sm_scale*log2(e)), v_fp8/v_scale
     from quantize_v_fp8(pad_to=64). q (unquantized) gives the output dtype and the K-smoothing correction
-    of the natural-log lse: + sm_scale * (q . k_mean).
+    of the natural-log lse: + sm_scale * (q . k_mean). backend: "sm90" (wgmma + TMA, sm_90 GPUs), "mma"
+    (mma.sync; sm_89, sm_90, sm_120) or "auto" (sm90 on sm_90 GPUs, else mma; mma on CPU).
     """
-    return torch.ops.turbodiffusion.attention_int8_fp8_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
-                                                           layout, float(sm_scale))
+    kernel = _attention_kernel(q, backend)
+    return getattr(torch.ops.turbodiffusion, kernel)(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
+                                                     layout, float(sm_scale))
+
+
+def _attention_kernel(q: torch.Tensor, backend: str) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend: expected one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        sm90 = q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
+        backend = "sm90" if sm90 else "mma"
+    return "attention_int8_fp8_" + backend
 
 
 def _check_sage_inputs(q, k, v, layout, sm_scale):
@@ -304,19 +325,21 @@ def _check_sage_inputs(q, k, v, layout, sm_scale):
 
 
 def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "NHD",
-                   sm_scale: float | None = None, return_lse: bool = False):
+                   sm_scale: float | None = None, return_lse: bool = False, backend: str = "auto"):
     """softmax(sm_scale q k^T) v with INT8 Q K^T and FP8 P V (SageAttention2 numerics, ARCHITECTURE §4.1).
 
     q [B, Nq, H, D], k/v [B, Nk, H, D] ("NHD") or [B, H, N, D] ("HND"); bf16/fp16, D in {64, 128}, any Nq
     and Nk >= 1; sm_scale defaults to 1/sqrt(D). Quantization is included: per-16-row Q and per-16-key
     smoothed K scales (the kernel's fragment granularity), per-channel FP8 V. Returns the output in q's
     layout and dtype, and with return_lse also lse [B, H, Nq] float32 (natural log of sum exp(sm_scale q.k)).
+    backend: the attention kernel, see attention_int8_fp8.
     """
     _check_sage_inputs(q, k, v, layout, sm_scale)
+    _attention_kernel(q, backend)  # a bad backend fails before any work
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
     q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
                                                 q_scale_factor=scale * _LOG2E)
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
-    out, lse = attention_int8_fp8_mma(q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout=layout, sm_scale=scale)
+    out, lse = attention_int8_fp8(q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout=layout, sm_scale=scale, backend=backend)
     return (out, lse) if return_lse else out

@@ -1,5 +1,5 @@
-// Torch-facing launcher of the quantized attention kernels: check inputs, allocate outputs, fill the
-// Params struct, dispatch. No kernel math here (csrc/include/turbodiffusion/attention/).
+// Torch-facing launchers of the quantized attention kernels (mma.sync and sm90 wgmma): check inputs,
+// allocate outputs, fill the Params struct (and the sm90 kernel's TMA tensor maps), dispatch. No kernel math here (csrc/include/turbodiffusion/attention/).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/ATen.h>
@@ -9,6 +9,8 @@
 
 #include "ops/checks.h"
 #include "turbodiffusion/attention/mma_int8_fp8_attn.cuh"
+#include "turbodiffusion/attention/sm90_int8_fp8_attn.cuh"
+#include "turbodiffusion/common/tma.h"
 #include "turbodiffusion/common/dispatch.h"
 
 namespace td {
@@ -41,12 +43,18 @@ void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, co
   TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", dims_str(t.strides()));
 }
 
-}  // namespace
+// Checked inputs and allocated outputs of one quantized-attention call.
+struct QuantizedAttention {
+  AttnInt8Fp8Params p{};
+  at::Tensor out, lse;
+  BHND sq, sk;
+};
 
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
-    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
-    double sm_scale) {
+QuantizedAttention prepare_quantized_attention(const at::Tensor& q, const at::Tensor& q_int8,
+                                               const at::Tensor& q_scale, const at::Tensor& k_int8,
+                                               const at::Tensor& k_scale, const at::Tensor& k_mean,
+                                               const at::Tensor& v_fp8, const at::Tensor& v_scale,
+                                               const std::string& layout, double sm_scale) {
   check_layout(layout);
   const c10::Device device = q.device();
   check_attention_tensor(q, "q", layout, device);
@@ -59,6 +67,7 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
                     num(sq.b), ", ", num(sq.h), ", ", num(sq.d), ") (like q_int8), got (", num(sk.b), ", ", num(sk.h),
                     ", ", num(sk.d), ")");
   TORCH_CHECK_VALUE(sk.n > 0, "k_int8: expected at least one key, got 0");
+  // Both kernels take V padded to 64 tokens (the sm90 kernel's 128-key boxes are zero-filled by TMA).
   const int64_t bq = attn::kBlkQ, bk = attn::kBlkK, tile = attn::kKvTile;
   check_f32(q_scale, "q_scale", {sq.b, sq.h, (sq.n + bq - 1) / bq}, device);
   check_f32(k_scale, "k_scale", {sq.b, sq.h, (sk.n + bk - 1) / bk}, device);
@@ -75,19 +84,19 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   TORCH_CHECK_VALUE(v_fp8.is_contiguous(), "v_fp8: expected a contiguous tensor, got strides ", dims_str(v_fp8.strides()));
   TORCH_CHECK_VALUE(std::isfinite(sm_scale) && sm_scale > 0, "sm_scale: expected a finite positive number, got ",
                     num(sm_scale));
+  TORCH_CHECK_VALUE(sq.h <= 65535 && sq.b <= 65535, "q_int8: expected at most 65535 heads and batches, got ",
+                    num(sq.h), " and ", num(sq.b));
+
+  QuantizedAttention a;
+  a.sq = sq;
+  a.sk = sk;
   const c10::ScalarType out_dtype = q.scalar_type();
-  const c10::cuda::CUDAGuard guard(device);
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
-  const int cc = prop->major * 10 + prop->minor;
-  TORCH_CHECK(cc >= 89, "attention_int8_fp8_mma: needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
-              " (", prop->name, "); an sm_80 FP16-PV path is not built");
+  a.out = at::empty(layout == "NHD" ? std::vector<int64_t>{sq.b, sq.n, sq.h, sq.d}
+                                    : std::vector<int64_t>{sq.b, sq.h, sq.n, sq.d},
+                    q_int8.options().dtype(out_dtype));
+  a.lse = at::empty({sq.b, sq.h, sq.n}, q_int8.options().dtype(at::kFloat));
 
-  at::Tensor out = at::empty(layout == "NHD" ? std::vector<int64_t>{sq.b, sq.n, sq.h, sq.d}
-                                             : std::vector<int64_t>{sq.b, sq.h, sq.n, sq.d},
-                             q_int8.options().dtype(out_dtype));
-  at::Tensor lse = at::empty({sq.b, sq.h, sq.n}, q_int8.options().dtype(at::kFloat));
-
-  AttnInt8Fp8Params p{};
+  AttnInt8Fp8Params& p = a.p;
   p.q_orig = q.data_ptr();
   p.q = q_int8.data_ptr<int8_t>();
   p.k = k_int8.data_ptr<int8_t>();
@@ -96,8 +105,8 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   p.k_scale = k_scale.data_ptr<float>();
   p.k_mean = k_mean.data_ptr<float>();
   p.v_scale = v_scale.data_ptr<float>();
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr<float>();
+  p.out = a.out.data_ptr();
+  p.lse = a.lse.data_ptr<float>();
   const bool nhd = layout == "NHD";
   auto strides = [&](const at::Tensor& t, int64_t& sb, int64_t& sh, int64_t& sn) {
     sb = t.stride(0);
@@ -107,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   strides(q_int8, p.q_stride_b, p.q_stride_h, p.q_stride_n);
   strides(q, p.qo_stride_b, p.qo_stride_h, p.qo_stride_n);
   strides(k_int8, p.k_stride_b, p.k_stride_h, p.k_stride_n);
-  strides(out, p.o_stride_b, p.o_stride_h, p.o_stride_n);
+  strides(a.out, p.o_stride_b, p.o_stride_h, p.o_stride_n);
   p.v_n_pad = v_fp8.size(3);
   p.nq = sq.n;
   p.nk = sk.n;
@@ -116,11 +125,75 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   p.k_blocks = static_cast<int>(k_scale.size(2));
   p.out_bf16 = out_dtype == c10::kBFloat16;
   p.lse_scale = static_cast<float>(sm_scale * 1.4426950408889634);  // like the reference: fp32(sm_scale * log2 e)
-  TORCH_CHECK_VALUE(sq.h <= 65535 && sq.b <= 65535, "q_int8: expected at most 65535 heads and batches, got ",
-                    num(sq.h), " and ", num(sq.b));
+  return a;
+}
+
+int compute_capability(const c10::Device& device) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
+  return prop->major * 10 + prop->minor;
+}
+
+// Tensor map of a contiguous INT8 q or k in `layout` with boxes of `rows` tokens of one head. Its
+// dimensions run innermost first in memory order: (D, H, N, B) for NHD, (D, N, H, B) for HND.
+CUtensorMap qk_tensor_map(const at::Tensor& t, const char* name, const BHND& s, bool nhd, uint32_t rows) {
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, ": the sm90 kernel loads it with TMA and expects a contiguous tensor ",
+                    "(as quantize_qk_int8 returns it), got strides ", dims_str(t.strides()));
+  TORCH_CHECK_VALUE(s.n < (int64_t(1) << 31), name, ": expected fewer than 2^31 tokens, got ", num(s.n));
+  const cuuint64_t dims[4] = {cuuint64_t(s.d), cuuint64_t(nhd ? s.h : s.n), cuuint64_t(nhd ? s.n : s.h), cuuint64_t(s.b)};
+  const cuuint64_t strides[3] = {dims[0], dims[0] * dims[1], dims[0] * dims[1] * dims[2]};
+  const cuuint32_t box[4] = {cuuint32_t(s.d), nhd ? 1u : rows, nhd ? rows : 1u, 1u};
+  CUtensorMap map;
+  const CUresult r = encode_tma_u8(&map, t.data_ptr(), 4, dims, strides, box,
+                                   s.d == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B);
+  TORCH_CHECK(r == CUDA_SUCCESS, name, ": cuTensorMapEncodeTiled failed with CUresult ", num(int64_t(r)), " for shape ",
+              dims_str(t.sizes()));
+  return map;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
+    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
+    double sm_scale) {
+  QuantizedAttention a = prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale,
+                                                     k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int cc = compute_capability(q.device());
+  TORCH_CHECK(cc >= 89, "attention_int8_fp8_mma: needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
+              "; an sm_80 FP16-PV path is not built");
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_mma_int8_fp8_attn<D>(p, static_cast<int>(sq.b), stream); });
-  return {out, lse};
+  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_mma_int8_fp8_attn<D>(a.p, static_cast<int>(a.sq.b), stream); });
+  return {a.out, a.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sm90_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
+    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
+    double sm_scale) {
+  QuantizedAttention a = prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale,
+                                                     k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int cc = compute_capability(q.device());
+  TORCH_CHECK(cc == 90, "attention_int8_fp8_sm90: needs an sm_90 GPU (wgmma, TMA), got sm_", num(int64_t(cc)),
+              "; use attention_int8_fp8_mma");
+  const bool nhd = layout == "NHD";
+  using Cfg90 = attn::Sm90AttnConfig<128>;
+  const CUtensorMap tm_q = qk_tensor_map(q_int8, "q_int8", a.sq, nhd, 64);
+  const CUtensorMap tm_k = qk_tensor_map(k_int8, "k_int8", a.sk, nhd, Cfg90::kBN);
+  CUtensorMap tm_v;
+  {
+    const cuuint64_t dims[3] = {cuuint64_t(a.p.v_n_pad), cuuint64_t(a.sq.d), cuuint64_t(a.sq.b * a.sq.h)};
+    const cuuint64_t strides[2] = {dims[0], dims[0] * dims[1]};
+    const cuuint32_t box[3] = {cuuint32_t(Cfg90::kBN), cuuint32_t(a.sq.d), 1u};
+    const CUresult r = encode_tma_u8(&tm_v, v_fp8.data_ptr(), 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
+    TORCH_CHECK(r == CUDA_SUCCESS, "v_fp8: cuTensorMapEncodeTiled failed with CUresult ", num(int64_t(r)));
+  }
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
+    launch_sm90_int8_fp8_attn<D>(tm_q, tm_k, tm_v, a.p, nhd, static_cast<int>(a.sq.b), stream);
+  });
+  return {a.out, a.lse};
 }
 
 }  // namespace td

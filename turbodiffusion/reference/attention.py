@@ -31,6 +31,9 @@ from .quant import V_TOKEN_PERM
 MMA_BLK_Q = 16      # one Q scale per 16 query rows = one warp's m16 rows of the MMA
 MMA_BLK_K = 16      # one K scale per 16 keys = two n8 columns of the QK^T accumulator
 MMA_KV_TILE = 64    # keys per KV tile; V must be padded to a multiple of it
+# The sm90 (wgmma) kernel has the same granularity with 128-key tiles (heuristics.h Sm90AttnConfig);
+# it takes the same 64-padded V (TMA zero-fills the rest of a tile).
+SM90_KV_TILE = 128
 LOG2_448 = math.log2(448.0)
 LN2 = math.log(2.0)
 LOG2E = 1.0 / math.log(2.0)
@@ -67,8 +70,9 @@ def _unpermute_v(v_fp8: torch.Tensor) -> torch.Tensor:
 
 def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch.Tensor, k_int8: torch.Tensor,
                            k_scale: torch.Tensor, k_mean: torch.Tensor, v_fp8: torch.Tensor,
-                           v_scale: torch.Tensor, layout: str, sm_scale: float):
-    """Emulation of the mma.sync INT8-QK / FP8-PV attention kernel on already-quantized inputs.
+                           v_scale: torch.Tensor, layout: str, sm_scale: float, kv_tile: int = MMA_KV_TILE):
+    """Emulation of the mma.sync INT8-QK / FP8-PV attention kernel on already-quantized inputs
+    (kv_tile = SM90_KV_TILE: of the sm90 wgmma kernel, whose online softmax steps over 128 keys).
 
     q (bf16/fp16, the unquantized queries: only for the LSE correction and the output dtype),
     q_int8 [B, Nq, H, D] / k_int8 [B, Nk, H, D] ("NHD") or [B, H, N, D] ("HND"); q_scale
@@ -91,8 +95,8 @@ def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch
     l = torch.zeros(b, h, nq, dtype=torch.float32, device=dev)
     o = torch.zeros(b, h, nq, d, dtype=torch.float32, device=dev)
     log2_448 = torch.tensor(LOG2_448, dtype=torch.float32)
-    for t0 in range(0, nk, MMA_KV_TILE):
-        t1 = min(t0 + MMA_KV_TILE, nk)
+    for t0 in range(0, nk, kv_tile):
+        t1 = min(t0 + kv_tile, nk)
         acc = q @ k[:, :, t0:t1].transpose(2, 3)                                      # exact int32 sums
         s = acc * (qs[..., None] * ks[:, :, None, t0:t1])
         m_new = torch.maximum(m, s.amax(dim=-1))
@@ -111,3 +115,9 @@ def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch
     out = out.to(out_dtype)
     out = (out.transpose(1, 2) if layout == "NHD" else out).contiguous()
     return out, lse
+
+
+def attention_int8_fp8_sm90(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
+    """Emulation of the sm90 wgmma kernel: attention_int8_fp8_mma with 128-key tiles."""
+    return attention_int8_fp8_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale,
+                                  kv_tile=SM90_KV_TILE)

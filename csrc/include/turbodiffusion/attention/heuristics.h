@@ -36,5 +36,25 @@ struct MmaAttnConfig {
   static constexpr int kRowsPerCta = 16 * kWarps;
 };
 
+// ---- wgmma INT8-QK / FP8-PV kernel (sm90_int8_fp8_attn.cuh; sm_90a only) ----
+//
+// Two consumer warpgroups of 64 query rows (the M of wgmma) and one producer warpgroup: 128 query
+// rows per CTA, one CTA per SM. KV tiles of 128 keys: the S accumulator of m64n128 is 64 int32 per
+// lane, P is 16 registers (4 k32 steps), and a V tile row (one channel) is 128 bytes = one 128-byte
+// swizzle row. Registers per consumer lane at D = 128: O (64) + PV (64) + P (16) or S (64) + O (64)
+// + addressing: the producer group drops to kProducerRegs so the consumers can take kConsumerRegs
+// (128 x 40 + 256 x 232 <= 65536). Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
+// 112 KB of shared memory.
+template <int D>
+struct Sm90AttnConfig {
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kRowsPerCta = 64 * kConsumers;
+  static constexpr int kBN = 128;
+  static constexpr int kStages = 3;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+};
+
 }  // namespace attn
 }  // namespace td

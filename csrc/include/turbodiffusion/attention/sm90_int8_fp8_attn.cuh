@@ -1,0 +1,247 @@
+// SageAttention-style attention for Hopper (sm_90a): INT8 Q K^T and FP8 E4M3 P V on wgmma, K/V tiles
+// streamed by TMA through a multi-stage shared-memory ring, warp-specialized (ARCHITECTURE §4.1).
+// Same numerics as the mma.sync kernel with 128-key tiles (emulated op for op by
+// turbodiffusion/reference/attention.py:attention_int8_fp8_mma(kv_tile=128)).
+//
+// CTA = 3 warpgroups, one CTA per (128 query rows, head, batch):
+//   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once, then K and V tiles
+//                into kStages ring slots (full[s]: bytes landed; empty[s]: all 8 consumer warps done).
+//                The group gives its registers to the consumers (setmaxnreg).
+//   warpgroups 1, 2: consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
+//                both operands from shared memory), online softmax on the int32 accumulator, P packed
+//                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
+//                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,
+//                S_j and PV_{j-1} are issued together and the softmax of S_j overlaps PV_{j-1}; the
+//                two groups take turns issuing (named-barrier ping-pong), so one group's softmax
+//                (exp2 on the 16/clk/SM MUFU: as many cycles as the tile's MMAs) overlaps the
+//                other's MMAs.
+// Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
+//
+// Granularity: one Q scale per warp (16 rows, kBlkQ), one K scale per 16 keys (two n8 blocks of the S
+// accumulator, kBlkK); V's tokens permuted per 16 by quantize_v_fp8 so that the S accumulator of a lane
+// is already its P A-fragment (softmax_fp8.cuh, reference.quant.V_TOKEN_PERM).
+#pragma once
+#include <cuda.h>  // CUtensorMap
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "turbodiffusion/attention/heuristics.h"
+#include "turbodiffusion/attention/params.h"
+#include "turbodiffusion/attention/softmax_fp8.cuh"
+#include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/common/sm90_primitives.cuh"
+
+namespace td {
+namespace sm90_attn {
+
+// Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
+// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes.
+template <int D>
+struct alignas(1024) Smem {
+  using Cfg = attn::Sm90AttnConfig<D>;
+  uint8_t q[Cfg::kConsumers][64 * D];         // [row][channel], one 64-row tile per consumer group
+  uint8_t k[Cfg::kStages][Cfg::kBN * D];      // [key][channel]
+  uint8_t v[Cfg::kStages][D * Cfg::kBN];      // [channel][token] (quantize_v_fp8's transposed layout)
+  uint64_t q_full;
+  uint64_t full[Cfg::kStages];
+  uint64_t empty[Cfg::kStages];
+};
+
+}  // namespace sm90_attn
+
+// tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
+// one head's rows either way.
+template <int D>
+__global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
+    sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                              const __grid_constant__ CUtensorMap tm_v, const AttnInt8Fp8Params p, const int tma_nhd) {
+#ifdef TD_SM90A_ENABLED
+  using namespace sm90;
+  using Cfg = attn::Sm90AttnConfig<D>;
+  constexpr int BN = Cfg::kBN, S = Cfg::kStages;
+  constexpr int NB = BN / 8;       // n8 blocks of the S tile
+  constexpr int NO = D / 8;        // n8 blocks of the output
+  static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
+  static_assert(BN == 128, "V rows of one tile are 128 bytes: the 128-byte swizzle of the PV descriptor");
+
+  extern __shared__ uint8_t smem_raw[];
+  auto& sm = *reinterpret_cast<sm90_attn::Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int64_t slice = int64_t(b) * p.heads + h;
+  const int q_row0 = blockIdx.x * Cfg::kRowsPerCta;
+  const int num_tiles = static_cast<int>((p.nk + BN - 1) / BN);
+
+  if (threadIdx.x == 0) {
+    mbar_init(&sm.q_full, 1);
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&sm.full[s], 1);
+      mbar_init(&sm.empty[s], Cfg::kConsumers * 4);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---------------- producer ----------------
+    regs_dealloc<Cfg::kProducerRegs>();
+    if (warp == 0 && lane == 0) {
+      prefetch_tmap(&tm_q);
+      prefetch_tmap(&tm_k);
+      prefetch_tmap(&tm_v);
+      // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
+      auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
+        if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
+        else tma_load_4d(dst, map, bar, 0, row, h, b);
+      };
+      mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
+#pragma unroll
+      for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
+      for (int tile = 0; tile < num_tiles; ++tile) {
+        const int s = tile % S;
+        if (tile >= S) mbar_wait(&sm.empty[s], ((tile / S) - 1) & 1);  // its previous use released
+        mbar_arrive_expect_tx(&sm.full[s], 2 * BN * D);
+        load_rows(&tm_k, sm.k[s], &sm.full[s], tile * BN);           // keys >= nk: zeros (masked below)
+        tma_load_3d(sm.v[s], &tm_v, &sm.full[s], tile * BN, 0, static_cast<int>(slice));
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  regs_alloc<Cfg::kConsumerRegs>();
+  const int cg = wg - 1;
+  const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
+  const int qblk = static_cast<int>(row0 / attn::kBlkQ);
+  const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
+  const float* ks_g = p.k_scale + slice * p.k_blocks;
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[NO][4];
+#pragma unroll
+  for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+  mbar_wait(&sm.q_full, 0);
+  const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
+
+  // Ping-pong: a consumer group issues its MMAs only between bar.sync on its named barrier and
+  // bar.arrive on the other's, so the groups take turns on the tensor cores and each one's softmax
+  // runs while the other's MMAs do. Group 0 goes first (group 1 pre-arrives on barrier 1).
+  constexpr int kPair = 2 * 128;
+  const int my_bar = 1 + cg, other_bar = 2 - cg;
+  if (cg == 1) named_bar_arrive(1, kPair);
+
+  int32_t acc[NB][4];      // S of the current tile
+  float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
+  uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
+  float alpha[2];           // its rescale factor of O
+
+  auto issue_qk = [&](int tile) {  // S = Q K_tile^T (int32, exact)
+    const int s = tile % S;
+    mbar_wait(&sm.full[s], (tile / S) & 1);
+    const uint64_t desc_k = kmajor_desc<D>(sm.k[s]);
+    wgmma_fence();
+    wgmma_m64n128k32_s8<false>(acc, desc_q, desc_k);
+#pragma unroll
+    for (int ks = 1; ks < D / 32; ++ks)
+      wgmma_m64n128k32_s8<true>(acc, desc_advance(desc_q, 32 * ks), desc_advance(desc_k, 32 * ks));
+    wgmma_commit();
+  };
+  auto issue_pv = [&](const uint32_t (&pa)[BN / 32][4], int tile) {  // PV = P V_tile (fp32)
+    const uint64_t desc_v = kmajor_desc<BN>(sm.v[tile % S]);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < BN / 32; ++ks) {
+      const uint64_t dv = desc_advance(desc_v, 32 * ks);
+      if constexpr (D == 128) {
+        if (ks == 0) wgmma_m64n128k32_e4m3_rs<false>(pv, pa[ks], dv);
+        else wgmma_m64n128k32_e4m3_rs<true>(pv, pa[ks], dv);
+      } else {
+        if (ks == 0) wgmma_m64n64k32_e4m3_rs<false>(pv, pa[ks], dv);
+        else wgmma_m64n64k32_e4m3_rs<true>(pv, pa[ks], dv);
+      }
+    }
+    wgmma_commit();
+  };
+  auto softmax = [&](int tile) {
+    float sc[NB / 2];  // q scale x the tile's K scales (past the last block they multiply masked scores)
+#pragma unroll
+    for (int j = 0; j < NB / 2; ++j) {
+      const int kb = tile * (BN / attn::kBlkK) + j;
+      sc[j] = qs * (kb < p.k_blocks ? __ldg(ks_g + kb) : 0.f);
+    }
+    attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa);
+  };
+  // After wgmma_wait: PV of `tile` is in pv; its P registers may be reused from here on (the fence
+  // keeps the compiler from reusing them while the asynchronous MMA still reads them).
+  auto finish_pv = [&](int tile) {
+    fence_operands(pv);
+    fence_operands(pa);
+    if (lane == 0) mbar_arrive(&sm.empty[tile % S]);  // this warp no longer reads the stage
+#pragma unroll
+    for (int n = 0; n < NO; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
+  };
+  // Tile j (1 <= j < num_tiles): S_j and PV_{j-1} issued together in this group's turn; then O takes
+  // PV_{j-1} and the softmax of S_j runs while the other group's MMAs do. (Overlapping the softmax
+  // with this group's own PV as well needs a second P and PV in flight: 240 registers at D = 128
+  // are not enough, ptxas spilled 0.5 KB.)
+  auto phase = [&](int j) {
+    named_bar_sync(my_bar, kPair);
+    issue_qk(j);
+    issue_pv(pa, j - 1);
+    named_bar_arrive(other_bar, kPair);
+    wgmma_wait<0>();
+    fence_operands(acc);
+    finish_pv(j - 1);
+    softmax(j);
+  };
+
+  named_bar_sync(my_bar, kPair);
+  issue_qk(0);
+  named_bar_arrive(other_bar, kPair);
+  wgmma_wait<0>();
+  fence_operands(acc);
+  softmax(0);
+  for (int j = 1; j < num_tiles; ++j) phase(j);
+  named_bar_sync(my_bar, kPair);
+  issue_pv(pa, num_tiles - 1);
+  named_bar_arrive(other_bar, kPair);
+  wgmma_wait<0>();
+  finish_pv(num_tiles - 1);
+  if (cg == 0) named_bar_sync(my_bar, kPair);  // consume group 1's last arrival
+  attn::store_warp_rows<D>(p, slice, b, h, row0, o, m, l);
+#else
+  __trap();  // built for another arch: the launcher only dispatches here on sm_90
+#endif
+}
+
+template <int D>
+constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
+  return sizeof(sm90_attn::Smem<D>) + 1024;  // + alignment slack of the dynamic shared memory base
+}
+
+// Host launcher: one CTA per (128 query rows, head, batch), on `stream`. The tensor maps are built by
+// the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of Sm90AttnConfig.
+template <int D>
+void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
+                               const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
+  using Cfg = attn::Sm90AttnConfig<D>;
+  if (p.nq == 0 || batch == 0 || p.heads == 0) return;
+  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D>();
+  static const bool configured = [] {
+    TD_CUDA_CHECK(cudaFuncSetAttribute(sm90_int8_fp8_attn_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
+  sm90_int8_fp8_attn_kernel<D><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
+  TD_CHECK_LAUNCH();
+}
+
+}  // namespace td

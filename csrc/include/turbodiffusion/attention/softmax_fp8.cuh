@@ -1,0 +1,175 @@
+// Numerics shared by the quantized attention kernels (mma.sync and sm90 wgmma): the FP8 offset of
+// P, exp2, E4M3 packing, and the epilogue that turns a warp's fp32 O, m, l into the output rows and
+// the LSE. Both kernels hold O in the same per-warp layout (mma.sync m16n8 C fragments, which is
+// also what a wgmma accumulator gives each warp of a warpgroup): lane (g, t) = (lane / 4, lane % 4)
+// owns rows g and g+8 of the warp's 16 and, per n8 block n, channels 8n + 2t, 8n + 2t + 1.
+#pragma once
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "turbodiffusion/attention/params.h"
+
+namespace td {
+namespace attn {
+
+// log2(448): the FP8 offset. P = exp2(s - (m - log2 448)) lies in (0, 448], E4M3's finite range,
+// so P converts to FP8 without a per-row scale; the factor 448 cancels in O / l.
+constexpr float kLog2Fp8Max = 8.807354922057604f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Four fp32 -> four E4M3 bytes (round to nearest even, saturating to +-448), `a` in the low byte.
+// cvt...e4m3x2 puts its first source operand in the upper byte.
+__device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint16_t lo, hi;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(b), "f"(a));
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(d), "f"(c));
+  return uint32_t(lo) | (uint32_t(hi) << 16);
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+// int32 -> float32, exact for |x| < 2^22 (a Q K^T dot product of INT8 codes: |x| <= 128 * 127^2 <
+// 2^21), without I2F: the conversion unit issues 16 per clock per SM, the integer add and the float
+// subtract run on the full-rate pipes. 0x4B400000 is 1.5 * 2^23, whose ulp is 1.
+__device__ __forceinline__ float int_to_float_small(int32_t x) {
+  return __fsub_rn(__int_as_float(0x4B400000 + x), 12582912.0f);
+}
+
+// Online softmax of one KV tile of NB n8 blocks (NB * 8 keys starting at key0) held as int32 Q K^T
+// accumulators in the m16n8 C layout, in the log2 domain (sm_scale log2 e is folded into q's scale):
+//   s = float(acc) * sc[j / 2]   (sc = q scale x the K scale of 16 keys = two n8 blocks)
+//   keys >= nk -> -inf;  m' = max(m, max s);  alpha = exp2(m - m');  m_off = m' - log2 448
+//   P = exp2(s - m_off) in (0, 448];  l = l * alpha + sum(fp32 P)  (the lane's partial row sums)
+// and P packed to E4M3 as the A fragments of NB / 4 k32 steps: V's tokens are stored permuted per 16
+// ({0,1,8,9,2,3,10,11,...}), so A's k-indices 4t..4t+3 of a 16-group are the tokens {2t, 2t+1, 8+2t,
+// 9+2t} this lane already holds in n8 blocks 2q and 2q+1: no shuffle.
+template <int NB>
+__device__ __forceinline__ void softmax_tile_to_fp8(const int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
+                                                    int64_t key0, int64_t nk, float (&m)[2], float (&l)[2],
+                                                    float (&alpha)[2], uint32_t (&pa)[NB / 4][4]) {
+  const int t = threadIdx.x % 4;
+  float s[NB][4];
+  float tmax[2] = {-INFINITY, -INFINITY};
+  const bool partial = key0 + NB * 8 > nk;
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = __fmul_rn(int_to_float_small(acc[j][e]), sc[j / 2]);
+      if (partial && key0 + 8 * j + 2 * t + (e & 1) >= nk) x = -INFINITY;
+      s[j][e] = x;
+      tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
+    }
+  float moff[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+    tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+    const float mn = fmaxf(m[r], tmax[r]);
+    alpha[r] = fast_exp2(__fsub_rn(m[r], mn));  // first tile: exp2(-inf) = 0
+    moff[r] = __fsub_rn(mn, kLog2Fp8Max);
+    m[r] = mn;
+  }
+  float psum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = fast_exp2(__fsub_rn(s[j][e], moff[e >> 1]));
+      psum[e >> 1] += s[j][e];
+    }
+  l[0] = __fmaf_rn(l[0], alpha[0], psum[0]);
+  l[1] = __fmaf_rn(l[1], alpha[1], psum[1]);
+#pragma unroll
+  for (int ks = 0; ks < NB / 4; ++ks) {
+    const int j = 4 * ks;
+    pa[ks][0] = pack_e4m3x4(s[j][0], s[j][1], s[j + 1][0], s[j + 1][1]);
+    pa[ks][1] = pack_e4m3x4(s[j][2], s[j][3], s[j + 1][2], s[j + 1][3]);
+    pa[ks][2] = pack_e4m3x4(s[j + 2][0], s[j + 2][1], s[j + 3][0], s[j + 3][1]);
+    pa[ks][3] = pack_e4m3x4(s[j + 2][2], s[j + 2][3], s[j + 3][2], s[j + 3][3]);
+  }
+}
+
+// Epilogue of one warp's 16 query rows starting at row0 of slice (b, h):
+//   out = O / l * v_scale;  lse = ln2 * (log2 l + m - log2 448 + c * q.k_mean)
+// with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
+// constant per row: it cancels in the softmax, not in the LSE). m and l are per lane (rows g, g+8);
+// l holds the lane's partial sum, added over the quad here. Rows >= nq are not written.
+template <int D>
+__device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
+                                                int64_t row0, const float (&o)[D / 8][4], const float (&m)[2],
+                                                float (&l)[2]) {
+  constexpr int KSTEPS = D / 32, NO = D / 8;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // Lane t reads the channels 32s + 16hf + 4t + {0..3}: a quarter of each row, the quad covers it.
+  float qkm[2] = {0.f, 0.f};
+  const float* km = p.k_mean + slice * D;
+  const uint16_t* qo = static_cast<const uint16_t*>(p.q_orig) + b * p.qo_stride_b + h * p.qo_stride_h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = row0 + g + 8 * r;
+    if (row >= p.nq) continue;
+#pragma unroll
+    for (int s = 0; s < KSTEPS; ++s)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int c = 32 * s + 16 * hf + 4 * t;
+        const uint2 raw = __ldg(reinterpret_cast<const uint2*>(qo + row * p.qo_stride_n + c));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const uint16_t bits = static_cast<uint16_t>(((e < 2) ? raw.x : raw.y) >> (16 * (e & 1)));
+          const float qv = p.out_bf16 ? __uint_as_float(uint32_t(bits) << 16) : __half2float(__ushort_as_half(bits));
+          qkm[r] = __fmaf_rn(qv, __ldg(km + c + e), qkm[r]);
+        }
+      }
+  }
+  float inv_l[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 1);
+    qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 2);
+    inv_l[r] = 1.f / l[r];
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = row0 + g + 8 * r;
+    if (t == 0 && row < p.nq) {
+      const float lse2 = __fadd_rn(__fadd_rn(log2f(l[r]), __fsub_rn(m[r], kLog2Fp8Max)), __fmul_rn(qkm[r], p.lse_scale));
+      p.lse[slice * p.nq + row] = __fmul_rn(lse2, kLn2);
+    }
+  }
+  const float* vs = p.v_scale + slice * D;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = row0 + g + 8 * r;
+    if (row >= p.nq) continue;
+    const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+      const int c = 8 * n + 2 * t;
+      const float x0 = __fmul_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c));
+      const float x1 = __fmul_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1));
+      if (p.out_bf16)
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + off + c) = __floats2bfloat162_rn(x0, x1);
+      else
+        *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + off + c) = __floats2half2_rn(x0, x1);
+    }
+  }
+}
+
+}  // namespace attn
+}  // namespace td
