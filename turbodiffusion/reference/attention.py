@@ -9,7 +9,8 @@ Numerics of the quantized kernel (and of `attention_int8_fp8_mma` below):
     (k is smoothed, k - mean_N(k): exact for the softmax, corrected in the LSE below).
   * Online softmax over KV tiles of MMA_KV_TILE keys, keys >= Nk masked to -inf:
         m' = max(m, max_tile s);  alpha = exp2(m - m');  m_off = m' - log2(448)
-        P  = exp2(s - m_off)  in (0, 448]  (the offset makes P land in E4M3's range, no per-row scale)
+        P  = exp2(fl(acc * (q_scale * k_scale) - m_off))  in (0, 448]  (one rounding: the kernels
+             fuse it into an FMA; the offset makes P land in E4M3's range, no per-row scale)
         l  = l * alpha + sum(P)                                 (fp32 P, before the FP8 cast)
         O  = O * alpha + (e4m3(P) @ v_fp8_tile)                 (a fresh fp32 sum per tile: two-level)
   * out = O * (1 / l) * v_scale[channel]  (the 448 offset cancels in O / l);
@@ -98,11 +99,12 @@ def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch
     for t0 in range(0, nk, kv_tile):
         t1 = min(t0 + kv_tile, nk)
         acc = q @ k[:, :, t0:t1].transpose(2, 3)                                      # exact int32 sums
-        s = acc * (qs[..., None] * ks[:, :, None, t0:t1])
-        m_new = torch.maximum(m, s.amax(dim=-1))
+        sc = qs[..., None] * ks[:, :, None, t0:t1]
+        m_new = torch.maximum(m, (acc * sc).amax(dim=-1))
         alpha = torch.exp2(m - m_new)
         m_off = m_new - log2_448
-        p = torch.exp2(s - m_off[..., None])
+        # fl(acc * sc - m_off) with one rounding (the kernels' FMA): exact in float64, then rounded.
+        p = torch.exp2((acc.double() * sc.double() - m_off.double()[..., None]).float())
         l = l * alpha + p.sum(dim=-1)
         p8 = p.clamp(max=448.0).to(torch.float8_e4m3fn).float()                      # cvt.rn.satfinite
         o = o * alpha[..., None] + p8 @ v[:, :, t0:t1]          # exact e4m3 products, fp32 sums

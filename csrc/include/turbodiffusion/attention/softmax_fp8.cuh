@@ -48,46 +48,59 @@ __device__ __forceinline__ float int_to_float_small(int32_t x) {
 }
 
 // Online softmax of one KV tile of NB n8 blocks (NB * 8 keys starting at key0) held as int32 Q K^T
-// accumulators in the m16n8 C layout, in the log2 domain (sm_scale log2 e is folded into q's scale):
-//   s = float(acc) * sc[j / 2]   (sc = q scale x the K scale of 16 keys = two n8 blocks)
-//   keys >= nk -> -inf;  m' = max(m, max s);  alpha = exp2(m - m');  m_off = m' - log2 448
-//   P = exp2(s - m_off) in (0, 448];  l = l * alpha + sum(fp32 P)  (the lane's partial row sums)
-// and P packed to E4M3 as the A fragments of NB / 4 k32 steps: V's tokens are stored permuted per 16
-// ({0,1,8,9,2,3,10,11,...}), so A's k-indices 4t..4t+3 of a 16-group are the tokens {2t, 2t+1, 8+2t,
-// 9+2t} this lane already holds in n8 blocks 2q and 2q+1: no shuffle.
+// accumulators in the m16n8 C layout, in the log2 domain (sm_scale log2 e is folded into q's scale),
+// with sc[q] = q scale x the K scale of 16 keys (n8 blocks 2q, 2q+1):
+//   keys >= nk masked;  m' = max(m, max fl(acc * sc));  alpha = exp2(m - m');  m_off = m' - log2 448
+//   P = exp2(fl(acc * sc - m_off)) in (0, 448]  (one rounding: an FMA);  l = l * alpha + sum(fp32 P)
+// (l is the lane's partial row sum). Per score that is an integer max, the exact int -> float, one
+// FMA, the exp2 and the sum: the row maxima come from the integer maxima of each 16-key group (sc >
+// 0 and rounding is monotonic, so max fl(acc sc) = fl(max(acc) sc)). P is packed to E4M3 as the A
+// fragments of NB / 4 k32 steps: V's tokens are stored permuted per 16 ({0,1,8,9,2,3,10,11,...}), so
+// A's k-indices 4t..4t+3 of a 16-group are the tokens {2t, 2t+1, 8+2t, 9+2t} this lane already holds
+// in n8 blocks 2q and 2q+1: no shuffle. `acc` is consumed (masked keys are overwritten).
 template <int NB>
-__device__ __forceinline__ void softmax_tile_to_fp8(const int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
                                                     int64_t key0, int64_t nk, float (&m)[2], float (&l)[2],
                                                     float (&alpha)[2], uint32_t (&pa)[NB / 4][4]) {
+  constexpr int32_t kMasked = INT32_MIN;  // below every dot product of INT8 codes
   const int t = threadIdx.x % 4;
-  float s[NB][4];
-  float tmax[2] = {-INFINITY, -INFINITY};
   const bool partial = key0 + NB * 8 > nk;
+  if (partial) {
 #pragma unroll
-  for (int j = 0; j < NB; ++j)
+    for (int j = 0; j < NB; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = __fmul_rn(int_to_float_small(acc[j][e]), sc[j / 2]);
-      if (partial && key0 + 8 * j + 2 * t + (e & 1) >= nk) x = -INFINITY;
-      s[j][e] = x;
-      tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
+      for (int e = 0; e < 4; ++e)
+        if (key0 + 8 * j + 2 * t + (e & 1) >= nk) acc[j][e] = kMasked;
+  }
+  float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int q = 0; q < NB / 2; ++q)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int32_t mx = max(max(acc[2 * q][2 * r], acc[2 * q][2 * r + 1]),
+                             max(acc[2 * q + 1][2 * r], acc[2 * q + 1][2 * r + 1]));
+      const float x = __fmul_rn(int_to_float_small(mx), sc[q]);
+      tmax[r] = fmaxf(tmax[r], (partial && mx == kMasked) ? -INFINITY : x);
     }
   float moff[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
     tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-    const float mn = fmaxf(m[r], tmax[r]);
+    const float mn = fmaxf(m[r], tmax[r]);  // finite: every tile holds at least one key < nk
     alpha[r] = fast_exp2(__fsub_rn(m[r], mn));  // first tile: exp2(-inf) = 0
     moff[r] = __fsub_rn(mn, kLog2Fp8Max);
     m[r] = mn;
   }
+  float s[NB][4];
   float psum[2] = {0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < NB; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[j][e] = fast_exp2(__fsub_rn(s[j][e], moff[e >> 1]));
+      float x = __fmaf_rn(int_to_float_small(acc[j][e]), sc[j / 2], -moff[e >> 1]);
+      if (partial && acc[j][e] == kMasked) x = -INFINITY;
+      s[j][e] = fast_exp2(x);
       psum[e >> 1] += s[j][e];
     }
   l[0] = __fmaf_rn(l[0], alpha[0], psum[0]);
