@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
+#include <utility>
 
 #include "ops/checks.h"
 #include "turbodiffusion/attention/mma_int8_fp8_attn.cuh"
@@ -41,12 +43,18 @@ void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, co
   TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", dims_str(t.strides()));
 }
 
-}  // namespace
+// Checked inputs and allocated outputs of one quantized-attention call (dense or block-sparse).
+struct QuantizedAttention {
+  AttnInt8Fp8Params p{};
+  at::Tensor out, lse;
+  BHND sq, sk;
+};
 
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
-    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
-    double sm_scale) {
+QuantizedAttention prepare_quantized_attention(const at::Tensor& q, const at::Tensor& q_int8,
+                                               const at::Tensor& q_scale, const at::Tensor& k_int8,
+                                               const at::Tensor& k_scale, const at::Tensor& k_mean,
+                                               const at::Tensor& v_fp8, const at::Tensor& v_scale,
+                                               const std::string& layout, double sm_scale) {
   check_layout(layout);
   const c10::Device device = q.device();
   check_attention_tensor(q, "q", layout, device);
@@ -75,19 +83,23 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   TORCH_CHECK_VALUE(v_fp8.is_contiguous(), "v_fp8: expected a contiguous tensor, got strides ", dims_str(v_fp8.strides()));
   TORCH_CHECK_VALUE(std::isfinite(sm_scale) && sm_scale > 0, "sm_scale: expected a finite positive number, got ",
                     num(sm_scale));
+  TORCH_CHECK_VALUE(sq.h <= 65535 && sq.b <= 65535, "q_int8: expected at most 65535 heads and batches, got ",
+                    num(sq.h), " and ", num(sq.b));
   const c10::ScalarType out_dtype = q.scalar_type();
-  const c10::cuda::CUDAGuard guard(device);
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
   const int cc = prop->major * 10 + prop->minor;
   TORCH_CHECK(cc >= 89, "attention_int8_fp8_mma: needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
               " (", prop->name, "); an sm_80 FP16-PV path is not built");
 
-  at::Tensor out = at::empty(layout == "NHD" ? std::vector<int64_t>{sq.b, sq.n, sq.h, sq.d}
-                                             : std::vector<int64_t>{sq.b, sq.h, sq.n, sq.d},
-                             q_int8.options().dtype(out_dtype));
-  at::Tensor lse = at::empty({sq.b, sq.h, sq.n}, q_int8.options().dtype(at::kFloat));
+  QuantizedAttention a;
+  a.sq = sq;
+  a.sk = sk;
+  a.out = at::empty(layout == "NHD" ? std::vector<int64_t>{sq.b, sq.n, sq.h, sq.d}
+                                    : std::vector<int64_t>{sq.b, sq.h, sq.n, sq.d},
+                    q_int8.options().dtype(out_dtype));
+  a.lse = at::empty({sq.b, sq.h, sq.n}, q_int8.options().dtype(at::kFloat));
 
-  AttnInt8Fp8Params p{};
+  AttnInt8Fp8Params& p = a.p;
   p.q_orig = q.data_ptr();
   p.q = q_int8.data_ptr<int8_t>();
   p.k = k_int8.data_ptr<int8_t>();
@@ -96,8 +108,8 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   p.k_scale = k_scale.data_ptr<float>();
   p.k_mean = k_mean.data_ptr<float>();
   p.v_scale = v_scale.data_ptr<float>();
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr<float>();
+  p.out = a.out.data_ptr();
+  p.lse = a.lse.data_ptr<float>();
   const bool nhd = layout == "NHD";
   auto strides = [&](const at::Tensor& t, int64_t& sb, int64_t& sh, int64_t& sn) {
     sb = t.stride(0);
@@ -107,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   strides(q_int8, p.q_stride_b, p.q_stride_h, p.q_stride_n);
   strides(q, p.qo_stride_b, p.qo_stride_h, p.qo_stride_n);
   strides(k_int8, p.k_stride_b, p.k_stride_h, p.k_stride_n);
-  strides(out, p.o_stride_b, p.o_stride_h, p.o_stride_n);
+  strides(a.out, p.o_stride_b, p.o_stride_h, p.o_stride_n);
   p.v_n_pad = v_fp8.size(3);
   p.nq = sq.n;
   p.nk = sk.n;
@@ -116,11 +128,74 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   p.k_blocks = static_cast<int>(k_scale.size(2));
   p.out_bf16 = out_dtype == c10::kBFloat16;
   p.lse_scale = static_cast<float>(sm_scale * 1.4426950408889634);  // like the reference: fp32(sm_scale * log2 e)
-  TORCH_CHECK_VALUE(sq.h <= 65535 && sq.b <= 65535, "q_int8: expected at most 65535 heads and batches, got ",
-                    num(sq.h), " and ", num(sq.b));
+  return a;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
+    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
+    double sm_scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_mma_int8_fp8_attn<D>(p, static_cast<int>(sq.b), stream); });
-  return {out, lse};
+  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_mma_int8_fp8_attn<D>(a.p, static_cast<int>(a.sq.b), stream); });
+  return {a.out, a.lse};
+}
+
+// Block-sparse variant (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3).
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::Device device = q.device();
+  const int64_t unit = attn::kKvTile;  // = the sparse CTA's query rows (MmaAttnConfig<D, true>::kRowsPerCta)
+  for (auto [name, blk] : {std::pair<const char*, int64_t>{"blkq", blkq}, {"blkk", blkk}})
+    TORCH_CHECK_VALUE(blk > 0 && blk % unit == 0 && blk <= 1024, name, ": expected a positive multiple of ", num(unit),
+                      " <= 1024, got ", num(blk));
+  const BHND& sq = a.sq;
+  const int64_t mq = (sq.n + blkq - 1) / blkq;
+  TORCH_CHECK_TYPE(lut.scalar_type() == c10::kInt, "lut: expected dtype int32, got ", dtype_name(lut.scalar_type()));
+  check_cuda_tensor(lut, "lut", device);
+  TORCH_CHECK_VALUE(lut.dim() == 4 && lut.size(0) == sq.b && lut.size(1) == sq.h && lut.size(2) == mq &&
+                        lut.is_contiguous(),
+                    "lut: expected a contiguous tensor of shape [", num(sq.b), ", ", num(sq.h), ", ", num(mq),
+                    ", max_kept] (Mq = ceil(", num(sq.n), " / blkq ", num(blkq), ")), got shape ", dims_str(lut.sizes()),
+                    " strides ", dims_str(lut.strides()));
+  TORCH_CHECK_TYPE(count.scalar_type() == c10::kInt, "count: expected dtype int32, got ",
+                   dtype_name(count.scalar_type()));
+  check_cuda_tensor(count, "count", device);
+  TORCH_CHECK_VALUE(count.sizes() == c10::IntArrayRef({sq.b, sq.h, mq}) && count.is_contiguous(),
+                    "count: expected a contiguous tensor of shape ", dims_str({sq.b, sq.h, mq}), ", got shape ",
+                    dims_str(count.sizes()));
+  TORCH_CHECK_VALUE(lin.has_value() == lin_bias.has_value(), "lin_bias: expected a tensor exactly when lin is given");
+  AttnInt8Fp8Params& p = a.p;
+  p.lut = lut.data_ptr<int32_t>();
+  p.count = count.data_ptr<int32_t>();
+  p.lut_width = static_cast<int>(lut.size(3));
+  p.sparse_q_blocks = static_cast<int>(mq);
+  p.blkq = static_cast<int>(blkq);
+  p.blkk = static_cast<int>(blkk);
+  if (lin.has_value()) {
+    TORCH_CHECK_TYPE(lin->scalar_type() == c10::kHalf, "lin: expected dtype float16, got ",
+                     dtype_name(lin->scalar_type()));
+    check_cuda_tensor(*lin, "lin", device);
+    TORCH_CHECK_VALUE(lin->sizes() == c10::IntArrayRef({sq.b, sq.h, sq.d + 8, sq.d}) && lin->is_contiguous(),
+                      "lin: expected a contiguous tensor of shape ", dims_str({sq.b, sq.h, sq.d + 8, sq.d}),
+                      " (sla_linear_state), got shape ", dims_str(lin->sizes()));
+    check_f32(*lin_bias, "lin_bias", {sq.d}, device);
+    p.lin = reinterpret_cast<const __half*>(lin->data_ptr());
+    p.lin_bias = lin_bias->data_ptr<float>();
+  }
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_mma_int8_fp8_attn<D, true>(p, static_cast<int>(sq.b), stream); });
+  return {a.out, a.lse};
 }
 
 }  // namespace td

@@ -28,6 +28,7 @@
 #include "turbodiffusion/common/cuda_check.h"
 #include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/common/sm80_primitives.cuh"
+#include "turbodiffusion/sparse/lut_tiles.cuh"
 
 namespace td {
 namespace mma_attn {
@@ -75,13 +76,20 @@ __device__ __forceinline__ int chunk_offset(int row, int chunk) {
 }  // namespace mma_attn
 
 // TD_SPILL_OK(mma_int8_fp8_attn_kernel): at D = 128, ptxas (nvcc 13.0, sm_90a) uses all 255
-// registers and spills 12 bytes (a few loop-carried scalars, L1-resident); a 168-register cap (3 CTAs
-// per SM) spilled 68-100 bytes instead. Removing it needs a leaner fragment schedule (to do).
-template <int D>
-__global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAttnConfig<D>::kMinBlocksPerSm)
+// registers and spills 8-12 bytes (a few loop-carried scalars, L1-resident); the block-sparse
+// instantiation spills 16 bytes (its LUT walk adds loop-carried state; sm_120a: none). A 168-register
+// cap (3 CTAs per SM) spilled 68-100 bytes instead. Removing it needs a leaner fragment schedule (to do).
+//
+// kSparse: the block-sparse variant (ARCHITECTURE §4.2): the CTA's 64 rows lie in one query block and
+// walk only the KV tiles of the key blocks its LUT row lists (sla_detail::SparseTiles); a row with no
+// kept block writes 0 and LSE -inf. With p.lin it adds SLA's projected linear branch in the epilogue
+// (sla_detail::LinearTerm). Everything else is the dense kernel's code.
+template <int D, bool kSparse = false>
+__global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
+                                  attn::MmaAttnConfig<D, kSparse>::kMinBlocksPerSm)
     mma_int8_fp8_attn_kernel(const AttnInt8Fp8Params p) {
   using namespace mma_attn;
-  using Cfg = attn::MmaAttnConfig<D>;
+  using Cfg = attn::MmaAttnConfig<D, kSparse>;
   constexpr int BK = attn::kKvTile;
   constexpr int KCH = D / 16;      // 16-byte chunks per K row (a key)
   constexpr int VCH = BK / 16;     // 16-byte chunks per V row (a channel)
@@ -92,6 +100,7 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
   static_assert(BK == 64 && VCH == 4, "the P fragment packing below assumes 64-key tiles (two k32 steps)");
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   static_assert((BK * KCH) % Cfg::kThreads == 0 && (D * VCH) % Cfg::kThreads == 0, "whole cp.async rounds");
+  static_assert(!kSparse || Cfg::kRowsPerCta == BK, "sparse block sizes are multiples of both the CTA rows and the tile");
 
   __shared__ __align__(128) uint8_t sK[2][BK * D];
   __shared__ __align__(128) uint8_t sV[2][D * BK];
@@ -104,7 +113,8 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
 
   const int8_t* kg = p.k + b * p.k_stride_b + h * p.k_stride_h;
   const uint8_t* vg = p.v + slice * D * p.v_n_pad;
-  const int num_tiles = static_cast<int>((p.nk + BK - 1) / BK);
+  using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles, sla_detail::DenseTiles>;
+  Tiles tiles(p, BK, kSparse ? static_cast<int>(int64_t(blockIdx.x) * Cfg::kRowsPerCta / p.blkq) : 0);
 
   // K tile: BK keys x D bytes; V tile: D channels x BK token positions (already permuted and padded
   // to a multiple of BK by quantize_v_fp8, so always in bounds). Keys >= nk are zero-filled.
@@ -124,7 +134,8 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
     }
   };
 
-  load_tile(0, 0);
+  int cur = tiles.next();
+  if (cur >= 0) load_tile(cur, 0);
   cp_async_commit();
 
   // Q fragments straight from global memory (once per CTA): rows g and g+8 of the warp, 4-byte
@@ -154,9 +165,10 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
 #pragma unroll
   for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile & 1;
-    if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+  for (int stage = 0; cur >= 0; stage ^= 1) {
+    const int tile = cur;
+    cur = tiles.next();
+    if (cur >= 0) load_tile(cur, stage ^ 1);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "this tile"
     // K scales of this tile (one per 16 keys; past the last block they multiply masked scores).
     float sc[NB / 2];
@@ -280,27 +292,46 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 1);
     qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 2);
-    inv_l[r] = 1.f / l[r];
+    inv_l[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;  // l = 0 only for a sparse row with no kept block: out 0
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row0 + g + 8 * r;
     if (t == 0 && row < p.nq) {
       const float lse2 = __fadd_rn(__fadd_rn(log2f(l[r]), __fsub_rn(m[r], kLog2Fp8Max)), __fmul_rn(qkm[r], p.lse_scale));
-      p.lse[slice * p.nq + row] = __fmul_rn(lse2, kLn2);
+      p.lse[slice * p.nq + row] = l[r] > 0.f ? __fmul_rn(lse2, kLn2) : -INFINITY;
     }
   }
   const float* vs = p.v_scale + slice * D;
+  // SLA: the linear term of the warp's rows, one n8 block of channels at a time (sla_detail::LinearTerm).
+  const bool linear = kSparse && p.lin != nullptr;
+  sla_detail::LinearTerm<D> lin;
+  if (kSparse && linear) {
+    const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
+    const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
+    const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
+    const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
+    if (p.out_bf16)
+      lin.template load<true>(q_lo, q_hi, p, slice, g, t, lane);
+    else
+      lin.template load<false>(q_lo, q_hi, p, slice, g, t, lane);
+  }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row0 + g + 8 * r;
-    if (row >= p.nq) continue;
-    const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
+  for (int n = 0; n < NO; ++n) {
+    float y[4] = {0.f, 0.f, 0.f, 0.f};
+    if (kSparse && linear) {
+      lin.product(p, slice, n, g, y);
 #pragma unroll
-    for (int n = 0; n < NO; ++n) {
+      for (int e = 0; e < 4; ++e) y[e] = fmaf(y[e], lin.inv_den[e >> 1], __ldg(p.lin_bias + 8 * n + 2 * t + (e & 1)));
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = row0 + g + 8 * r;
+      if (row >= p.nq) continue;
+      const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
       const int c = 8 * n + 2 * t;
-      const float x0 = __fmul_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c));
-      const float x1 = __fmul_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1));
+      const float x0 = __fmaf_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c), y[2 * r]);
+      const float x1 = __fmaf_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1), y[2 * r + 1]);
       if (p.out_bf16)
         *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + off + c) = __floats2bfloat162_rn(x0, x1);
       else
@@ -310,12 +341,12 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
 }
 
 // Host launcher: one CTA per (rows-per-CTA query rows, head, batch), on `stream`.
-template <int D>
+template <int D, bool kSparse = false>
 void launch_mma_int8_fp8_attn(const AttnInt8Fp8Params& p, int batch, cudaStream_t stream) {
-  using Cfg = attn::MmaAttnConfig<D>;
+  using Cfg = attn::MmaAttnConfig<D, kSparse>;
   if (p.nq == 0 || batch == 0 || p.heads == 0) return;
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  mma_int8_fp8_attn_kernel<D><<<grid, Cfg::kThreads, 0, stream>>>(p);
+  mma_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, 0, stream>>>(p);
   TD_CHECK_LAUNCH();
 }
 
