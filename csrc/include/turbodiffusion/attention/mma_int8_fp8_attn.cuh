@@ -304,9 +304,10 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
   }
   const float* vs = p.v_scale + slice * D;
   // SLA: the linear term of the warp's rows, one n8 block of channels at a time (sla_detail::LinearTerm).
-  const bool linear = kSparse && p.lin != nullptr;
+  bool linear = false;
   sla_detail::LinearTerm<D> lin;
-  if (kSparse && linear) {
+  if constexpr (kSparse) linear = p.lin != nullptr;
+  if (linear) {
     const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
     const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
     const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
@@ -319,7 +320,7 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
 #pragma unroll
   for (int n = 0; n < NO; ++n) {
     float y[4] = {0.f, 0.f, 0.f, 0.f};
-    if (kSparse && linear) {
+    if (linear) {
       lin.product(p, slice, n, g, y);
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[e] = fmaf(y[e], lin.inv_den[e >> 1], __ldg(p.lin_bias + 8 * n + 2 * t + (e & 1)));
