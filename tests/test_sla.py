@@ -360,3 +360,47 @@ def test_sage_sla_bad_input():
         ops.sage_sla(q, q, q, w, b, 0.1, blkk=32)
     with pytest.raises(ValueError, match="topk: expected a fraction in \\[0, 1\\], got -0.1"):
         ops.sla(q, q, q, w, b, -0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU only: Wan length, graph capture
+@pytest.mark.gpu
+@pytest.mark.parametrize("d,blocks", [(128, (64, 64)), (128, (128, 64)), (64, (64, 128))])
+def test_sage_sla_long_cuda(d, blocks):
+    """N = 32760 (1.3B-480p), top-k 0.1, one head: SageSLA against the fp32 SLA semantics with its own LUT,
+    and the block map against torch.topk on the reference scores."""
+    blkq, blkk = blocks
+    for family in ("bias", "gaussian"):
+        q, k, v = _qkv(1, 1, 32760, 32760, d, "NHD", torch.bfloat16, "cuda", family=family)
+        w, b = _proj(d, "cuda")
+        lut, count = ops.sla_block_map(q, k, topk=0.1, blkq=blkq, blkk=blkk)
+        s = ref.sla.sla_block_scores(q, k, "NHD", blkq, blkk)
+        kth = s.topk(lut.shape[-1], dim=-1).values[..., -1:]
+        assert (s.gather(-1, lut.long()) >= kth - 1e-5 * s.abs().amax(-1, keepdim=True)).all(), family
+        out = ops.sage_sla(q, k, v, w, b, 0.1, blkq=blkq, blkk=blkk, lut=lut, count=count)
+        want = ref.sla_attention(q, k, v, w, b, 0.1, "NHD", blkq, blkk, lut=lut, count=count)
+        cos, rl1 = cosine(out.float(), want), rel_l1(out.float(), want)
+        c_min, rl1_max = SLA_BOUNDS[family]
+        assert cos >= c_min and rl1 <= rl1_max, f"{family} d{d} {blocks}: cosine {cos:.6f} rel L1 {rl1:.4f}"
+        del s, want
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+def test_sage_sla_cuda_graph():
+    q, k, v = _qkv(1, 4, 3000, 3000, 128, "NHD", torch.bfloat16, "cuda", family="bias")
+    w, b = _proj(128, "cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        ops.sage_sla(q, k, v, w, b, 0.2)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.sage_sla(q, k, v, w, b, 0.2)
+    for x, fresh in zip((q, k, v), _qkv(1, 4, 3000, 3000, 128, "NHD", torch.bfloat16, "cuda", family="bias")):
+        x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = ops.sage_sla(q, k, v, w, b, 0.2)
+    # K's mean is summed with float atomics by the quantizer: equal up to a rare one-code difference in k_int8.
+    assert cosine(out.float(), want.float()) > 0.99999
