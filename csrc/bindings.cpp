@@ -23,6 +23,16 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor
                                           const at::Tensor& v_scale, const std::string& layout, double sm_scale);
 TD_DECLARE_QUANTIZED_ATTENTION(attention_int8_fp8_mma_cuda)
 TD_DECLARE_QUANTIZED_ATTENTION(attention_int8_fp8_sm90_cuda)
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk);
+std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                      const std::string& layout, int64_t blkq, int64_t blkk,
+                                                      double topk);
+at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tensor& proj_weight,
+                                 const std::string& layout);
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
                           const std::string& backend);
@@ -35,6 +45,9 @@ TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
   m.impl("w8a8_gemm", &td::w8a8_gemm_cuda);
   m.impl("attention_int8_fp8_mma", &td::attention_int8_fp8_mma_cuda);
   m.impl("attention_int8_fp8_sm90", &td::attention_int8_fp8_sm90_cuda);
+  m.impl("attention_int8_fp8_sparse_mma", &td::attention_int8_fp8_sparse_mma_cuda);
+  m.impl("sla_block_map", &td::sla_block_map_cuda);
+  m.impl("sla_linear_state", &td::sla_linear_state_cuda);
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -2,11 +2,11 @@
 # The GPU workflow in one call (docs/gpu_workflow.md): build for this GPU's arch with every core,
 # run the whole test suite (GPU tests included), compute-sanitizer memcheck on small shapes, and
 # the benchmarks. Logs and result tables go to $OUT (default ./gpu_out).
-#   TD_COMMIT=<sha> bash scripts/gpu_run.sh [bench suites...]   (default: quant gemm attention)
+#   TD_COMMIT=<sha> bash scripts/gpu_run.sh [bench suites...]   (default: quant gemm attention sla)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-SUITES=${*:-quant gemm attention}
+SUITES=${*:-quant gemm attention sla}
 status=0
 step() { echo "=== $1 ($(date +%T))"; }
 

@@ -27,6 +27,18 @@ def main() -> None:
             for backend in ("mma", "sm90") if sm90 else ("mma",):
                 ops.sage_attention(q, kv, kv, layout=layout, return_lse=True, backend=backend)
                 ops.sage_attention(q.half(), kv.half(), kv.half(), layout=layout, backend=backend)
+    for d in (64, 128):  # SLA: block map, linear state, sparse kernel (empty rows, partial blocks, linear epilogue)
+        for layout, (nq, nk), (blkq, blkk) in (("NHD", (77, 130), (64, 64)), ("HND", (200, 1000), (128, 64)),
+                                               ("NHD", (65, 1), (64, 128))):
+            shp = (lambda n: (2, n, 3, d)) if layout == "NHD" else (lambda n: (2, 3, n, d))
+            q = torch.randn(shp(nq), dtype=torch.bfloat16, device="cuda")
+            kv = torch.randn(shp(nk), dtype=torch.bfloat16, device="cuda")
+            w = torch.randn(d, d, device="cuda")
+            ops.sla_block_map(q, kv, topk=0.3, blkq=blkq, blkk=blkk, layout=layout)
+            ops.sla_block_map(q.half(), kv.half(), topk=1.0, blkq=17, blkk=33, layout=layout)
+            ops.sage_sla(q, kv, kv, w, torch.randn(d, device="cuda"), 0.5, blkq=blkq, blkk=blkk, layout=layout,
+                         return_lse=True)
+            ops.sage_sla(q.half(), kv.half(), kv.half(), w, torch.randn(d, device="cuda"), 0.0, layout=layout)
     for backend in ("auto", "mma"):  # W8A8 GEMM: odd M, N and K multiples of 8 and 16 only
         for out_dtype in (torch.bfloat16, torch.float16):
             a = torch.randint(-128, 128, (77, 48), dtype=torch.int8, device="cuda")

@@ -62,7 +62,6 @@ def test_missing_checkpoint_names_the_file(tmp_path, capsys, monkeypatch):
     (["--frames", "80"], "argument --frames: expected 4n+1 frames"),
     (["--resolution", "1080p"], "argument --resolution: invalid choice: '1080p'"),
     (["--steps", "5"], "argument --steps: invalid choice: 5"),
-    (["--attention", "sagesla"], "attention kind 'sagesla': its kernels have not landed"),
     (["--topk", "0.2"], "--topk: applies to --attention sla/sagesla only"),
 ])
 def test_argument_errors(capsys, argv, message):

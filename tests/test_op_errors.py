@@ -18,6 +18,15 @@ def _t(shape, device, dtype=torch.bfloat16):
     return torch.randn(shape).to(dtype=dtype, device=device)
 
 
+def _expect_error(call, exc, words):
+    """call() raises exc with a message containing every word (argument name, expected, given)."""
+    with pytest.raises(exc) as info:
+        call()
+    text = str(info.value)
+    for w in words:
+        assert w in text, f"message {text!r} lacks {w!r}"
+
+
 def _other_device(device):
     return "cpu" if device == "cuda" else "meta"
 
@@ -74,22 +83,12 @@ def _gemm_cases(device):
 
 @pytest.mark.parametrize("index", range(13))
 def test_gemm_bad_input_names_the_argument(device, index):
-    call, exc, words = _gemm_cases(device)[index]
-    with pytest.raises(exc) as info:
-        call()
-    text = str(info.value)
-    for w in words:
-        assert w in text, f"message {text!r} lacks {w!r}"
+    _expect_error(*_gemm_cases(device)[index])
 
 
 @pytest.mark.parametrize("index", range(18))
 def test_bad_input_names_the_argument(device, index):
-    call, exc, words = _cases(device)[index]
-    with pytest.raises(exc) as info:
-        call()
-    text = str(info.value)
-    for w in words:
-        assert w in text, f"message {text!r} lacks {w!r}"
+    _expect_error(*_cases(device)[index])
 
 
 def test_cuda_tensor_mixed_with_cpu_tensor_on_public_api(device):
@@ -138,9 +137,44 @@ def test_attention_bad_input_names_the_argument(device, kernel, index):
     cases = _attention_cases(device, kernel)
     if index >= len(cases):
         pytest.skip(f"{kernel} has {len(cases)} cases")
-    call, exc, words = cases[index]
-    with pytest.raises(exc) as info:
-        call()
-    text = str(info.value)
-    for w in words:
-        assert w in text, f"message {text!r} lacks {w!r}"
+    _expect_error(*cases[index])
+
+
+SLA_MAP = torch.ops.turbodiffusion.sla_block_map
+SLA_LIN = torch.ops.turbodiffusion.sla_linear_state
+SPARSE = torch.ops.turbodiffusion.attention_int8_fp8_sparse_mma
+
+
+def _sla_cases(device):
+    bf = dict(dtype=torch.bfloat16, device=device)
+    q = torch.randn(1, 100, 2, 64, **bf)
+    w = torch.randn(64, 64, device=device)
+    q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, q, blk_q=16, blk_k=16, q_scale_factor=0.18)
+    args = [q, q_i8, q_s, k_i8, k_s, km, *ops.quantize_v_fp8(q, pad_to=64)]
+    lut = torch.zeros(1, 2, 2, 1, dtype=torch.int32, device=device)
+    count = torch.ones(1, 2, 2, dtype=torch.int32, device=device)
+    sp = lambda **kw: SPARSE(*args, *{**dict(lut=lut, count=count, lin=None, lin_bias=None, layout="NHD",  # noqa: E731
+                                           sm_scale=0.125, blkq=64, blkk=64), **kw}.values())
+    return [
+        (lambda: SLA_MAP(q, q.float(), "NHD", 64, 64, 0.1), TypeError, ["k", "float32"]),
+        (lambda: SLA_MAP(q, torch.randn(1, 100, 3, 64, **bf), "NHD", 64, 64, 0.1), ValueError, ["k", "heads"]),
+        (lambda: SLA_MAP(q, q, "NHD", 0, 64, 0.1), ValueError, ["blkq", "0"]),
+        (lambda: SLA_MAP(q, q, "NHD", 64, 64, 1.5), ValueError, ["topk", "1.5"]),
+        (lambda: SLA_MAP(q, q[:, :0], "NHD", 64, 64, 0.1), ValueError, ["k", "at least one key"]),
+        (lambda: SLA_LIN(q, q, w.double(), "NHD"), TypeError, ["proj_weight", "float32", "float64"]),
+        (lambda: SLA_LIN(q, q, w[:32], "NHD"), ValueError, ["proj_weight", "[64, 64]", "[32, 64]"]),
+        (lambda: SLA_LIN(q, q[:, :50], w, "NHD"), ValueError, ["v", "like k"]),
+        (lambda: sp(blkq=96), ValueError, ["blkq", "multiple of 64", "96"]),
+        (lambda: sp(lut=lut.long()), TypeError, ["lut", "int32", "int64"]),
+        (lambda: sp(lut=torch.zeros(1, 2, 3, 1, dtype=torch.int32, device=device)), ValueError,
+         ["lut", "[1, 2, 2, max_kept]", "[1, 2, 3, 1]"]),
+        (lambda: sp(count=count[..., :1]), ValueError, ["count", "[1, 2, 2]"]),
+        (lambda: sp(lin=torch.zeros(1, 2, 72, 64, dtype=torch.float16, device=device)), ValueError, ["lin_bias"]),
+        (lambda: sp(lin=torch.zeros(1, 2, 64, 64, dtype=torch.float16, device=device),
+                    lin_bias=torch.zeros(64, device=device)), ValueError, ["lin", "[1, 2, 72, 64]"]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(14))
+def test_sla_bad_input_names_the_argument(device, index):
+    _expect_error(*_sla_cases(device)[index])

@@ -28,6 +28,15 @@ def _samples(device):
                                    _attention_sample(2, 20, 70, 1, 128, "HND", torch.float16, device)],
         "attention_int8_fp8_sm90": [_attention_sample(1, 33, 17, 2, 64, "NHD", torch.bfloat16, device),
                                     _attention_sample(2, 130, 70, 1, 128, "HND", torch.float16, device)],
+        "sla_block_map": [(torch.randn(1, 70, 2, 64, **bf), torch.randn(1, 130, 2, 64, **bf), "NHD", 16, 32, 0.3),
+                          (torch.randn(2, 1, 40, 128, **bf), torch.randn(2, 1, 9, 128, **bf), "HND", 64, 64, 1.0)],
+        "sla_linear_state": [
+            (torch.randn(1, 33, 2, 64, **bf), torch.randn(1, 33, 2, 64, **bf), torch.randn(64, 64, device=device), "NHD"),
+            (torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device),
+             torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device), torch.randn(128, 128, device=device),
+             "HND")],
+        "attention_int8_fp8_sparse_mma": [_sparse_sample(1, 130, 70, 2, 64, "NHD", torch.bfloat16, device, True),
+                                          _sparse_sample(1, 40, 200, 1, 128, "HND", torch.float16, device, False)],
     }
 
 
@@ -37,6 +46,22 @@ def _attention_sample(b, nq, nk, h, d, layout, dtype, device):
     q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, k, layout=layout, blk_q=16, blk_k=16, q_scale_factor=0.18)
     v8, vs = ops.quantize_v_fp8(v, layout=layout, pad_to=64)
     return (q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout, 0.125)
+
+
+def _sparse_sample(b, nq, nk, h, d, layout, dtype, device, linear):
+    """attention_int8_fp8_sparse_mma on a random LUT with 64x64 blocks (one row left empty), with or without
+    the linear epilogue."""
+    q, *quantized, layout, sm = _attention_sample(b, nq, nk, h, d, layout, dtype, device)
+    mq, mk = -(-nq // 64), -(-nk // 64)
+    lut = torch.randint(0, mk, (b, h, mq, 2), dtype=torch.int32, device=device)
+    count = torch.randint(1, 3, (b, h, mq), dtype=torch.int32, device=device)
+    count[..., 0] = 0
+    lin = lin_bias = None
+    if linear:
+        k = torch.randn((b, nk, h, d) if layout == "NHD" else (b, h, nk, d), dtype=dtype, device=device)
+        lin = ops.sla_linear_state(k, k, torch.randn(d, d, device=device), layout=layout)
+        lin_bias = torch.randn(d, device=device)
+    return (q, *quantized, lut, count, lin, lin_bias, layout, sm, 64, 64)
 
 
 def test_every_op_has_samples():

@@ -343,3 +343,191 @@ def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout:
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
     out, lse = attention_int8_fp8(q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout=layout, sm_scale=scale, backend=backend)
     return (out, lse) if return_lse else out
+
+
+# --------------------------------------------------------------------------------------------------
+# Sparse-Linear Attention (ARCHITECTURE §4.2-4.3, docs/sla.md): block map, the linear branch folded
+# with proj_l, and the block-sparse mma.sync kernel with the linear epilogue. CPU = reference/sla.py.
+SLA_LIN_PAD = ref.sla.LIN_PAD
+SLA_MAX_BLOCK = 1024    # block-map pooling sizes: any positive size up to this
+SLA_KV_BLOCK = 64       # the sparse kernel's block sizes are multiples of its 64-row CTA and 64-key tile
+
+
+def _check_same_qk(q, k, layout, kname="k"):
+    C.check_layout(layout)
+    b, h, _, d = C.check_attention_tensor("q", q, layout)
+    bk, hk, nk, dk = C.check_attention_tensor(kname, k, layout, device=q.device)
+    if k.dtype != q.dtype:
+        raise TypeError(f"{kname}: expected dtype {str(q.dtype).replace('torch.', '')} (like q), got "
+                        f"{str(k.dtype).replace('torch.', '')}")
+    if (bk, hk, dk) != (b, h, d):
+        raise ValueError(f"{kname}: expected batch, heads and head dim {(b, h, d)} (like q), got {(bk, hk, dk)}")
+    if nk == 0:
+        raise ValueError(f"{kname}: expected at least one key, got 0")
+    return b, h, d, nk
+
+
+def _check_block(name, blk, multiple=1, maximum=SLA_MAX_BLOCK):
+    if not isinstance(blk, int) or blk <= 0 or blk % multiple or blk > maximum:
+        what = f"a positive multiple of {multiple}" if multiple > 1 else "a positive integer"
+        raise ValueError(f"{name}: expected {what} <= {maximum}, got {blk!r}")
+
+
+def _check_topk(topk):
+    if not (isinstance(topk, (int, float)) and math.isfinite(topk) and 0.0 <= topk <= 1.0):
+        raise ValueError(f"topk: expected a fraction in [0, 1], got {topk!r}")
+
+
+def _check_block_map(q, k, layout, blkq, blkk, topk):
+    _check_same_qk(q, k, layout)
+    _check_block("blkq", blkq)
+    _check_block("blkk", blkk)
+    _check_topk(topk)
+
+
+def _fake_block_map(q, k, layout, blkq, blkk, topk):
+    b, h, nq, _ = C.bhnd(q, layout)
+    mq, mk = _cdiv(nq, blkq), _cdiv(C.bhnd(k, layout)[2], blkk)
+    i32 = dict(dtype=torch.int32, device=q.device)
+    return torch.empty((b, h, mq, ref.sla.kept_blocks(topk, mk)), **i32), torch.empty((b, h, mq), **i32)
+
+
+_register("sla_block_map(Tensor q, Tensor k, str layout, int blkq, int blkk, float topk) -> (Tensor, Tensor)",
+          _check_block_map, ref.sla_block_map, _fake_block_map)
+
+
+def _check_proj(name, t, shape, dtype, device):
+    C.check_tensor(name, t, dtypes=(dtype,), device=device)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(t.stride())}")
+
+
+def _check_linear_state(k, v, proj_weight, layout):
+    _, _, d, _ = _check_same_qk(k, v, layout, kname="v")
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected shape {tuple(k.shape)} (like k), got {tuple(v.shape)}")
+    _check_proj("proj_weight", proj_weight, (d, d), torch.float32, k.device)
+
+
+def _fake_linear_state(k, v, proj_weight, layout):
+    b, h, _, d = C.bhnd(k, layout)
+    return torch.empty((b, h, d + SLA_LIN_PAD, d), dtype=torch.float16, device=k.device)
+
+
+_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) -> Tensor", _check_linear_state,
+          ref.sla_linear_state, _fake_linear_state)
+
+
+def _check_sparse_attn(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin, lin_bias, layout,
+                       sm_scale, blkq, blkk):
+    _check_attn_quantized(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale)
+    _check_block("blkq", blkq, SLA_KV_BLOCK)
+    _check_block("blkk", blkk, SLA_KV_BLOCK)
+    b, h, nq, d = C.bhnd(q, layout)
+    mq = _cdiv(nq, blkq)
+    C.check_tensor("lut", lut, dtypes=(torch.int32,), ndim=4, device=q.device)
+    if tuple(lut.shape[:3]) != (b, h, mq) or not lut.is_contiguous():
+        raise ValueError(f"lut: expected a contiguous tensor of shape [{b}, {h}, {mq}, max_kept] (Mq = ceil({nq} / "
+                         f"blkq {blkq})), got shape {list(lut.shape)} strides {tuple(lut.stride())}")
+    _check_proj("count", count, (b, h, mq), torch.int32, q.device)
+    if (lin is None) != (lin_bias is None):
+        raise ValueError(f"lin_bias: expected a tensor exactly when lin is given, got lin "
+                         f"{'set' if lin is not None else None} and lin_bias {'set' if lin_bias is not None else None}")
+    if lin is not None:
+        _check_proj("lin", lin, (b, h, d + SLA_LIN_PAD, d), torch.float16, q.device)
+        _check_proj("lin_bias", lin_bias, (d,), torch.float32, q.device)
+
+
+def _fake_sparse_attn(q, *args):
+    return _fake_attn_quantized(q, *args[:7], args[11], args[12])
+
+
+_register("attention_int8_fp8_sparse_mma(Tensor q, Tensor q_int8, Tensor q_scale, Tensor k_int8, Tensor k_scale, "
+          "Tensor k_mean, Tensor v_fp8, Tensor v_scale, Tensor lut, Tensor count, Tensor? lin, Tensor? lin_bias, "
+          "str layout, float sm_scale, int blkq, int blkk) -> (Tensor, Tensor)",
+          _check_sparse_attn, ref.attention_int8_fp8_sparse_mma, _fake_sparse_attn)
+
+
+def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 64, blkk: int = 64,
+                  layout: str = "NHD"):
+    """SLA block map (§4.3): mean-pooled q (blkq rows) against mean-pooled k - mean_N(k) (blkk rows), each
+    query block keeping its kept = min(Mk, int(topk * Mk)) highest-scoring key blocks.
+
+    Returns (lut [B, H, Mq, kept] int32, indices sorted ascending; count [B, H, Mq] int32, all = kept).
+    """
+    return torch.ops.turbodiffusion.sla_block_map(q, k, layout, blkq, blkk, float(topk))
+
+
+def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD"):
+    """SLA's linear branch over all keys folded with proj_l.weight W: float16 [B, H, D + 8, D] holding
+    (phi(k)^T v W^T)^T / Nk in rows < D and sum_N phi(k) / Nk in row D (phi = softmax over the head dim)."""
+    return torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
+
+
+def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count,
+                                  lin=None, lin_bias=None, *, layout: str = "NHD", sm_scale: float, blkq: int,
+                                  blkk: int):
+    """Block-sparse attention_int8_fp8_mma: each query block (blkq rows) attends to the keys of the key blocks
+    (blkk keys) listed in lut[b, h, qblock, :count]. Empty rows give 0 and lse -inf. With lin
+    (sla_linear_state) and lin_bias (proj_l.bias), the epilogue adds SLA's projected linear branch."""
+    return torch.ops.turbodiffusion.attention_int8_fp8_sparse_mma(
+        q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin, lin_bias, layout,
+        float(sm_scale), blkq, blkk)
+
+
+def _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk):
+    _check_sage_inputs(q, k, v, layout, sm_scale)
+    _, _, _, d = C.bhnd(q, layout)
+    _check_proj("proj_weight", proj_weight, (d, d), torch.float32, q.device)
+    _check_proj("proj_bias", proj_bias, (d,), torch.float32, q.device)
+    _check_topk(topk)
+    _check_block("blkq", blkq, SLA_KV_BLOCK)
+    _check_block("blkk", blkk, SLA_KV_BLOCK)
+
+
+def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor,
+             topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None,
+             return_lse: bool = False, lut: torch.Tensor | None = None, count: torch.Tensor | None = None):
+    """SageSLA (§4.3): block-sparse INT8/FP8 attention over the top-k key blocks plus proj_l of the linear
+    branch, fused in the sparse kernel's epilogue.
+
+    q, k, v [B, N, H, D] ("NHD") or [B, H, N, D] ("HND"), bf16/fp16, D in {64, 128}; proj_weight [D, D] and
+    proj_bias [D] float32 (proj_l); blkq, blkk multiples of 64. The block map (sla_block_map) is computed
+    unless lut/count are given. Returns the output in q's layout and dtype (and lse [B, H, Nq] of the sparse
+    branch alone with return_lse).
+    """
+    _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
+    d = q.shape[-1]
+    scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
+    if lut is None:
+        lut, count = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
+    q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
+                                                q_scale_factor=scale * _LOG2E)
+    v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
+    lin = sla_linear_state(k, v, proj_weight, layout=layout)
+    out, lse = attention_int8_fp8_sparse_mma(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias,
+                                             layout=layout, sm_scale=scale, blkq=blkq, blkk=blkk)
+    return (out, lse) if return_lse else out
+
+
+def sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor,
+        topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None):
+    """SLA without quantization, for accuracy comparisons: the same block map (sla_block_map), the sparse
+    branch as masked softmax attention in the input dtype (torch SDPA with a boolean mask, one head at a
+    time: O(Nq Nk) memory per head, not a fast path), the linear branch and proj_l in float32.
+    Returns the output in q's layout and dtype."""
+    _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
+    lut, count = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
+    qb, kb, vb = (ref.sla._bhnd(x, layout) for x in (q, k, v))
+    nq, nk = qb.shape[2], kb.shape[2]
+    out = torch.empty(qb.shape, dtype=torch.float32, device=q.device)
+    for h in range(qb.shape[1]):
+        mask = ref.sla.lut_key_mask(lut[:, h:h + 1], count[:, h:h + 1], nq, nk, blkq, blkk)
+        o = torch.nn.functional.scaled_dot_product_attention(qb[:, h:h + 1], kb[:, h:h + 1], vb[:, h:h + 1],
+                                                             attn_mask=mask, scale=sm_scale)
+        out[:, h:h + 1] = torch.nan_to_num(o.float(), nan=0.0) * mask.any(-1, keepdim=True)  # empty rows: 0
+    o_l = ref.sla.sla_linear_branch(q, k, v, layout)
+    out = out + o_l @ proj_weight.T + proj_bias
+    return ref.sla._from_bhnd(out.to(q.dtype), layout)

@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
+#include <utility>
 
 #include "ops/checks.h"
 #include "turbodiffusion/attention/mma_int8_fp8_attn.cuh"
@@ -43,7 +45,7 @@ void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, co
   TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", dims_str(t.strides()));
 }
 
-// Checked inputs and allocated outputs of one quantized-attention call.
+// Checked inputs and allocated outputs of one quantized-attention call (dense or block-sparse).
 struct QuantizedAttention {
   AttnInt8Fp8Params p{};
   at::Tensor out, lse;
@@ -193,6 +195,62 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sm90_cuda(
   TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
     launch_sm90_int8_fp8_attn<D>(tm_q, tm_k, tm_v, a.p, nhd, static_cast<int>(a.sq.b), stream);
   });
+  return {a.out, a.lse};
+}
+
+// Block-sparse variant (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3).
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int cc = compute_capability(q.device());
+  TORCH_CHECK(cc >= 89, "attention_int8_fp8_sparse_mma: needs FP8 mma.sync (sm_89 or newer), got sm_",
+              num(int64_t(cc)), "; an sm_80 FP16-PV path is not built");
+  const c10::Device device = q.device();
+  const int64_t unit = attn::kKvTile;  // = the sparse CTA's query rows (MmaAttnConfig<D, true>::kRowsPerCta)
+  for (auto [name, blk] : {std::pair<const char*, int64_t>{"blkq", blkq}, {"blkk", blkk}})
+    TORCH_CHECK_VALUE(blk > 0 && blk % unit == 0 && blk <= 1024, name, ": expected a positive multiple of ", num(unit),
+                      " <= 1024, got ", num(blk));
+  const BHND& sq = a.sq;
+  const int64_t mq = (sq.n + blkq - 1) / blkq;
+  TORCH_CHECK_TYPE(lut.scalar_type() == c10::kInt, "lut: expected dtype int32, got ", dtype_name(lut.scalar_type()));
+  check_cuda_tensor(lut, "lut", device);
+  TORCH_CHECK_VALUE(lut.dim() == 4 && lut.size(0) == sq.b && lut.size(1) == sq.h && lut.size(2) == mq &&
+                        lut.is_contiguous(),
+                    "lut: expected a contiguous tensor of shape [", num(sq.b), ", ", num(sq.h), ", ", num(mq),
+                    ", max_kept] (Mq = ceil(", num(sq.n), " / blkq ", num(blkq), ")), got shape ", dims_str(lut.sizes()),
+                    " strides ", dims_str(lut.strides()));
+  TORCH_CHECK_TYPE(count.scalar_type() == c10::kInt, "count: expected dtype int32, got ",
+                   dtype_name(count.scalar_type()));
+  check_cuda_tensor(count, "count", device);
+  TORCH_CHECK_VALUE(count.sizes() == c10::IntArrayRef({sq.b, sq.h, mq}) && count.is_contiguous(),
+                    "count: expected a contiguous tensor of shape ", dims_str({sq.b, sq.h, mq}), ", got shape ",
+                    dims_str(count.sizes()));
+  TORCH_CHECK_VALUE(lin.has_value() == lin_bias.has_value(), "lin_bias: expected a tensor exactly when lin is given");
+  AttnInt8Fp8Params& p = a.p;
+  p.lut = lut.data_ptr<int32_t>();
+  p.count = count.data_ptr<int32_t>();
+  p.lut_width = static_cast<int>(lut.size(3));
+  p.sparse_q_blocks = static_cast<int>(mq);
+  p.blkq = static_cast<int>(blkq);
+  p.blkk = static_cast<int>(blkk);
+  if (lin.has_value()) {
+    TORCH_CHECK_TYPE(lin->scalar_type() == c10::kHalf, "lin: expected dtype float16, got ",
+                     dtype_name(lin->scalar_type()));
+    check_cuda_tensor(*lin, "lin", device);
+    TORCH_CHECK_VALUE(lin->sizes() == c10::IntArrayRef({sq.b, sq.h, sq.d + 8, sq.d}) && lin->is_contiguous(),
+                      "lin: expected a contiguous tensor of shape ", dims_str({sq.b, sq.h, sq.d + 8, sq.d}),
+                      " (sla_linear_state), got shape ", dims_str(lin->sizes()));
+    check_f32(*lin_bias, "lin_bias", {sq.d}, device);
+    p.lin = reinterpret_cast<const __half*>(lin->data_ptr());
+    p.lin_bias = lin_bias->data_ptr<float>();
+  }
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_mma_int8_fp8_attn<D, true>(p, static_cast<int>(sq.b), stream); });
   return {a.out, a.lse};
 }
 

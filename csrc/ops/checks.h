@@ -12,6 +12,9 @@ inline std::string dtype_name(c10::ScalarType t) {
     case c10::kBFloat16: return "bfloat16";
     case c10::kHalf: return "float16";
     case c10::kFloat: return "float32";
+    case c10::kDouble: return "float64";
+    case c10::kInt: return "int32";
+    case c10::kLong: return "int64";
     default: return c10::toString(t);
   }
 }

@@ -38,7 +38,21 @@ def _sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Te
     return sage_attention_nhd(q, k, v, **opts)
 
 
-_KINDS: dict[str, Optional[AttentionImpl]] = {"sdpa": _sdpa, "sage": _sage, "sagesla": None, "sla": None}
+def _sagesla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Tensor:
+    """SageSLA (turbodiffusion.nn.sla): top-k block-sparse INT8/FP8 attention + SLA's linear branch."""
+    from .sla import sagesla_attention_nhd
+
+    return sagesla_attention_nhd(q, k, v, **opts)
+
+
+def _sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Tensor:
+    """SLA without quantization (turbodiffusion.nn.sla), for accuracy comparisons."""
+    from .sla import sla_attention_nhd
+
+    return sla_attention_nhd(q, k, v, **opts)
+
+
+_KINDS: dict[str, Optional[AttentionImpl]] = {"sdpa": _sdpa, "sage": _sage, "sagesla": _sagesla, "sla": _sla}
 
 
 def register_attention(kind: str, impl: AttentionImpl) -> None:

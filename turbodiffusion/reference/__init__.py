@@ -9,3 +9,10 @@ from .quant import (  # noqa: F401
 from .gemm import block128_to_per_channel, gemm_accumulator, w8a8_gemm  # noqa: F401,E402
 from . import attention  # noqa: F401,E402
 from .attention import attention_exact, attention_int8_fp8_mma, attention_int8_fp8_sm90  # noqa: F401,E402
+from . import sla  # noqa: F401,E402
+from .sla import (  # noqa: F401,E402
+    attention_int8_fp8_sparse_mma,
+    sla_attention,
+    sla_block_map,
+    sla_linear_state,
+)

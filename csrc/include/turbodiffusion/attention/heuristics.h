@@ -28,9 +28,11 @@ constexpr int kKvTile = 64;
 //           bytes, so 4 warps (64 query rows) and 2 CTAs per SM (8 warps).
 //  D = 64:  O (32) + S/P (32) + Q (8): a 128-register cap (2 CTAs of 8 warps) spilled 96 bytes on
 //           sm_120a, so 8 warps (128 rows) with no cap; the register count decides residency.
-template <int D>
+// The block-sparse variant (kSparse) walks one LUT row per CTA, so a CTA's rows must lie in one query
+// block: 4 warps (64 rows) at both head dims, which divides every block size it accepts (multiples of 64).
+template <int D, bool kSparse = false>
 struct MmaAttnConfig {
-  static constexpr int kWarps = D == 128 ? 4 : 8;
+  static constexpr int kWarps = (D == 128 || kSparse) ? 4 : 8;
   static constexpr int kMinBlocksPerSm = D == 128 ? 2 : 1;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRowsPerCta = 16 * kWarps;

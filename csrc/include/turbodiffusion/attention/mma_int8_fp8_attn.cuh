@@ -25,37 +25,14 @@
 
 #include "turbodiffusion/attention/heuristics.h"
 #include "turbodiffusion/attention/params.h"
+#include "turbodiffusion/attention/softmax_fp8.cuh"
 #include "turbodiffusion/common/cuda_check.h"
 #include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/common/sm80_primitives.cuh"
+#include "turbodiffusion/sparse/lut_tiles.cuh"
 
 namespace td {
 namespace mma_attn {
-
-// log2(448): the FP8 offset. P = exp2(s - (m - log2 448)) lies in (0, 448], E4M3's finite range,
-// so P converts to FP8 without a per-row scale; the factor 448 cancels in O / l.
-constexpr float kLog2Fp8Max = 8.807354922057604f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Four fp32 -> four E4M3 bytes (round to nearest even, saturating to +-448), `a` in the low byte.
-// cvt...e4m3x2 puts its first source operand in the upper byte.
-__device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float d) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint16_t lo, hi;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(lo) : "f"(b), "f"(a));
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(hi) : "f"(d), "f"(c));
-  return uint32_t(lo) | (uint32_t(hi) << 16);
-#else
-  __trap();
-  return 0;
-#endif
-}
 
 // Shared-memory rows of `kChunks` 16-byte chunks; chunk c of row r lives at chunk c ^ swizzle(r), so
 // the 8 rows an ldmatrix reads (consecutive rows, one chunk column) hit 8 distinct 16-byte bank
@@ -75,13 +52,20 @@ __device__ __forceinline__ int chunk_offset(int row, int chunk) {
 }  // namespace mma_attn
 
 // TD_SPILL_OK(mma_int8_fp8_attn_kernel): at D = 128, ptxas (nvcc 13.0, sm_90a) uses all 255
-// registers and spills 12 bytes (a few loop-carried scalars, L1-resident); a 168-register cap (3 CTAs
-// per SM) spilled 68-100 bytes instead. Removing it needs a leaner fragment schedule (to do).
-template <int D>
-__global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAttnConfig<D>::kMinBlocksPerSm)
+// registers and spills 8-12 bytes (a few loop-carried scalars, L1-resident); the block-sparse
+// instantiation spills 16 bytes (its LUT walk adds loop-carried state; sm_120a: none). A 168-register
+// cap (3 CTAs per SM) spilled 68-100 bytes instead. Removing it needs a leaner fragment schedule (to do).
+//
+// kSparse: the block-sparse variant (ARCHITECTURE §4.2): the CTA's 64 rows lie in one query block and
+// walk only the KV tiles of the key blocks its LUT row lists (sla_detail::SparseTiles); a row with no
+// kept block writes 0 and LSE -inf. With p.lin it adds SLA's projected linear branch in the epilogue
+// (sla_detail::LinearTerm). Everything else is the dense kernel's code.
+template <int D, bool kSparse = false>
+__global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
+                                  attn::MmaAttnConfig<D, kSparse>::kMinBlocksPerSm)
     mma_int8_fp8_attn_kernel(const AttnInt8Fp8Params p) {
   using namespace mma_attn;
-  using Cfg = attn::MmaAttnConfig<D>;
+  using Cfg = attn::MmaAttnConfig<D, kSparse>;
   constexpr int BK = attn::kKvTile;
   constexpr int KCH = D / 16;      // 16-byte chunks per K row (a key)
   constexpr int VCH = BK / 16;     // 16-byte chunks per V row (a channel)
@@ -92,6 +76,7 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
   static_assert(BK == 64 && VCH == 4, "the P fragment packing below assumes 64-key tiles (two k32 steps)");
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   static_assert((BK * KCH) % Cfg::kThreads == 0 && (D * VCH) % Cfg::kThreads == 0, "whole cp.async rounds");
+  static_assert(!kSparse || Cfg::kRowsPerCta == BK, "sparse block sizes are multiples of both the CTA rows and the tile");
 
   __shared__ __align__(128) uint8_t sK[2][BK * D];
   __shared__ __align__(128) uint8_t sV[2][D * BK];
@@ -104,7 +89,8 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
 
   const int8_t* kg = p.k + b * p.k_stride_b + h * p.k_stride_h;
   const uint8_t* vg = p.v + slice * D * p.v_n_pad;
-  const int num_tiles = static_cast<int>((p.nk + BK - 1) / BK);
+  using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles, sla_detail::DenseTiles>;
+  Tiles tiles(p, BK, kSparse ? static_cast<int>(int64_t(blockIdx.x) * Cfg::kRowsPerCta / p.blkq) : 0);
 
   // K tile: BK keys x D bytes; V tile: D channels x BK token positions (already permuted and padded
   // to a multiple of BK by quantize_v_fp8, so always in bounds). Keys >= nk are zero-filled.
@@ -124,7 +110,8 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
     }
   };
 
-  load_tile(0, 0);
+  int cur = tiles.next();
+  if (cur >= 0) load_tile(cur, 0);
   cp_async_commit();
 
   // Q fragments straight from global memory (once per CTA): rows g and g+8 of the warp, 4-byte
@@ -154,9 +141,10 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
 #pragma unroll
   for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile & 1;
-    if (tile + 1 < num_tiles) load_tile(tile + 1, stage ^ 1);
+  for (int stage = 0; cur >= 0; stage ^= 1) {
+    const int tile = cur;
+    cur = tiles.next();
+    if (cur >= 0) load_tile(cur, stage ^ 1);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "this tile"
     // K scales of this tile (one per 16 keys; past the last block they multiply masked scores).
     float sc[NB / 2];
@@ -185,52 +173,10 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
       }
     }
 
-    // ---- online softmax (log2 domain: sm_scale * log2 e is in q's scale) ----
-    float s[NB][4];
-    float tmax[2] = {-INFINITY, -INFINITY};
-    const bool partial = int64_t(tile + 1) * BK > p.nk;
-#pragma unroll
-    for (int j = 0; j < NB; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = __fmul_rn(static_cast<float>(acc[j][e]), sc[j / 2]);
-        if (partial && int64_t(tile) * BK + 8 * j + 2 * t + (e & 1) >= p.nk) x = -INFINITY;
-        s[j][e] = x;
-        tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
-      }
-    float alpha[2], moff[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
-      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-      const float mn = fmaxf(m[r], tmax[r]);
-      alpha[r] = fast_exp2(__fsub_rn(m[r], mn));  // first tile: exp2(-inf) = 0
-      moff[r] = __fsub_rn(mn, kLog2Fp8Max);
-      m[r] = mn;
-    }
-    float psum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int j = 0; j < NB; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j][e] = fast_exp2(__fsub_rn(s[j][e], moff[e >> 1]));
-        psum[e >> 1] += s[j][e];
-      }
-    l[0] = __fmaf_rn(l[0], alpha[0], psum[0]);
-    l[1] = __fmaf_rn(l[1], alpha[1], psum[1]);
-
-    // P as the A operand of the two k32 steps: V's tokens are stored permuted per 16
-    // ({0,1,8,9,2,3,10,11,...}), so A's k-indices 4t..4t+3 of a 16-group are the tokens
-    // {2t, 2t+1, 8+2t, 9+2t} this lane already holds in n8 blocks 2q and 2q+1: no shuffle.
+    // ---- online softmax, P as the E4M3 A fragments of the two k32 steps (softmax_fp8.cuh) ----
+    float alpha[2];
     uint32_t pa[2][4];
-#pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
-      const int j = 4 * ks;
-      pa[ks][0] = pack_e4m3x4(s[j][0], s[j][1], s[j + 1][0], s[j + 1][1]);
-      pa[ks][1] = pack_e4m3x4(s[j][2], s[j][3], s[j + 1][2], s[j + 1][3]);
-      pa[ks][2] = pack_e4m3x4(s[j + 2][0], s[j + 2][1], s[j + 3][0], s[j + 3][1]);
-      pa[ks][3] = pack_e4m3x4(s[j + 2][2], s[j + 2][3], s[j + 3][2], s[j + 3][3]);
-    }
+    attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BK, p.nk, m, l, alpha, pa);
 
     // ---- O = O * alpha + P V: each tile's product starts from zero (the FP8 MMA keeps ~22 bits in
     // its accumulator) and is added to the fp32 O with one FMA: two-level accumulation ----
@@ -247,75 +193,16 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D>::kThreads, attn::MmaAtt
     __syncthreads();  // every warp is done with `stage` before the next iteration refills it
   }
 
-  // ---- epilogue: out = O / l * v_scale; lse = ln2 * (log2 l + m_off + c * q.k_mean) ----
-  // LSE correction c * q.k_mean (c = sm_scale * log2 e) with the unquantized q (the quantization error of q . k_mean is constant per row: it cancels in the
-  // softmax, not in the LSE). Lane t reads the channels of its Q fragment: 32s + 4t + {0..3} (+16).
-  float qkm[2] = {0.f, 0.f};
-  {
-    const float* km = p.k_mean + slice * D;
-    const uint16_t* qo = static_cast<const uint16_t*>(p.q_orig) + b * p.qo_stride_b + h * p.qo_stride_h;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = row0 + g + 8 * r;
-      if (row >= p.nq) continue;
-#pragma unroll
-      for (int s = 0; s < KSTEPS; ++s)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int c = 32 * s + 16 * hf + 4 * t;
-          const uint2 raw = __ldg(reinterpret_cast<const uint2*>(qo + row * p.qo_stride_n + c));
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const uint16_t bits = static_cast<uint16_t>(((e < 2) ? raw.x : raw.y) >> (16 * (e & 1)));
-            const float qv = p.out_bf16 ? __uint_as_float(uint32_t(bits) << 16) : __half2float(__ushort_as_half(bits));
-            qkm[r] = __fmaf_rn(qv, __ldg(km + c + e), qkm[r]);
-          }
-        }
-    }
-  }
-  float inv_l[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 1);
-    qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 2);
-    inv_l[r] = 1.f / l[r];
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row0 + g + 8 * r;
-    if (t == 0 && row < p.nq) {
-      const float lse2 = __fadd_rn(__fadd_rn(log2f(l[r]), __fsub_rn(m[r], kLog2Fp8Max)), __fmul_rn(qkm[r], p.lse_scale));
-      p.lse[slice * p.nq + row] = __fmul_rn(lse2, kLn2);
-    }
-  }
-  const float* vs = p.v_scale + slice * D;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row0 + g + 8 * r;
-    if (row >= p.nq) continue;
-    const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-      const int c = 8 * n + 2 * t;
-      const float x0 = __fmul_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c));
-      const float x1 = __fmul_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1));
-      if (p.out_bf16)
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + off + c) = __floats2bfloat162_rn(x0, x1);
-      else
-        *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + off + c) = __floats2half2_rn(x0, x1);
-    }
-  }
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
 }
 
 // Host launcher: one CTA per (rows-per-CTA query rows, head, batch), on `stream`.
-template <int D>
+template <int D, bool kSparse = false>
 void launch_mma_int8_fp8_attn(const AttnInt8Fp8Params& p, int batch, cudaStream_t stream) {
-  using Cfg = attn::MmaAttnConfig<D>;
+  using Cfg = attn::MmaAttnConfig<D, kSparse>;
   if (p.nq == 0 || batch == 0 || p.heads == 0) return;
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  mma_int8_fp8_attn_kernel<D><<<grid, Cfg::kThreads, 0, stream>>>(p);
+  mma_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, 0, stream>>>(p);
   TD_CHECK_LAUNCH();
 }
 

@@ -2,6 +2,8 @@
 // read by device code. Offsets and strides are 64-bit: B*H*N*D passes 2^31 at Wan-14B-720p from
 // batch 6 on.
 #pragma once
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 namespace td {
@@ -28,6 +30,14 @@ struct AttnInt8Fp8Params {
   int q_blocks, k_blocks;   // scales per slice: ceil(nq / kBlkQ), ceil(nk / kBlkK)
   float lse_scale;          // fp32(sm_scale * log2 e): the LSE correction is lse_scale * (q_orig . k_mean)
   bool out_bf16;            // q_orig and output element type: bf16, else fp16
+  // Block-sparse variant only (ARCHITECTURE §4.2-4.3): the key blocks each query block attends to, and
+  // optionally SLA's folded linear branch added in the epilogue.
+  const int32_t* lut;       // [B*H, sparse_q_blocks, lut_width] key-block indices
+  const int32_t* count;     // [B*H, sparse_q_blocks] entries of each LUT row to use
+  const __half* lin;        // [B*H, D + 8, D] fp16 from sla_linear_state, or nullptr
+  const float* lin_bias;    // [D] proj_l bias (with lin)
+  int lut_width, sparse_q_blocks;
+  int blkq, blkk;           // multiples of the CTA's query rows and of the KV tile
 };
 
 }  // namespace td

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "turbodiffusion/attention/params.h"
+#include "turbodiffusion/sparse/lut_tiles.cuh"
 
 namespace td {
 namespace attn {
@@ -119,8 +120,10 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
 //   out = O / l * v_scale;  lse = ln2 * (log2 l + m - log2 448 + c * q.k_mean)
 // with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
 // constant per row: it cancels in the softmax, not in the LSE). m and l are per lane (rows g, g+8);
-// l holds the lane's partial sum, added over the quad here. Rows >= nq are not written.
-template <int D>
+// l holds the lane's partial sum, added over the quad here. Rows >= nq are not written. kSparse: a
+// row that kept no key block (l = 0) gets 0 and LSE -inf, and with p.lin SLA's projected linear
+// branch is added (sla_detail::LinearTerm).
+template <int D, bool kSparse = false>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
                                                 int64_t row0, const float (&o)[D / 8][4], const float (&m)[2],
                                                 float (&l)[2]) {
@@ -128,25 +131,27 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // Lane t reads the channels 32s + 16hf + 4t + {0..3}: a quarter of each row, the quad covers it.
   float qkm[2] = {0.f, 0.f};
-  const float* km = p.k_mean + slice * D;
-  const uint16_t* qo = static_cast<const uint16_t*>(p.q_orig) + b * p.qo_stride_b + h * p.qo_stride_h;
+  {
+    const float* km = p.k_mean + slice * D;
+    const uint16_t* qo = static_cast<const uint16_t*>(p.q_orig) + b * p.qo_stride_b + h * p.qo_stride_h;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row0 + g + 8 * r;
-    if (row >= p.nq) continue;
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = row0 + g + 8 * r;
+      if (row >= p.nq) continue;
 #pragma unroll
-    for (int s = 0; s < KSTEPS; ++s)
+      for (int s = 0; s < KSTEPS; ++s)
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int c = 32 * s + 16 * hf + 4 * t;
-        const uint2 raw = __ldg(reinterpret_cast<const uint2*>(qo + row * p.qo_stride_n + c));
+        for (int hf = 0; hf < 2; ++hf) {
+          const int c = 32 * s + 16 * hf + 4 * t;
+          const uint2 raw = __ldg(reinterpret_cast<const uint2*>(qo + row * p.qo_stride_n + c));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const uint16_t bits = static_cast<uint16_t>(((e < 2) ? raw.x : raw.y) >> (16 * (e & 1)));
-          const float qv = p.out_bf16 ? __uint_as_float(uint32_t(bits) << 16) : __half2float(__ushort_as_half(bits));
-          qkm[r] = __fmaf_rn(qv, __ldg(km + c + e), qkm[r]);
+          for (int e = 0; e < 4; ++e) {
+            const uint16_t bits = static_cast<uint16_t>(((e < 2) ? raw.x : raw.y) >> (16 * (e & 1)));
+            const float qv = p.out_bf16 ? __uint_as_float(uint32_t(bits) << 16) : __half2float(__ushort_as_half(bits));
+            qkm[r] = __fmaf_rn(qv, __ldg(km + c + e), qkm[r]);
+          }
         }
-      }
+    }
   }
   float inv_l[2];
 #pragma unroll
@@ -155,27 +160,47 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 1);
     qkm[r] += __shfl_xor_sync(0xffffffffu, qkm[r], 2);
-    inv_l[r] = 1.f / l[r];
+    inv_l[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;  // l = 0 only for a sparse row with no kept block: out 0
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row0 + g + 8 * r;
     if (t == 0 && row < p.nq) {
       const float lse2 = __fadd_rn(__fadd_rn(log2f(l[r]), __fsub_rn(m[r], kLog2Fp8Max)), __fmul_rn(qkm[r], p.lse_scale));
-      p.lse[slice * p.nq + row] = __fmul_rn(lse2, kLn2);
+      p.lse[slice * p.nq + row] = l[r] > 0.f ? __fmul_rn(lse2, kLn2) : -INFINITY;
     }
   }
   const float* vs = p.v_scale + slice * D;
+  // SLA: the linear term of the warp's rows, one n8 block of channels at a time.
+  bool linear = false;
+  sla_detail::LinearTerm<D> lin;
+  if constexpr (kSparse) linear = p.lin != nullptr;
+  if (linear) {
+    const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
+    const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
+    const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
+    const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
+    if (p.out_bf16)
+      lin.template load<true>(q_lo, q_hi, p, slice, g, t, lane);
+    else
+      lin.template load<false>(q_lo, q_hi, p, slice, g, t, lane);
+  }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t row = row0 + g + 8 * r;
-    if (row >= p.nq) continue;
-    const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
+  for (int n = 0; n < NO; ++n) {
+    float y[4] = {0.f, 0.f, 0.f, 0.f};
+    if (linear) {
+      lin.product(p, slice, n, g, y);
 #pragma unroll
-    for (int n = 0; n < NO; ++n) {
+      for (int e = 0; e < 4; ++e) y[e] = fmaf(y[e], lin.inv_den[e >> 1], __ldg(p.lin_bias + 8 * n + 2 * t + (e & 1)));
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = row0 + g + 8 * r;
+      if (row >= p.nq) continue;
+      const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
       const int c = 8 * n + 2 * t;
-      const float x0 = __fmul_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c));
-      const float x1 = __fmul_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1));
+      const float x0 = __fmaf_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c), y[2 * r]);
+      const float x1 = __fmaf_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1), y[2 * r + 1]);
       if (p.out_bf16)
         *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + off + c) = __floats2bfloat162_rn(x0, x1);
       else

@@ -1,0 +1,88 @@
+"""SageSLA (top-k 0.1) at the Wan shapes, each stage timed on its own and the whole call, against dense
+torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map), quantization
+(quantize_qk_int8 + quantize_v_fp8), linear branch (sla_linear_state: one pass over k and v plus the
+proj_l fold), sparse attention (the block-sparse mma.sync kernel with the linear epilogue), and the
+total (ops.sage_sla). Effective TOPS count the dense-equivalent 4 B H N^2 D; the sparse kernel's row
+also gives the TOPS of the work it actually does (kept / Mk of it). Dense SageAttention (same kernel,
+dense) is timed too, for the "x of 10% dense" comparison.
+
+  python -m benchmarks.bench_sla --out benchmarks/results
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from turbodiffusion import ops
+
+from .harness import Row, main, print_table, rotation_count, time_ms, write_results
+from .metrics import attention_flops
+
+SHAPES = [("wan1.3b-480p", 1, 12, 32760, 128), ("wan14b-720p", 1, 40, 75600, 128)]
+TOPK = 0.1
+BLOCKS = [(64, 64), (128, 64), (64, 128)]  # (blkq, blkk); the first is timed stage by stage
+LOG2E = 1.4426950408889634
+
+
+def _cudnn(q, k, v):
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+
+
+def run(out_dir: str) -> list[Row]:
+    rows = []
+    notes = {"topk": TOPK, "kernel": "block-sparse mma.sync m16n8k32 INT8 QK + E4M3 PV with the SLA linear epilogue"}
+    for tag, b, h, n, d in SHAPES:
+        flops = attention_flops(b, h, n, n, d)
+        reps = 10 if n > 50000 else 20
+        sets = [tuple(torch.randn(b, n, h, d, dtype=torch.bfloat16, device="cuda") for _ in range(3))
+                for _ in range(min(rotation_count(3 * b * n * h * d * 2), 3))]
+        w = torch.randn(d, d, device="cuda") / math.sqrt(d)
+        bias = 0.1 * torch.randn(d, device="cuda")
+        base = time_ms(_cudnn, sets, warmup=3, reps=reps)
+        base_name = "SDPA cuDNN bf16 (dense)"
+        rows.append(Row(base_name, tag, base, base_name, base, 1.0, "TFLOPS", flops / base / 1e9))
+        dense = time_ms(lambda q, k, v: ops.sage_attention(q, k, v), sets, warmup=3, reps=reps)
+        rows.append(Row("sage dense mma.sync (incl. quant)", tag, dense, base_name, base, base / dense, "TOPS",
+                        flops / dense / 1e9))
+        for blkq, blkk in BLOCKS:
+            sla = lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk)  # noqa: E731
+            ms = time_ms(sla, sets, warmup=3, reps=reps)
+            rows.append(Row(f"sage_sla total {blkq}x{blkk} ({ms / (0.1 * dense):.2f}x of 10% dense sage)", tag, ms,
+                            base_name, base, base / ms, "eff. TOPS", flops / ms / 1e9))
+        # Stage by stage, default blocks, on the first input set.
+        blkq, blkk = BLOCKS[0]
+        q, k, v = sets[0]
+        sm = d ** -0.5
+
+        def stage(name, fn):
+            t = time_ms(fn, [()], warmup=3, reps=reps)
+            rows.append(Row(name, tag, t, base_name, base, base / t, "% of total", 100 * t / total))
+
+        total = time_ms(lambda: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), [()], warmup=3, reps=reps)
+        stage(f"  block map {blkq}x{blkk}", lambda: ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk))
+        stage("  quantization (q, k int8; v fp8)", lambda: (
+            ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E), ops.quantize_v_fp8(v, pad_to=64)))
+        stage("  linear branch (H, z, proj_l fold)", lambda: ops.sla_linear_state(k, v, w))
+        lut, count = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk)
+        qargs = (q, *ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E),
+                 *ops.quantize_v_fp8(v, pad_to=64))
+        lin = ops.sla_linear_state(k, v, w)
+        kept_frac = lut.shape[-1] / -(-n // blkk)
+        for name, extra in (("  sparse attention + linear epilogue", (lin, bias)), ("  sparse attention alone", ())):
+            t = time_ms(lambda: ops.attention_int8_fp8_sparse_mma(*qargs, lut, count, *extra, sm_scale=sm, blkq=blkq,
+                                                                  blkk=blkk), [()], warmup=3, reps=reps)
+            rows.append(Row(f"{name} (actual {flops * kept_frac / t / 1e9:.0f} TOPS)", tag, t, base_name, base,
+                            base / t, "eff. TOPS", flops / t / 1e9))
+        del sets, qargs, lin, lut, count
+        torch.cuda.empty_cache()
+    print_table(rows, "sla")
+    write_results("sla", rows, out_dir, notes)
+    return rows
+
+
+if __name__ == "__main__":
+    main(run, __doc__)

@@ -1,0 +1,137 @@
+// Block-sparse attention pieces shared by the attention kernels (ARCHITECTURE §4.2-4.3): the KV-tile
+// sequence a CTA walks (all tiles, or the tiles of the key blocks its query block's LUT lists), and
+// SLA's linear term added in the epilogue.
+#pragma once
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "turbodiffusion/attention/params.h"
+#include "turbodiffusion/common/sm80_primitives.cuh"
+#include "turbodiffusion/common/vec.cuh"
+
+namespace td {
+namespace sla_detail {
+
+// Dense: tiles 0 .. num_tiles - 1.
+struct DenseTiles {
+  int i, num_tiles;
+  __device__ DenseTiles(const AttnInt8Fp8Params& p, int tile_keys, int /*q_block*/)
+      : i(0), num_tiles(static_cast<int>((p.nk + tile_keys - 1) / tile_keys)) {}
+  __device__ __forceinline__ int next() { return i < num_tiles ? i++ : -1; }
+};
+
+// Sparse: for each LUT entry (in LUT order) the tiles of that key block that hold at least one key
+// (< nk), so no tile is entirely masked and the first one gives every row a finite max. Entries outside
+// [0, Mk) are skipped (never read out of bounds); count 0 walks nothing. Every thread of the CTA holds
+// the same state (the query block is the CTA's), so the loop stays uniform.
+struct SparseTiles {
+  const int32_t* lut;
+  int count, e, j, tiles_per_block, k_blocks;
+  int64_t nk;
+  int tile_keys;
+  __device__ SparseTiles(const AttnInt8Fp8Params& p, int tile_keys_, int q_block)
+      : lut(p.lut + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks * p.lut_width +
+            int64_t(q_block) * p.lut_width),
+        count(min(p.lut_width, __ldg(p.count + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks +
+                                     q_block))),
+        e(0), j(0), tiles_per_block(p.blkk / tile_keys_), k_blocks(static_cast<int>((p.nk + p.blkk - 1) / p.blkk)),
+        nk(p.nk), tile_keys(tile_keys_) {}
+  __device__ __forceinline__ int next() {
+    while (e < count) {
+      const int kb = __ldg(lut + e);
+      const int tile = kb * tiles_per_block + j;
+      if (kb >= 0 && kb < k_blocks && j < tiles_per_block && int64_t(tile) * tile_keys < nk) {
+        ++j;
+        return tile;
+      }
+      ++e;
+      j = 0;
+    }
+    return -1;
+  }
+};
+
+// SLA's linear term for a warp's 16 query rows, evaluated with tensor cores in the epilogue:
+//   phi(q) (H W^T) / (1e-5 + phi(q) . z) + b  =  (e . G) / (eps sum(e) / nk + e . zeta) + b
+// with e = exp(q - max q) (phi(q) = e / sum e: the 1 / sum e cancels), G = p.lin rows < D (H W^T / nk)
+// and zeta = p.lin row D (z / nk). e is rounded to fp16 ((0, 1]: 11-bit mantissa) to be the A operand
+// of mma.sync m16n8k16; the products accumulate in fp32. Lane (g, t) holds the A fragment of rows g and
+// g + 8: channels 16 s + 2 t + {0, 1, 8, 9} for every k16 step s, which the lane reads from q itself.
+template <int D>
+struct LinearTerm {
+  static constexpr int kSteps = D / 16;
+  uint32_t a[kSteps][4];
+  float inv_den[2];
+
+  // q_row(r): pointer to the unquantized row g + 8 r of the warp (nullptr past nq: those rows get e = 1
+  // and are never stored).
+  template <bool kBf16>
+  __device__ __forceinline__ void load(const void* q_lo, const void* q_hi, const AttnInt8Fp8Params& p, int64_t slice,
+                                       int g, int t, int lane) {
+    using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
+    const T* rows[2] = {static_cast<const T*>(q_lo), static_cast<const T*>(q_hi)};
+    auto value = [&](int r, int c) { return rows[r] ? to_float(rows[r][c]) : 0.f; };
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) m[r] = fmaxf(m[r], value(r, 16 * s + 2 * t + (i & 1) + 8 * (i >> 1)));
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
+      m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
+    }
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      __half2 h[2][2];  // [row][low / high 8 channels]
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int c = 16 * s + 2 * t + 8 * hf;
+          const float e0 = __expf(value(r, c) - m[r]), e1 = __expf(value(r, c + 1) - m[r]);
+          sum[r] += e0 + e1;
+          h[r][hf] = __floats2half2_rn(e0, e1);
+        }
+      a[s][0] = *reinterpret_cast<uint32_t*>(&h[0][0]);
+      a[s][1] = *reinterpret_cast<uint32_t*>(&h[1][0]);
+      a[s][2] = *reinterpret_cast<uint32_t*>(&h[0][1]);
+      a[s][3] = *reinterpret_cast<uint32_t*>(&h[1][1]);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+    }
+    // e . zeta: the n8 block of rows D..D+7 of lin; its column 0 (zeta) lands in lane t = 0 of the quad.
+    float c[4];
+    product(p, slice, D / 8, g, c);
+    const int src = lane & ~3;
+    const float ez[2] = {__shfl_sync(0xffffffffu, c[0], src), __shfl_sync(0xffffffffu, c[2], src)};
+    const float eps = 1e-5f / static_cast<float>(p.nk);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) inv_den[r] = 1.f / fmaf(eps, sum[r], ez[r]);
+  }
+
+  // c = e . lin[8 n .. 8 n + 7]^T for the lane's rows (C fragment of n8 block n).
+  __device__ __forceinline__ void product(const AttnInt8Fp8Params& p, int64_t slice, int n, int g, float (&c)[4]) const {
+    const int t = threadIdx.x % 4;
+    const __half* col = p.lin + (slice * (D + 8) + 8 * n + g) * D + 2 * t;
+    c[0] = c[1] = c[2] = c[3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const uint32_t b0 = __ldg(reinterpret_cast<const unsigned int*>(col + 16 * s));
+      const uint32_t b1 = __ldg(reinterpret_cast<const unsigned int*>(col + 16 * s + 8));
+      mma_16bit<false>(c, a[s], b0, b1);
+    }
+  }
+};
+
+}  // namespace sla_detail
+}  // namespace td

@@ -1,0 +1,43 @@
+// Parameter structs of the SLA kernels (ARCHITECTURE §4.3): the block map and the linear branch.
+// Filled once by the launchers (csrc/ops/sla.cu). Offsets and strides are 64-bit.
+#pragma once
+#include <cstdint>
+
+namespace td {
+
+// Strided [B, H, N, D] view of a bf16/fp16 attention tensor (layout NHD or HND), D contiguous.
+struct AttnTensorView {
+  const void* ptr;
+  int64_t stride_b, stride_h, stride_n;
+  int64_t n;
+};
+
+// Block map: pooled sums -> k mean -> scores and per-row top-k (sla_block_map.cuh).
+struct SlaBlockMapParams {
+  AttnTensorView q, k;
+  int heads;
+  int blkq, blkk;           // pooling block sizes (any positive size)
+  int mq, mk;               // ceil(nq / blkq), ceil(nk / blkk)
+  int kept;                 // key blocks kept per query block: min(mk, int(topk * mk))
+  int rows_per_cta;         // query blocks per CTA of the score/top-k kernel (<= kMaxRowsPerCta)
+  float* q_sums;            // scratch [B*H, mq, D]: per-block sums of q (fp32)
+  float* k_sums;            // scratch [B*H, mk, D]: per-block sums of k
+  float* k_mean;            // scratch [B*H, D]: mean_N k
+  int32_t* lut;             // [B*H, mq, kept], ascending
+  int32_t* count;           // [B*H, mq]
+  bool bf16;                // element type of q and k: bf16, else fp16
+};
+
+// Linear branch: H = phi(k)^T v and z = sum phi(k) per split of N (partials), then folded with proj_l.
+struct SlaLinearParams {
+  AttnTensorView k, v;
+  int heads;
+  int splits;               // chunks of N per (b, h)
+  int tiles_per_split;      // 32-token tiles per chunk
+  float* partial;           // scratch [B*H, splits, D, D + 8]: columns < D: H, column D: z
+  const float* proj_weight; // [D, D] fp32 (nn.Linear weight: [out, in])
+  uint16_t* lin;            // [B*H, D + 8, D] fp16: rows c < D: (H W^T)[:, c] / nk, row D: z / nk, rest 0
+  bool bf16;                // element type of k and v
+};
+
+}  // namespace td

@@ -1,0 +1,253 @@
+// SLA block map (ARCHITECTURE §4.3) in three launches, emitting the LUT of §4.2 directly:
+//   1. sla_pool_kernel (q, then k): fp32 sums of every block of tokens (the last block is partial);
+//   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), deterministic order);
+//   3. sla_score_topk_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a group of query
+//      blocks against all key blocks (fp32 CUDA-core FMAs, scores kept in shared memory), then per row a
+//      warp finds the kept-th largest score by MSB radix select (4 passes of 8-bit histograms over the
+//      order-preserving integer image of the floats) and writes the kept indices in ascending order:
+//      every index whose score is above the threshold, then the lowest-indexed ties.
+// The reference (turbodiffusion/reference/sla.py) pools the centred k instead of centring the pooled
+// k and sums in another order: scores agree to float32 rounding, so only near-ties can be chosen
+// differently (tests/test_sla.py compares sets up to ties).
+#pragma once
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/common/vec.cuh"
+#include "turbodiffusion/sparse/heuristics.h"
+#include "turbodiffusion/sparse/params.h"
+
+namespace td {
+namespace sla_detail {
+
+// Order-preserving map float -> uint32 (larger float, larger integer): flip all bits of negatives,
+// the sign bit of the rest. Radix select on it is a select on the floats.
+__device__ __forceinline__ uint32_t ordered_bits(float x) {
+  const uint32_t u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// One warp: indices of the `kept` largest of s[0, mk) into out[0, kept), ascending. hist: 256 words
+// of the warp's own shared memory.
+__device__ __forceinline__ void select_topk_row(const float* s, int mk, int kept, uint32_t* hist, int32_t* out,
+                                                int lane) {
+  if (kept >= mk) {
+    for (int j = lane; j < mk; j += 32) out[j] = j;
+    return;
+  }
+  if (kept <= 0) return;
+  uint32_t prefix = 0, mask = 0;
+  uint32_t remaining = static_cast<uint32_t>(kept);  // how many of the keys matching `prefix` to take
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = lane; i < sla::kRadixBins; i += 32) hist[i] = 0;
+    __syncwarp();
+    for (int j = lane; j < mk; j += 32) {
+      const uint32_t u = ordered_bits(s[j]);
+      if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+    }
+    __syncwarp();
+    // Lane l holds bins 255 - 8l down to 248 - 8l; an inclusive scan over lanes counts the keys in
+    // higher bins. The digit is the bin where the running count reaches `remaining`.
+    uint32_t cnt[8], local = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      cnt[i] = hist[255 - 8 * lane - i];
+      local += cnt[i];
+    }
+    uint32_t incl = local;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t x = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += x;
+    }
+    const uint32_t excl = incl - local;
+    const bool mine = excl < remaining && remaining <= incl;
+    const int src = __ffs(__ballot_sync(0xffffffffu, mine)) - 1;
+    uint32_t digit = 0, above = 0;
+    if (mine) {
+      uint32_t acc = excl;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        if (acc + cnt[i] >= remaining) {
+          digit = 255u - 8u * lane - i;
+          above = acc;
+          break;
+        }
+        acc += cnt[i];
+      }
+    }
+    digit = __shfl_sync(0xffffffffu, digit, src);
+    above = __shfl_sync(0xffffffffu, above, src);
+    remaining -= above;
+    prefix |= digit << shift;
+    mask |= 255u << shift;
+    __syncwarp();
+  }
+  // prefix is now the kept-th largest key: take every key above it and the first `remaining` equal ones.
+  const uint32_t lt = (1u << lane) - 1u;
+  uint32_t taken = 0, eq_seen = 0;
+  for (int j0 = 0; j0 < mk; j0 += 32) {
+    const int j = j0 + lane;
+    const uint32_t u = j < mk ? ordered_bits(s[j]) : 0u;
+    const bool eq = j < mk && u == prefix;
+    const uint32_t eq_mask = __ballot_sync(0xffffffffu, eq);
+    const bool take = (j < mk && u > prefix) || (eq && eq_seen + __popc(eq_mask & lt) < remaining);
+    const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
+    if (take) out[taken + __popc(take_mask & lt)] = j;
+    taken += __popc(take_mask);
+    eq_seen += __popc(eq_mask);
+  }
+}
+
+}  // namespace sla_detail
+
+// Sums of every `blk` tokens of x [B, H, N, D] -> sums [B*H, nblocks, D] (fp32). Grid (nblocks, H, B).
+template <int D, typename T>
+__global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnTensorView x, int heads, int blk,
+                                                                     int nblocks, float* sums) {
+  constexpr int kVec = 8, kCols = D / kVec, kRows = sla::kPoolThreads / kCols;
+  static_assert(sla::kPoolThreads % kCols == 0, "whole rows per pass");
+  __shared__ float red[kRows][D];
+  const int tid = threadIdx.x, c = tid % kCols, r = tid / kCols;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int64_t row0 = int64_t(blockIdx.x) * blk, row_end = std::min<int64_t>(row0 + blk, x.n);
+  const T* base = static_cast<const T*>(x.ptr) + b * x.stride_b + h * x.stride_h + c * kVec;
+  float acc[kVec] = {};
+  for (int64_t row = row0 + r; row < row_end; row += kRows) {
+    Vec<T, kVec> v;
+    v.load(base + row * x.stride_n);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) acc[i] += v.get(i);
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) red[r][c * kVec + i] = acc[i];
+  __syncthreads();
+  float* out = sums + ((int64_t(b) * heads + h) * nblocks + blockIdx.x) * D;
+  for (int col = tid; col < D; col += sla::kPoolThreads) {
+    float s = 0.f;
+#pragma unroll 4
+    for (int i = 0; i < kRows; ++i) s += red[i][col];
+    out[col] = s;
+  }
+}
+
+// mean_N k [B*H, D] from the block sums. Grid (B*H), D threads.
+__global__ void sla_kmean_kernel(const float* k_sums, int mk, int64_t nk, int d, float* k_mean) {
+  const int64_t slice = blockIdx.x;
+  const int c = threadIdx.x;
+  float s = 0.f;
+  for (int j = 0; j < mk; ++j) s += k_sums[(slice * mk + j) * d + c];
+  k_mean[slice * d + c] = s / static_cast<float>(nk);
+}
+
+// Shared memory of the score/top-k kernel for `rows` query blocks per CTA.
+inline size_t sla_score_smem_bytes(int d, int rows, int mk) {
+  return sizeof(float) * (size_t(rows) * d + size_t(d) * (sla::kKeyTile + 4) + size_t(rows) * mk) +
+         sizeof(uint32_t) * (sla::kScoreThreads / 32) * sla::kRadixBins;
+}
+
+// Scores of rows_per_cta query blocks against every key block, then their top-k. Grid
+// (ceil(mq / rows_per_cta), H, B).
+template <int D>
+__global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(const SlaBlockMapParams p) {
+  constexpr int KT = sla::kKeyTile, KTP = KT + 4;  // +4: transposed-store bank spread, float4-aligned rows
+  static_assert(KT / 4 * sla::kMaxRowsPerCta == sla::kScoreThreads, "1 x 4 scores per thread");
+  extern __shared__ __align__(16) float smem[];
+  const int rows_max = p.rows_per_cta;
+  float* pq = smem;                                         // [rows][D] pooled q means
+  float* pkt = pq + rows_max * D;                           // [D][KTP] pooled centred k means, transposed
+  uint32_t* hist = reinterpret_cast<uint32_t*>(pkt + D * KTP);  // [warps][256]
+  float* score = reinterpret_cast<float*>(hist + (sla::kScoreThreads / 32) * sla::kRadixBins);  // [rows][mk]
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int64_t slice = int64_t(b) * p.heads + h;
+  const int qb0 = blockIdx.x * rows_max;
+  const int rows = min(rows_max, p.mq - qb0);
+  const int mk = p.mk;
+
+  for (int i = tid; i < rows_max * D; i += sla::kScoreThreads) {
+    const int r = i / D, qb = qb0 + r;
+    float v = 0.f;
+    if (r < rows) {
+      const int64_t len = std::min<int64_t>(p.blkq, p.q.n - int64_t(qb) * p.blkq);
+      v = p.q_sums[(slice * p.mq + qb) * D + i % D] / static_cast<float>(len);
+    }
+    pq[i] = v;
+  }
+  const float* km = p.k_mean + slice * D;
+  const int r = tid / (KT / 4), c4 = tid % (KT / 4);
+  for (int kt0 = 0; kt0 < mk; kt0 += KT) {
+    __syncthreads();  // pq written / the previous tile consumed
+    for (int i = tid; i < KT * D; i += sla::kScoreThreads) {
+      const int c = i / D, d = i % D, kb = kt0 + c;
+      float v = 0.f;
+      if (kb < mk) {
+        const int64_t len = std::min<int64_t>(p.blkk, p.k.n - int64_t(kb) * p.blkk);
+        v = __fsub_rn(p.k_sums[(slice * mk + kb) * D + d] / static_cast<float>(len), km[d]);
+      }
+      pkt[d * KTP + c] = v;
+    }
+    __syncthreads();
+    if (r < rows) {
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      const float* pr = pq + r * D;
+      const float* pc = pkt + 4 * c4;
+#pragma unroll 8
+      for (int d = 0; d < D; ++d) {
+        const float a = pr[d];
+        const float4 kv = *reinterpret_cast<const float4*>(pc + d * KTP);
+        acc[0] = fmaf(a, kv.x, acc[0]);
+        acc[1] = fmaf(a, kv.y, acc[1]);
+        acc[2] = fmaf(a, kv.z, acc[2]);
+        acc[3] = fmaf(a, kv.w, acc[3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (kt0 + 4 * c4 + j < mk) score[r * mk + kt0 + 4 * c4 + j] = acc[j];
+    }
+  }
+  __syncthreads();
+  for (int rr = warp; rr < rows; rr += sla::kScoreThreads / 32) {
+    const int64_t row = slice * p.mq + qb0 + rr;
+    sla_detail::select_topk_row(score + rr * mk, mk, p.kept, hist + warp * sla::kRadixBins, p.lut + row * p.kept,
+                                lane);
+    if (lane == 0) p.count[row] = p.kept;
+  }
+}
+
+// The whole block map on `stream`. max_smem: the device's opt-in shared memory per block; the
+// launcher has checked that one query block per CTA fits (rows_per_cta >= 1).
+template <int D>
+void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaStream_t stream) {
+  if (batch == 0 || p.heads == 0 || p.mq == 0) return;
+  const dim3 pool_q(p.mq, p.heads, batch), pool_k(p.mk, p.heads, batch);
+  if (p.bf16) {
+    sla_pool_kernel<D, __nv_bfloat16><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
+    sla_pool_kernel<D, __nv_bfloat16><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
+  } else {
+    sla_pool_kernel<D, __half><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
+    sla_pool_kernel<D, __half><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
+  }
+  TD_CHECK_LAUNCH();
+  sla_kmean_kernel<<<batch * p.heads, D, 0, stream>>>(p.k_sums, p.mk, p.k.n, D, p.k_mean);
+  TD_CHECK_LAUNCH();
+  static const bool attr_set = [&] {  // once per process (one GPU architecture assumed, like ctas_per_sm)
+    TD_CUDA_CHECK(cudaFuncSetAttribute(sla_score_topk_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(max_smem)));
+    return true;
+  }();
+  (void)attr_set;
+  const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk);
+  const dim3 grid(static_cast<unsigned>(cdiv(p.mq, p.rows_per_cta)), p.heads, batch);
+  sla_score_topk_kernel<D><<<grid, sla::kScoreThreads, smem, stream>>>(p);
+  TD_CHECK_LAUNCH();
+}
+
+}  // namespace td

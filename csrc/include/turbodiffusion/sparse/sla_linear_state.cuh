@@ -1,0 +1,190 @@
+// SLA's linear branch over all keys (ARCHITECTURE §4.3), folded with proj_l for the sparse kernel's
+// epilogue, in two launches:
+//   1. sla_linear_partial_kernel: one pass over k and v. Each CTA takes a chunk of N for one (b, h):
+//      32-token tiles of k and v go to shared memory (cp.async, double-buffered), phi(k) = softmax over
+//      the head dim is computed in fp32 and written back in place in the input type, then tensor cores
+//      (mma.sync m16n8k16, fp32 accumulation) add phi(k)^T v to the CTA's [D, D] partial H; an extra
+//      n8 block with an all-ones B operand accumulates z = sum phi(k) in the same MMAs.
+//   2. sla_linear_fold_kernel: sums the chunks (fixed order: deterministic) and folds proj_l's weight:
+//      lin[c][d] = sum_e W[c][e] H[d][e] / nk, lin[D][d] = z[d] / nk, rows D+1..D+7 = 0, as fp16.
+// Numerics: phi(k) is rounded to bf16/fp16 (like v) before its MMA: relative error 2^-9 (bf16) per
+// element, random in sign, averaged over N tokens. Dividing by nk bounds every lin entry by max|v W^T|
+// (rows of phi(k) sum to 1), which fp16 holds unless v W^T itself passes 65504.
+#pragma once
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/common/sm80_primitives.cuh"
+#include "turbodiffusion/common/vec.cuh"
+#include "turbodiffusion/sparse/heuristics.h"
+#include "turbodiffusion/sparse/params.h"
+
+namespace td {
+namespace sla_detail {
+
+// Element offset of (row, col) in a shared tile of rows of D 16-bit elements: 16-byte chunk c of row
+// r is stored at chunk c ^ (r % 8), so the 8 rows an ldmatrix reads at one chunk column hit 8
+// different bank groups (D >= 64: at least 8 chunks per row).
+template <int D>
+__device__ __forceinline__ int swz(int row, int col) {
+  return row * D + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+}  // namespace sla_detail
+
+template <int D, bool kBf16>
+__global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const SlaLinearParams p) {
+  using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+  using sla_detail::swz;
+  constexpr int kWarps = D / 16, kThreads = 32 * kWarps, BN = sla::kLinTile, CH = D / 8, NB = D / 8 + 1;
+  constexpr int kElems = D / 32;  // elements of a token row per lane in the softmax
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(BN % 16 == 0 && (BN * CH) % kThreads == 0, "k16 steps, whole cp.async rounds");
+  // bf16 / fp16 1.0 twice: the all-ones B fragment whose product with phi(k)^T is z.
+  constexpr uint32_t kOnes = kBf16 ? 0x3F803F80u : 0x3C003C00u;
+  __shared__ __align__(128) T sK[2][BN * D];
+  __shared__ __align__(128) T sV[2][BN * D];
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int64_t slice = int64_t(b) * p.heads + h, n = p.k.n;
+  const int64_t tile0 = int64_t(blockIdx.x) * p.tiles_per_split;
+  const int64_t tile_end = std::min<int64_t>(tile0 + p.tiles_per_split, (n + BN - 1) / BN);
+  const T* kg = static_cast<const T*>(p.k.ptr) + b * p.k.stride_b + h * p.k.stride_h;
+  const T* vg = static_cast<const T*>(p.v.ptr) + b * p.v.stride_b + h * p.v.stride_h;
+
+  auto load = [&](int64_t tile, int st) {  // tokens >= n are zero-filled
+#pragma unroll
+    for (int it = 0; it < BN * CH / kThreads; ++it) {
+      const int i = tid + it * kThreads, r = i / CH, c = i % CH;
+      const int64_t tok = tile * BN + r;
+      const bool ok = tok < n;
+      cp_async_16(&sK[st][swz<D>(r, 8 * c)], ok ? kg + tok * p.k.stride_n + 8 * c : kg, ok);
+      cp_async_16(&sV[st][swz<D>(r, 8 * c)], ok ? vg + tok * p.v.stride_n + 8 * c : vg, ok);
+    }
+  };
+
+  float acc[NB][4];
+#pragma unroll
+  for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  if (tile0 < tile_end) load(tile0, 0);
+  cp_async_commit();
+  for (int64_t tile = tile0; tile < tile_end; ++tile) {
+    const int st = static_cast<int>(tile - tile0) & 1;
+    if (tile + 1 < tile_end) load(tile + 1, st ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // phi(k) in place: a warp per token row, kElems consecutive channels per lane (within one chunk).
+    for (int r = warp; r < BN; r += kWarps) {
+      T* row = &sK[st][swz<D>(r, kElems * lane)];
+      float x[kElems];
+#pragma unroll
+      for (int i = 0; i < kElems; ++i) x[i] = to_float(row[i]);
+      float m = x[0];
+#pragma unroll
+      for (int i = 1; i < kElems; ++i) m = fmaxf(m, x[i]);
+      m = warp_max(m);
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < kElems; ++i) {
+        x[i] = __expf(x[i] - m);
+        s += x[i];
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      const float inv = tile * BN + r < n ? 1.f / s : 0.f;  // padded tokens contribute nothing to z
+#pragma unroll
+      for (int i = 0; i < kElems; ++i) row[i] = T(x[i] * inv);
+    }
+    __syncthreads();
+
+    // H[16 warp rows][D + 8] += phi(k)^T v over the tile's tokens (A = phi^T via transposing ldmatrix:
+    // matrix q of x4 is (d half q % 2, token half q / 2); B = v likewise: (token half q % 2, n8 block q / 2)).
+    const int q = lane >> 3, rr = lane & 7;
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ++ks) {
+      uint32_t a[4];
+      ldmatrix_x4_trans(a, smem_u32(&sK[st][swz<D>(16 * ks + 8 * (q >> 1) + rr, 16 * warp + 8 * (q & 1))]));
+#pragma unroll
+      for (int nb = 0; nb < D / 16; ++nb) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, smem_u32(&sV[st][swz<D>(16 * ks + 8 * (q & 1) + rr, 16 * nb + 8 * (q >> 1))]));
+        mma_16bit<kBf16>(acc[2 * nb], a, bv[0], bv[1]);
+        mma_16bit<kBf16>(acc[2 * nb + 1], a, bv[2], bv[3]);
+      }
+      mma_16bit<kBf16>(acc[NB - 1], a, kOnes, kOnes);
+    }
+    __syncthreads();  // the stage is refilled two iterations on
+  }
+
+  // Partial [D, D + 8]: accumulator element e of block j is row 16 warp + g + 8 (e / 2), column 8 j + 2 t + e % 2.
+  float* out = p.partial + (slice * p.splits + blockIdx.x) * D * (D + 8);
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = 16 * warp + g + 8 * hf;
+      *reinterpret_cast<float2*>(out + row * (D + 8) + 8 * j + 2 * t) = make_float2(acc[j][2 * hf], acc[j][2 * hf + 1]);
+    }
+}
+
+// Sum of the chunks and the fold with proj_l. Grid (D / 8, B*H), D threads: thread c computes
+// lin[c][d0..d0+7] = sum_e W[c][e] H[d][e] / nk from W^T staged 32 rows at a time.
+template <int D>
+__global__ void __launch_bounds__(D) sla_linear_fold_kernel(const SlaLinearParams p) {
+  constexpr int RD = 8, EC = 32;
+  __shared__ float hs[RD][D + 1];   // summed rows d0..d0+7 of H; column D is z
+  __shared__ float wt[EC][D + 1];   // wt[e - e0][c] = W[c][e]
+  const int c = threadIdx.x, d0 = blockIdx.x * RD;
+  const int64_t slice = blockIdx.y;
+  for (int i = c; i < RD * (D + 1); i += D) {
+    const int r = i / (D + 1), col = i % (D + 1);
+    float s = 0.f;
+    for (int sp = 0; sp < p.splits; ++sp) s += p.partial[((slice * p.splits + sp) * D + d0 + r) * (D + 8) + col];
+    hs[r][col] = s;
+  }
+  float acc[RD] = {};
+  for (int e0 = 0; e0 < D; e0 += EC) {
+    __syncthreads();
+    for (int i = c; i < EC * D; i += D) wt[i % EC][i / EC] = p.proj_weight[(i / EC) * D + e0 + i % EC];
+    __syncthreads();
+#pragma unroll 4
+    for (int e = 0; e < EC; ++e) {
+      const float w = wt[e][c];
+#pragma unroll
+      for (int r = 0; r < RD; ++r) acc[r] = fmaf(w, hs[r][e0 + e], acc[r]);
+    }
+  }
+  const float nk = static_cast<float>(p.k.n);
+  uint16_t* lin = p.lin + slice * (D + 8) * D;
+#pragma unroll
+  for (int r = 0; r < RD; ++r) lin[c * D + d0 + r] = __half_as_ushort(__float2half_rn(acc[r] / nk));
+  if (c < 8)
+#pragma unroll
+    for (int r = 0; r < RD; ++r)
+      lin[(D + c) * D + d0 + r] = __half_as_ushort(__float2half_rn(c == 0 ? hs[r][D] / nk : 0.f));
+}
+
+template <int D>
+void launch_sla_linear_state(const SlaLinearParams& p, int batch, cudaStream_t stream) {
+  if (batch == 0 || p.heads == 0) return;
+  const dim3 grid(p.splits, p.heads, batch);
+  if (p.bf16)
+    sla_linear_partial_kernel<D, true><<<grid, 32 * (D / 16), 0, stream>>>(p);
+  else
+    sla_linear_partial_kernel<D, false><<<grid, 32 * (D / 16), 0, stream>>>(p);
+  TD_CHECK_LAUNCH();
+  sla_linear_fold_kernel<D><<<dim3(D / 8, batch * p.heads), D, 0, stream>>>(p);
+  TD_CHECK_LAUNCH();
+}
+
+}  // namespace td

@@ -1,0 +1,130 @@
+// Torch-facing launchers of the SLA kernels (block map, linear branch): check inputs, allocate the
+// outputs and the kernels' scratch, fill the Params, dispatch. No kernel math here
+// (csrc/include/turbodiffusion/sparse/). The block-sparse attention launcher lives with the dense one
+// in attention.cu (they share their checks and Params).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "ops/checks.h"
+#include "turbodiffusion/common/dispatch.h"
+#include "turbodiffusion/sparse/sla_block_map.cuh"
+#include "turbodiffusion/sparse/sla_linear_state.cuh"
+
+namespace td {
+namespace {
+
+AttnTensorView view_of(const at::Tensor& t, const BHND& s, const std::string& layout) {
+  const bool nhd = layout == "NHD";
+  return {t.data_ptr(), t.stride(0), nhd ? t.stride(2) : t.stride(1), nhd ? t.stride(1) : t.stride(2), s.n};
+}
+
+// q-like checks shared by both ops: (first, second) bf16/fp16 attention tensors of one dtype, same
+// batch, heads and head dim, 16-byte aligned rows, at least one token in the second.
+std::pair<BHND, BHND> check_pair(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn,
+                                 const std::string& layout) {
+  check_layout(layout);
+  const c10::Device device = a.device();
+  const BHND sa = check_attention_tensor(a, an, layout, device);
+  const BHND sb = check_attention_tensor(b, bn, layout, device);
+  TORCH_CHECK_TYPE(b.scalar_type() == a.scalar_type(), bn, ": expected dtype ", dtype_name(a.scalar_type()), " (like ",
+                   an, "), got ", dtype_name(b.scalar_type()));
+  TORCH_CHECK_VALUE(sb.b == sa.b && sb.h == sa.h && sb.d == sa.d, bn, ": expected batch, heads and head dim (",
+                    num(sa.b), ", ", num(sa.h), ", ", num(sa.d), ") (like ", an, "), got (", num(sb.b), ", ",
+                    num(sb.h), ", ", num(sb.d), ")");
+  TORCH_CHECK_VALUE(sb.n > 0, bn, ": expected at least one key, got 0");
+  TORCH_CHECK_VALUE(sa.h <= 65535 && sa.b <= 65535, an, ": expected at most 65535 heads and batches, got ",
+                    num(sa.h), " and ", num(sa.b));
+  check_vector_aligned(a, an);
+  check_vector_aligned(b, bn);
+  return {sa, sb};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                      const std::string& layout, int64_t blkq, int64_t blkk,
+                                                      double topk) {
+  const auto [sq, sk] = check_pair(q, "q", k, "k", layout);
+  for (auto [name, blk] : {std::pair<const char*, int64_t>{"blkq", blkq}, {"blkk", blkk}})
+    TORCH_CHECK_VALUE(blk > 0 && blk <= 1024, name, ": expected a positive integer <= 1024, got ", num(blk));
+  TORCH_CHECK_VALUE(std::isfinite(topk) && topk >= 0.0 && topk <= 1.0, "topk: expected a fraction in [0, 1], got ",
+                    num(topk));
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t mq = (sq.n + blkq - 1) / blkq, mk = (sk.n + blkk - 1) / blkk;
+  // int(topk * Mk) of a double product, like the reference's Python float arithmetic.
+  const int64_t kept = std::min<int64_t>(mk, static_cast<int64_t>(topk * static_cast<double>(mk)));
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(q.device().index());
+  const size_t max_smem = prop->sharedMemPerBlockOptin;
+  int rows = sla::kMaxRowsPerCta;
+  while (rows > 1 && sla_score_smem_bytes(static_cast<int>(sq.d), rows, static_cast<int>(mk)) > max_smem) rows /= 2;
+  const size_t need = sla_score_smem_bytes(static_cast<int>(sq.d), 1, static_cast<int>(mk));
+  TORCH_CHECK_VALUE(need <= max_smem, "k: ", num(mk), " key blocks (Nk ", num(sk.n), " / blkk ", num(blkk),
+                    ") need ", num(int64_t(need)), " bytes of shared memory for one score row; this GPU allows ",
+                    num(int64_t(max_smem)), ": use a larger blkk");
+  auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor lut = at::empty({sq.b, sq.h, mq, kept}, q.options().dtype(at::kInt));
+  at::Tensor count = at::empty({sq.b, sq.h, mq}, q.options().dtype(at::kInt));
+  at::Tensor q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
+  at::Tensor k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
+  at::Tensor k_mean = at::empty({sq.b * sq.h * sq.d}, f32);
+  SlaBlockMapParams p{};
+  p.q = view_of(q, sq, layout);
+  p.k = view_of(k, sk, layout);
+  p.heads = static_cast<int>(sq.h);
+  p.blkq = static_cast<int>(blkq);
+  p.blkk = static_cast<int>(blkk);
+  p.mq = static_cast<int>(mq);
+  p.mk = static_cast<int>(mk);
+  p.kept = static_cast<int>(kept);
+  p.rows_per_cta = rows;
+  p.q_sums = q_sums.data_ptr<float>();
+  p.k_sums = k_sums.data_ptr<float>();
+  p.k_mean = k_mean.data_ptr<float>();
+  p.lut = lut.data_ptr<int32_t>();
+  p.count = count.data_ptr<int32_t>();
+  p.bf16 = q.scalar_type() == c10::kBFloat16;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_sla_block_map<D>(p, static_cast<int>(sq.b), max_smem, stream); });
+  return {lut, count};
+}
+
+at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tensor& proj_weight,
+                                 const std::string& layout) {
+  const auto [sk, sv] = check_pair(k, "k", v, "v", layout);
+  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected shape ", dims_str(k.sizes()), " (like k), got ",
+                    dims_str(v.sizes()));
+  TORCH_CHECK_TYPE(proj_weight.scalar_type() == c10::kFloat, "proj_weight: expected dtype float32, got ",
+                   dtype_name(proj_weight.scalar_type()));
+  check_cuda_tensor(proj_weight, "proj_weight", k.device());
+  TORCH_CHECK_VALUE(proj_weight.sizes() == c10::IntArrayRef({sk.d, sk.d}) && proj_weight.is_contiguous(),
+                    "proj_weight: expected a contiguous tensor of shape ", dims_str({sk.d, sk.d}), ", got shape ",
+                    dims_str(proj_weight.sizes()));
+  const c10::cuda::CUDAGuard guard(k.device());
+  const int num_sms = at::cuda::getDeviceProperties(k.device().index())->multiProcessorCount;
+  const int64_t tiles = (sk.n + sla::kLinTile - 1) / sla::kLinTile;
+  const int64_t target = std::max<int64_t>(1, (int64_t(sla::kLinCtasPerSm) * num_sms + sk.b * sk.h - 1) / (sk.b * sk.h));
+  const int64_t per_split = std::max<int64_t>(sla::kLinMinTiles, (tiles + target - 1) / target);
+  const int64_t splits = (tiles + per_split - 1) / per_split;
+  at::Tensor lin = at::empty({sk.b, sk.h, sk.d + 8, sk.d}, k.options().dtype(at::kHalf));
+  at::Tensor partial = at::empty({sk.b * sk.h * splits * sk.d * (sk.d + 8)}, k.options().dtype(at::kFloat));
+  SlaLinearParams p{};
+  p.k = view_of(k, sk, layout);
+  p.v = view_of(v, sv, layout);
+  p.heads = static_cast<int>(sk.h);
+  p.splits = static_cast<int>(splits);
+  p.tiles_per_split = static_cast<int>(per_split);
+  p.partial = partial.data_ptr<float>();
+  p.proj_weight = proj_weight.data_ptr<float>();
+  p.lin = reinterpret_cast<uint16_t*>(lin.data_ptr());
+  p.bf16 = k.scalar_type() == c10::kBFloat16;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(sk.d, D, [&] { launch_sla_linear_state<D>(p, static_cast<int>(sk.b), stream); });
+  return lin;
+}
+
+}  // namespace td
