@@ -21,7 +21,7 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
     double sm_scale);
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
-                          const std::string& backend);
+                          const std::string& backend, at::IntArrayRef sm90_config);
 }  // namespace td
 
 TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
