@@ -5,6 +5,8 @@ Environment:
                   "90a;120a" when no GPU is visible).
   TD_SKIP_CUDA=1  install the pure-Python package; every op then runs its CPU reference.
   MAX_JOBS        parallel nvcc jobs (torch's ninja build honours it).
+  TD_GEMM_ALL_CONFIGS=1  also compile the sm90 GEMM's candidate tiles (gemm/heuristics.h), for
+                  `benchmarks/bench_gemm.py --sweep`; off by default to keep the build short.
 """
 import glob
 import os
@@ -92,6 +94,8 @@ def extension_modules():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     sources += sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     common = ["-O3", "-std=c++20", "-DTD_ARCHS=\"" + ";".join(archs) + "\""]
+    if os.environ.get("TD_GEMM_ALL_CONFIGS", "0") == "1":
+        common.append("-DTD_GEMM_ALL_CONFIGS=1")
     nvcc = common + gencode_flags(archs) + [
         "-lineinfo",
         "--expt-relaxed-constexpr",

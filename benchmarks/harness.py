@@ -86,13 +86,17 @@ def geomean_ratio(rows: Sequence[Row]) -> float:
     return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
 
 
-def main(run: Callable[[str], object], doc: str | None) -> None:
-    """Command line of a benchmark suite: `python -m benchmarks.bench_<suite> [--out DIR]`."""
+def main(run: Callable[..., object], doc: str | None, flags: dict[str, str] | None = None) -> None:
+    """Command line of a benchmark suite: `python -m benchmarks.bench_<suite> [--out DIR] [--flag ...]`;
+    each of `flags` ({"--name": help}) is a switch passed to run as the keyword name=True/False."""
     import argparse
 
-    p = argparse.ArgumentParser(description=doc)
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results")
-    run(p.parse_args().out)
+    for flag, help_text in (flags or {}).items():
+        p.add_argument(flag, action="store_true", help=help_text)
+    args = vars(p.parse_args())
+    run(args.pop("out"), **args)
 
 
 def print_table(rows: Sequence[Row], title: str) -> str:

@@ -35,7 +35,7 @@ at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const
                                  const std::string& layout);
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
-                          const std::string& backend);
+                          const std::string& backend, at::IntArrayRef sm90_config);
 }  // namespace td
 
 TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {

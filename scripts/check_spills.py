@@ -23,6 +23,21 @@ def demangle(name: str) -> str:
     return name
 
 
+def unqualified_name(name: str) -> str:
+    """The function's own name, without namespaces, template arguments or parameters, from a demangled
+    name or, where c++filt gave up (it does on some long CUTLASS names), from the mangled nested name
+    `_ZN<len><id>...<len><id>I...`."""
+    if name.startswith("_ZN"):
+        i, last = 3, name
+        while i < len(name) and name[i].isdigit():
+            j = i
+            while name[j].isdigit():
+                j += 1
+            last, i = name[j:j + int(name[i:j])], j + int(name[i:j])
+        return last
+    return re.sub(r"^(void )?", "", name).split("<")[0].split("(")[0].split("::")[-1]
+
+
 def spilling_functions(log: str) -> dict[str, tuple[int, int]]:
     found, current = {}, None
     for line in log.splitlines():
@@ -49,7 +64,7 @@ def main(path: str) -> int:
     bad = []
     for mangled, (stores, loads) in spilling_functions(log).items():
         name = demangle(mangled)
-        kernel = re.sub(r"^(void )?(td::)?", "", name).split("<")[0].split("(")[0]
+        kernel = unqualified_name(name)
         status = "allowed" if kernel in allowed else "NOT ALLOWED"
         print(f"check_spills: {name}: {stores} B spill stores, {loads} B spill loads ({status})")
         if kernel not in allowed:

@@ -40,11 +40,12 @@ def _backends(device: str, dtype=torch.int8):
     return tuple(out)
 
 
-def _run(device, a, a_scale, w, w_scale, bias, out_dtype, backend):
+def _run(device, a, a_scale, w, w_scale, bias, out_dtype, backend, sm90_config=None):
     """The op on `device` (inputs moved there, output back on CPU)."""
     poison_allocator(device)
     mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-    y = ops.w8a8_gemm(mv(a), mv(a_scale), mv(w), mv(w_scale), mv(bias), out_dtype=out_dtype, backend=backend)
+    y = ops.w8a8_gemm(mv(a), mv(a_scale), mv(w), mv(w_scale), mv(bias), out_dtype=out_dtype, backend=backend,
+                      sm90_config=sm90_config)
     assert y.shape == (a.shape[0], w.shape[0]) and y.dtype == out_dtype and y.device.type == device
     return y.cpu()
 
@@ -75,6 +76,37 @@ def test_int32_accumulator_exact_small_values(device, m, n, k):
         # Always: bit-identical to the reference rounding chain.
         y_ref = ref.w8a8_gemm(a, a_s, w, w_s, None, torch.float16)
         assert torch.equal(y, y_ref), f"{backend} m={m} n={n} k={k}: differs from reference"
+
+
+SM90_TILES = [(dtype, tile) for dtype, names in ops.GEMM_SM90_TILES.items() for tile in range(len(names))]
+
+
+@pytest.mark.parametrize("dtype,tile", SM90_TILES, ids=[f"{str(d)[6:]}-t{t}" for d, t in SM90_TILES])
+@pytest.mark.parametrize("raster_along_m,swizzle", [(0, 1), (1, 2), (0, 8)])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_sm90_every_tile_exact(device, dtype, tile, raster_along_m, swizzle, out_dtype):
+    """Every tile of the sm90 tables (sweep candidates included, when compiled) with an explicit raster
+    order and swizzle: small integers (exact in int8 and E4M3, so the FP8 float32 accumulator is exact
+    too) and power-of-two scales give the exact result, bit-identical to the reference; M, N and K
+    tails of every tile; K = 1040 crosses the FP8 promotion interval (128) with a partial last k-tile."""
+    if device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("sm90 kernel: Hopper only")
+    config = (tile, raster_along_m, swizzle)
+    for m, n, k in [(1, 264, 208), (65, 200, 1040), (130, 8, 16), (257, 392, 400)]:
+        g = _gen(100 * tile + m + n + k)
+        a = torch.randint(-3, 4, (m, k), generator=g, dtype=torch.int8)
+        w = torch.randint(-3, 4, (n, k), generator=g, dtype=torch.int8)
+        a, w = a.to(dtype), w.to(dtype)
+        a_s, w_s = _pow2_scales(m, g), _pow2_scales(n, g)
+        y_ref = ref.w8a8_gemm(a, a_s, w, w_s, None, out_dtype)
+        try:
+            y = _run(device, a, a_s, w, w_s, None, out_dtype, "sm90", config)
+        except ValueError as e:
+            if "not compiled in this build" in str(e):
+                pytest.skip(str(e))
+            raise
+        assert torch.equal(y, y_ref), (
+            f"{config} m={m} n={n} k={k}: {(y != y_ref).sum().item()} of {y.numel()} differ from the reference")
 
 
 def test_reference_accumulator_is_exact():

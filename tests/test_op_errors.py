@@ -62,7 +62,8 @@ def _gemm_cases(device):
     i8 = lambda *s: torch.randint(-5, 5, s, dtype=torch.int8).to(device)  # noqa: E731
     f32 = lambda *s: torch.rand(s).to(device)  # noqa: E731
     a, w = i8(4, 32), i8(16, 32)
-    good = dict(a=a, a_scale=f32(4), w=w, w_scale=f32(16), bias=None, out_dtype=torch.bfloat16, backend="auto")
+    good = dict(a=a, a_scale=f32(4), w=w, w_scale=f32(16), bias=None, out_dtype=torch.bfloat16, backend="auto",
+                sm90_config=[])
     g = lambda **kw: GEMM(*{**good, **kw}.values())  # noqa: E731
     return [
         (lambda: g(a=a.float()), TypeError, ["a", "int8/float8_e4m3fn", "float32"]),
@@ -78,10 +79,15 @@ def _gemm_cases(device):
         (lambda: g(backend="cublas"), ValueError, ["backend", "cublas"]),
         (lambda: g(a=i8(4, 64)[:, ::2]), ValueError, ["a", "unit stride"]),
         (lambda: g(w=i8(16, 40)[:, :32]), ValueError, ["w", "row stride"]),
+        (lambda: g(sm90_config=[0, 0, 1]), ValueError, ["sm90_config", "backend 'sm90'", "'auto'"]),
+        (lambda: g(backend="sm90", sm90_config=[0, 0]), ValueError, ["sm90_config", "[tile, raster_along_m, swizzle]"]),
+        (lambda: g(backend="sm90", sm90_config=[2, 0, 1]), ValueError, ["sm90_config", "tile 2", "int8", "0..1"]),
+        (lambda: g(backend="sm90", sm90_config=[0, 2, 1]), ValueError, ["sm90_config", "raster_along_m", "2"]),
+        (lambda: g(backend="sm90", sm90_config=[0, 0, 3]), ValueError, ["sm90_config", "swizzle", "3"]),
     ]
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(18))
 def test_gemm_bad_input_names_the_argument(device, index):
     _expect_error(*_gemm_cases(device)[index])
 

@@ -21,7 +21,7 @@ def _samples(device):
                       (torch.randint(-128, 128, (130, 32), dtype=torch.int8, device=device),
                        torch.rand(130, device=device), torch.randint(-128, 128, (8, 32), dtype=torch.int8, device=device),
                        torch.rand(8, device=device), torch.randn(8, dtype=torch.float16, device=device), torch.float16,
-                       "mma")],
+                       "mma")] + _sm90_gemm_samples(device),
         "quantize_per_token_int8": [(torch.randn(3, 4, 96, **bf),), (torch.randn(5, 33, dtype=torch.float16,
                                                                                   device=device),)],
         "attention_int8_fp8_mma": [_attention_sample(1, 33, 17, 2, 64, "NHD", torch.bfloat16, device),
@@ -38,6 +38,15 @@ def _samples(device):
         "attention_int8_fp8_sparse_mma": [_sparse_sample(1, 130, 70, 2, 64, "NHD", torch.bfloat16, device, True),
                                           _sparse_sample(1, 40, 200, 1, 128, "HND", torch.float16, device, False)],
     }
+
+
+def _sm90_gemm_samples(device):
+    """An explicit sm90_config (tile 0: compiled in every build), where the sm90 kernel runs."""
+    if device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
+        return []
+    return [(torch.randint(-128, 128, (70, 64), dtype=torch.int8, device=device), torch.rand(70, device=device),
+             torch.randint(-128, 128, (24, 64), dtype=torch.int8, device=device), torch.rand(24, device=device), None,
+             torch.bfloat16, "sm90", [0, 1, 4])]
 
 
 def _attention_sample(b, nq, nk, h, d, layout, dtype, device):

@@ -145,9 +145,35 @@ def quantize_per_token_int8(x: torch.Tensor):
 # C++ at load time, which only needs the schema to exist before the first call.
 GEMM_BACKENDS = ("auto", "sm90", "mma")
 GEMM_IN_DTYPES = (torch.int8, torch.float8_e4m3fn)
+# The sm90 kernel's tile tables (csrc/include/turbodiffusion/gemm/heuristics.h, same order): the
+# `tile` of sm90_config. "candidate" tiles are compiled only by a TD_GEMM_ALL_CONFIGS=1 build.
+GEMM_SM90_TILES = {
+    torch.int8: ("128x256x128 cooperative", "64x256x128 ping-pong (candidate)"),
+    torch.float8_e4m3fn: ("128x128x128 cooperative", "128x192x128 cooperative (candidate)",
+                          "64x192x128 ping-pong (candidate)"),
+}
+GEMM_SM90_SWIZZLES = (1, 2, 4, 8)
 
 
-def _check_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend):
+def _check_sm90_config(sm90_config, dtype, backend):
+    if len(sm90_config) == 0:
+        return
+    if backend != "sm90":
+        raise ValueError(f"sm90_config: given {list(sm90_config)}, which needs backend 'sm90', got {backend!r}")
+    if len(sm90_config) != 3:
+        raise ValueError(f"sm90_config: expected [] or [tile, raster_along_m, swizzle], got {list(sm90_config)}")
+    tile, raster, swizzle = sm90_config
+    count = len(GEMM_SM90_TILES[dtype])
+    if not 0 <= tile < count:
+        raise ValueError(f"sm90_config: tile {tile} out of range: {str(dtype).replace('torch.', '')} has tiles "
+                         f"0..{count - 1}")
+    if raster not in (0, 1):
+        raise ValueError(f"sm90_config: raster_along_m must be 0 or 1, got {raster}")
+    if swizzle not in GEMM_SM90_SWIZZLES:
+        raise ValueError(f"sm90_config: swizzle must be 1, 2, 4 or 8, got {swizzle}")
+
+
+def _check_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend, sm90_config=()):
     C.check_tensor("a", a, dtypes=GEMM_IN_DTYPES, ndim=2)
     C.check_tensor("w", w, dtypes=GEMM_IN_DTYPES, ndim=2, device=a.device)
     if w.dtype != a.dtype:
@@ -181,27 +207,31 @@ def _check_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend):
     C.check_choice("backend", backend, GEMM_BACKENDS)
     if backend == "mma" and a.dtype != torch.int8:
         raise ValueError("backend: 'mma' (the mma.sync kernel) supports int8 inputs only, got float8_e4m3fn")
+    _check_sm90_config(sm90_config, a.dtype, backend)
 
 
-def _fake_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend):
+def _fake_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend, sm90_config=()):
     return torch.empty((a.size(0), w.size(0)), dtype=out_dtype, device=a.device)
 
 
 _register("w8a8_gemm(Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype, "
-          "str backend) -> Tensor", _check_gemm, ref.w8a8_gemm, _fake_gemm)
+          "str backend, int[] sm90_config=[]) -> Tensor", _check_gemm, ref.w8a8_gemm, _fake_gemm)
 
 
 def w8a8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype = torch.bfloat16,
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", sm90_config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """y [M, N] = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n] in float32, stored as out_dtype (bf16/fp16).
 
     a [M, K] and w [N, K] both int8 or both float8_e4m3fn (K % 16 == 0, N % 8 == 0, unit last stride);
     a_scale [M] and w_scale [N] float32; bias [N] in out_dtype or None. INT8 accumulates exactly in
     int32. backend (CUDA only): "auto" (sm90 CUTLASS kernel on Hopper, mma.sync kernel elsewhere),
     "sm90" (TMA + wgmma, Hopper only) or "mma" (mma.sync, int8 only; runs on sm80+ including H100).
+    sm90_config (tuning, with backend="sm90"): (tile, raster_along_m, swizzle) instead of the heuristics
+    table: tile indexes GEMM_SM90_TILES[a.dtype], raster_along_m is 0/1, swizzle 1/2/4/8.
     """
-    return torch.ops.turbodiffusion.w8a8_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend)
+    return torch.ops.turbodiffusion.w8a8_gemm(a, a_scale, w, w_scale, bias, out_dtype, backend,
+                                              list(sm90_config or ()))
 
 
 # --------------------------------------------------------------------------------------------------

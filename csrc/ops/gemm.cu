@@ -5,16 +5,20 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <array>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "ops/checks.h"
+#include "turbodiffusion/gemm/heuristics.h"
 #include "turbodiffusion/gemm/params.h"
 
 namespace td {
 
-void w8a8_gemm_sm90_int8(const W8A8GemmParams& p, cudaStream_t stream);
-void w8a8_gemm_sm90_fp8(const W8A8GemmParams& p, cudaStream_t stream);
+// Defined in w8a8_gemm_sm90.cuh, instantiated once per compiled tile-table entry in gemm_sm90_*_t<kTile>.cu.
+template <bool kFp8, int kTile>
+void w8a8_gemm_sm90(const W8A8GemmParams& p, cudaStream_t stream);
 void w8a8_gemm_mma_int8(const W8A8GemmParams& p, cudaStream_t stream);
 
 namespace {
@@ -48,11 +52,71 @@ void check_vector(const at::Tensor& t, const char* name, int64_t len, const char
                     dims_str(t.sizes()));
 }
 
+using Sm90Launch = void (*)(const W8A8GemmParams&, cudaStream_t);
+
+// The entry point of a tile, or null for a candidate tile this build does not compile (heuristics.h).
+template <bool kFp8, int kTile>
+constexpr Sm90Launch sm90_launch() {
+  if constexpr ((kFp8 ? gemm::kSm90Fp8Tiles : gemm::kSm90Int8Tiles)[kTile].default_build || TD_GEMM_ALL_CONFIGS) {
+    return &w8a8_gemm_sm90<kFp8, kTile>;
+  } else {
+    return nullptr;
+  }
+}
+template <bool kFp8, int... kTile>
+constexpr std::array<Sm90Launch, sizeof...(kTile)> sm90_launches(std::integer_sequence<int, kTile...>) {
+  return {sm90_launch<kFp8, kTile>()...};
+}
+// Entry points indexed like the tile tables of heuristics.h.
+constexpr auto kSm90Int8 = sm90_launches<false>(std::make_integer_sequence<int, gemm::kSm90Int8TileCount>{});
+constexpr auto kSm90Fp8 = sm90_launches<true>(std::make_integer_sequence<int, gemm::kSm90Fp8TileCount>{});
+
+std::string tile_name(const gemm::Sm90Tile& t) {
+  return std::to_string(t.m) + "x" + std::to_string(t.n) + "x" + std::to_string(t.k) +
+         (t.cooperative ? " cooperative" : " ping-pong") + ", cluster " + std::to_string(t.cluster_m) + "x1";
+}
+
+// sm90_config: [] (the heuristics table) or [tile, raster_along_m, swizzle], wording of ops.py.
+void check_sm90_config(at::IntArrayRef config, bool fp8, const std::string& backend) {
+  if (config.empty()) return;
+  TORCH_CHECK_VALUE(backend == "sm90", "sm90_config: given ", dims_str(config), ", which needs backend 'sm90', got '",
+                    backend, "'");
+  TORCH_CHECK_VALUE(config.size() == 3, "sm90_config: expected [] or [tile, raster_along_m, swizzle], got ",
+                    dims_str(config));
+  const int count = fp8 ? gemm::kSm90Fp8TileCount : gemm::kSm90Int8TileCount;
+  TORCH_CHECK_VALUE(config[0] >= 0 && config[0] < count, "sm90_config: tile ", num(config[0]), " out of range: ",
+                    fp8 ? "float8_e4m3fn" : "int8", " has tiles 0..", num(int64_t(count - 1)));
+  TORCH_CHECK_VALUE(config[1] == 0 || config[1] == 1, "sm90_config: raster_along_m must be 0 or 1, got ",
+                    num(config[1]));
+  const int64_t sw = config[2];
+  TORCH_CHECK_VALUE(sw == 1 || sw == 2 || sw == 4 || sw == 8, "sm90_config: swizzle must be 1, 2, 4 or 8, got ",
+                    num(sw));
+}
+
+// The heuristics' choice, or the explicit sm90_config (checked above), and its entry point.
+std::pair<gemm::Sm90Choice, Sm90Launch> sm90_choice(bool fp8, int64_t m, int64_t n, int64_t k,
+                                                    at::IntArrayRef config) {
+  gemm::Sm90Choice c;
+  if (config.empty()) {
+    c = gemm::sm90_choose(fp8, m, n, k);
+  } else {
+    c.tile = static_cast<int>(config[0]);
+    c.raster_along_m = config[1] == 1;
+    c.swizzle = static_cast<int>(config[2]);
+  }
+  const Sm90Launch launch = fp8 ? kSm90Fp8[c.tile] : kSm90Int8[c.tile];
+  const gemm::Sm90Tile& t = fp8 ? gemm::kSm90Fp8Tiles[c.tile] : gemm::kSm90Int8Tiles[c.tile];
+  TORCH_CHECK_VALUE(launch != nullptr, config.empty() ? "w8a8_gemm: heuristics.h chose " : "sm90_config: ",
+                    fp8 ? "float8_e4m3fn" : "int8", " tile ", num(int64_t(c.tile)), " (", tile_name(t),
+                    "), a sweep candidate not compiled in this build (build with TD_GEMM_ALL_CONFIGS=1)");
+  return {c, launch};
+}
+
 }  // namespace
 
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
-                          const std::string& backend) {
+                          const std::string& backend, at::IntArrayRef sm90_config) {
   const c10::Device device = a.device();
   check_operand(a, "a", device);
   check_operand(w, "w", device);
@@ -86,6 +150,7 @@ at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const 
   const bool fp8 = a.scalar_type() == c10::kFloat8_e4m3fn;
   TORCH_CHECK_VALUE(!(backend == "mma" && fp8),
                     "backend: 'mma' (the mma.sync kernel) supports int8 inputs only, got float8_e4m3fn");
+  check_sm90_config(sm90_config, fp8, backend);
 
   const c10::cuda::CUDAGuard guard(device);
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
@@ -122,10 +187,11 @@ at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const 
   if (p.lda % 16) p.lda = k;  // a single row: any stride is fine, use the packed one
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const bool use_sm90 = backend == "sm90" || (backend == "auto" && sm90);
-  if (fp8) {
-    w8a8_gemm_sm90_fp8(p, stream);
-  } else if (use_sm90) {
-    w8a8_gemm_sm90_int8(p, stream);
+  if (fp8 || use_sm90) {
+    const auto [choice, launch] = sm90_choice(fp8, m, n, k, sm90_config);
+    p.raster_along_m = choice.raster_along_m;
+    p.swizzle = choice.swizzle;
+    launch(p, stream);
   } else {
     w8a8_gemm_mma_int8(p, stream);
   }

@@ -28,11 +28,12 @@ def gemm_accumulator(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def w8a8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
-              bias: Optional[torch.Tensor], out_dtype: torch.dtype, backend: str = "auto") -> torch.Tensor:
+              bias: Optional[torch.Tensor], out_dtype: torch.dtype, backend: str = "auto",
+              sm90_config=()) -> torch.Tensor:
     """y [M, N] = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n] in float32, stored as out_dtype.
 
     a [M, K], w [N, K] both int8 or both float8_e4m3fn; a_scale [M], w_scale [N] float32; bias [N] in
-    out_dtype or None. `backend` selects a CUDA kernel and is ignored here.
+    out_dtype or None. `backend` and `sm90_config` select a CUDA kernel and are ignored here.
     """
     acc = gemm_accumulator(a, w).to(torch.float32)
     y = acc * w_scale.to(torch.float32)[None, :]

@@ -16,6 +16,8 @@ struct W8A8GemmParams {
   int64_t lda = 0, ldw = 0, ldo = 0;
   bool out_bf16 = true;           // the mma.sync kernel picks the output type at run time
   int sm_count = 0;               // for the persistent (sm90) scheduler
+  bool raster_along_m = false;    // sm90 scheduler raster order and swizzle (gemm::sm90_choose or an
+  int swizzle = 1;                // explicit sm90_config of the op)
   int device = 0;
 };
 

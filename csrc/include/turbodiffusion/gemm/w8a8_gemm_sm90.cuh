@@ -7,7 +7,10 @@
 // a_scale is a column broadcast (one value per output row, read straight from global memory by the
 // threads that own the row), w_scale and bias are row broadcasts (staged once per tile in shared
 // memory). A null bias pointer reads as 0 (EnableNullptr), so one kernel serves both cases.
-// Torch-free: the launcher in csrc/ops/gemm_sm90_*.cu fills W8A8GemmParams.
+// The CTA tile and schedule come from the tables in heuristics.h (one instantiation per table entry,
+// each in its own csrc/ops/gemm_sm90_<type>_t<index>.cu so the builds run in parallel; candidate tiles
+// only in a TD_GEMM_ALL_CONFIGS=1 build); raster order and swizzle are run-time arguments in
+// W8A8GemmParams. Torch-free: csrc/ops/gemm.cu fills the params.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -36,21 +39,23 @@ namespace sm90_gemm {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
-template <class ElementAB>
-using TileConfig = std::conditional_t<std::is_same_v<ElementAB, int8_t>, gemm::Sm90TileInt8, gemm::Sm90TileFp8>;
-
-// The kernel type for one (input, output) element pair.
-template <class ElementAB, class ElementOut, class Cfg_ = TileConfig<ElementAB>>
+// The kernel type for one (input, output) element pair and one tile-table entry.
+template <class ElementAB, class ElementOut, gemm::Sm90Tile kTile>
 struct Kernel {
   static_assert(std::is_same_v<ElementAB, int8_t> || std::is_same_v<ElementAB, cutlass::float_e4m3_t>,
                 "w8a8_gemm_sm90: inputs are int8 or float8_e4m3");
   static_assert(std::is_same_v<ElementOut, cutlass::bfloat16_t> || std::is_same_v<ElementOut, cutlass::half_t>,
                 "w8a8_gemm_sm90: output is bf16 or fp16");
-  using Cfg = Cfg_;
-  using TileShape = Shape<Int<Cfg::kM>, Int<Cfg::kN>, Int<Cfg::kK>>;
-  using ClusterShape = Shape<Int<Cfg::kClusterM>, Int<Cfg::kClusterN>, _1>;
+  static constexpr bool kFp8 = std::is_same_v<ElementAB, cutlass::float_e4m3_t>;
+  static_assert(kTile.k == 128, "w8a8_gemm_sm90: 128 bytes of K per stage (the 128-byte TMA swizzle)");
+  static_assert(kTile.cooperative ? kTile.m % 128 == 0 : kTile.m % 64 == 0,
+                "w8a8_gemm_sm90: tile M is 64 per consumer warpgroup (x2 when cooperative)");
+  static_assert(gemm::sm90_acc_registers(kTile, kFp8) <= (kFp8 ? 192 : 128),
+                "w8a8_gemm_sm90: accumulators would not fit the consumers' 232 registers (heuristics.h)");
+  using TileShape = Shape<Int<kTile.m>, Int<kTile.n>, Int<kTile.k>>;
+  using ClusterShape = Shape<Int<kTile.cluster_m>, _1, _1>;
   // INT8 accumulates exactly in int32 (|acc| < 2^31 for K <= 131072); FP8 in float32.
-  using ElementAcc = std::conditional_t<std::is_same_v<ElementAB, int8_t>, int32_t, float>;
+  using ElementAcc = std::conditional_t<kFp8, float, int32_t>;
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   // 16-byte global accesses: 16 8-bit inputs, 8 16-bit outputs (hence K % 16 == 0, N % 8 == 0).
   static constexpr int kAlignAB = 16;
@@ -66,9 +71,9 @@ struct Kernel {
   using Epilogue = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>,
                                    AScale, AccTimesW, Bias>;
 
-  using KernelSchedule = std::conditional_t<Cfg::kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+  using KernelSchedule = std::conditional_t<kTile.cooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                             cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
-  using EpilogueSchedule = std::conditional_t<Cfg::kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
+  using EpilogueSchedule = std::conditional_t<kTile.cooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
                                               cutlass::epilogue::TmaWarpSpecialized>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -95,13 +100,31 @@ struct Kernel {
 // function instead of a second copy of the whole kernel, and the kernel carries our name in
 // resource reports.
 template <class GemmKernel>
-__global__ void __launch_bounds__(GemmKernel::MaxThreadsPerBlock, GemmKernel::MinBlocksPerMultiprocessor)
-    w8a8_gemm_sm90_kernel(CUTLASS_GRID_CONSTANT typename GemmKernel::Params const params) {
+__device__ __forceinline__ void run_kernel(typename GemmKernel::Params const& params) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ char smem[];
   GemmKernel op;
   op(params, smem);
 #endif
+}
+
+// Tiles of the default build (heuristics.h default_build): must not spill (scripts/check_spills.py).
+template <class GemmKernel>
+__global__ void __launch_bounds__(GemmKernel::MaxThreadsPerBlock, GemmKernel::MinBlocksPerMultiprocessor)
+    w8a8_gemm_sm90_kernel(CUTLASS_GRID_CONSTANT typename GemmKernel::Params const params) {
+  run_kernel<GemmKernel>(params);
+}
+
+// Sweep candidates (compiled only with TD_GEMM_ALL_CONFIGS=1), under their own name so that a spill
+// allowance for them never covers a default tile.
+// TD_SPILL_OK(w8a8_gemm_sm90_candidate_kernel): FP8 tile 2 (64 x 192 ping-pong, 2 x 96 float32
+// accumulators) spills 8 B (one 64-bit value stored once, loaded twice; nvcc 13.0) at the consumers'
+// 232-register cap; the sweep measures it as built. A candidate is promoted to default_build only if it
+// compiles without spills under w8a8_gemm_sm90_kernel.
+template <class GemmKernel>
+__global__ void __launch_bounds__(GemmKernel::MaxThreadsPerBlock, GemmKernel::MinBlocksPerMultiprocessor)
+    w8a8_gemm_sm90_candidate_kernel(CUTLASS_GRID_CONSTANT typename GemmKernel::Params const params) {
+  run_kernel<GemmKernel>(params);
 }
 
 inline void check_cutlass(cutlass::Status s, const char* what) {
@@ -114,9 +137,9 @@ inline void check_cutlass(cutlass::Status s, const char* what) {
 
 // Launch on `stream`. Requires M, N, K > 0, K % 16 == 0, N % 8 == 0, 16-byte aligned base pointers
 // and row strides (checked by the launcher). No workspace: the persistent scheduler needs none.
-template <class ElementAB, class ElementOut, class Cfg = sm90_gemm::TileConfig<ElementAB>>
+template <class ElementAB, class ElementOut, gemm::Sm90Tile kTile>
 void launch_w8a8_gemm_sm90(const W8A8GemmParams& p, cudaStream_t stream) {
-  using K = sm90_gemm::Kernel<ElementAB, ElementOut, Cfg>;
+  using K = sm90_gemm::Kernel<ElementAB, ElementOut, kTile>;
   using GemmKernel = typename K::GemmKernel;
   using StrideA = typename GemmKernel::StrideA;
   using StrideB = typename GemmKernel::StrideB;
@@ -152,8 +175,8 @@ void launch_w8a8_gemm_sm90(const W8A8GemmParams& p, cudaStream_t stream) {
   args.hw_info.device_id = p.device;
   args.hw_info.sm_count = p.sm_count;
   using Raster = typename GemmKernel::TileScheduler::RasterOrderOptions;
-  args.scheduler.raster_order = gemm::sm90_raster_along_m(p.m, p.n) ? Raster::AlongM : Raster::AlongN;
-  args.scheduler.max_swizzle_size = gemm::sm90_swizzle(p.m, p.n, K::Cfg::kM, K::Cfg::kN);
+  args.scheduler.raster_order = p.raster_along_m ? Raster::AlongM : Raster::AlongN;
+  args.scheduler.max_swizzle_size = p.swizzle;
 
   if (!GemmKernel::can_implement(args)) {
     throw std::invalid_argument("w8a8_gemm_sm90: CUTLASS cannot implement this problem (alignment?)");
@@ -166,12 +189,31 @@ void launch_w8a8_gemm_sm90(const W8A8GemmParams& p, cudaStream_t stream) {
   const dim3 block = GemmKernel::get_block_shape();
   const dim3 cluster(cute::size<0>(typename K::ClusterShape{}), cute::size<1>(typename K::ClusterShape{}), 1);
   constexpr int smem = GemmKernel::SharedStorageSize;
-  const void* kernel = reinterpret_cast<const void*>(&sm90_gemm::w8a8_gemm_sm90_kernel<GemmKernel>);
+  const void* kernel;
+  if constexpr (kTile.default_build) {
+    kernel = reinterpret_cast<const void*>(&sm90_gemm::w8a8_gemm_sm90_kernel<GemmKernel>);
+  } else {
+    kernel = reinterpret_cast<const void*>(&sm90_gemm::w8a8_gemm_sm90_candidate_kernel<GemmKernel>);
+  }
   TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   void* kernel_params[] = {&params};
   sm90_gemm::check_cutlass(cutlass::ClusterLauncher::launch(grid, cluster, block, smem, stream, kernel, kernel_params),
                            "cluster launch");
   TD_CHECK_LAUNCH();
+}
+
+// Entry point of tile-table entry kTile of one input type (int8, or FP8 E4M3 when kFp8), bf16 or fp16
+// output by p.out_bf16; explicitly instantiated once per entry in csrc/ops/gemm_sm90_*_t<kTile>.cu.
+template <bool kFp8, int kTile>
+void w8a8_gemm_sm90(const W8A8GemmParams& p, cudaStream_t stream) {
+  static_assert(kTile >= 0 && kTile < (kFp8 ? gemm::kSm90Fp8TileCount : gemm::kSm90Int8TileCount));
+  using ElementAB = std::conditional_t<kFp8, cutlass::float_e4m3_t, int8_t>;
+  constexpr gemm::Sm90Tile tile = kFp8 ? gemm::kSm90Fp8Tiles[kTile] : gemm::kSm90Int8Tiles[kTile];
+  if (p.out_bf16) {
+    launch_w8a8_gemm_sm90<ElementAB, cutlass::bfloat16_t, tile>(p, stream);
+  } else {
+    launch_w8a8_gemm_sm90<ElementAB, cutlass::half_t, tile>(p, stream);
+  }
 }
 
 }  // namespace td
