@@ -24,13 +24,16 @@ struct DenseTiles {
   __device__ __forceinline__ int next() { return i < num_tiles ? i++ : -1; }
 };
 
-// Sparse: for each LUT entry (in LUT order) the tiles of that key block that hold at least one key
-// (< nk), so no tile is entirely masked and the first one gives every row a finite max. Entries outside
-// [0, Mk) are skipped (never read out of bounds); count 0 walks nothing. Every thread of the CTA holds
-// the same state (the query block is the CTA's), so the loop stays uniform.
+// Sparse: for each LUT entry (in LUT order, the partial last block moved last) the tiles of that key
+// block that hold at least one key (< nk), so no tile is entirely masked and the first one gives every
+// row a finite max. Entries outside [0, Mk) are skipped (never read out of bounds); count 0 walks
+// nothing. Every thread of the CTA holds the same state (the query block is the CTA's), so the loop
+// stays uniform.
 struct SparseTiles {
   const int32_t* lut;
   int count, e, j, tiles_per_block, k_blocks;
+  int partial_block;  // the last key block when nk is not a multiple of blkk (its tiles go last), else -1
+  int deferred;       // LUT entries naming partial_block, walked after all others
   int64_t nk;
   int tile_keys;
   __device__ SparseTiles(const AttnInt8Fp8Params& p, int tile_keys_, int q_block)
@@ -39,16 +42,33 @@ struct SparseTiles {
         count(min(p.lut_width, __ldg(p.count + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks +
                                      q_block))),
         e(0), j(0), tiles_per_block(p.blkk / tile_keys_), k_blocks(static_cast<int>((p.nk + p.blkk - 1) / p.blkk)),
-        nk(p.nk), tile_keys(tile_keys_) {}
+        partial_block(p.nk % p.blkk ? static_cast<int>(p.nk / p.blkk) : -1), deferred(0), nk(p.nk),
+        tile_keys(tile_keys_) {}
+  // The partial block's tiles come last (its masked tail then ends the walk, the order the emulation
+  // reference.sla.attention_int8_fp8_sparse_mma uses: online softmax in FP8 depends on the order).
   __device__ __forceinline__ int next() {
     while (e < count) {
       const int kb = __ldg(lut + e);
+      if (kb == partial_block) {
+        ++deferred;
+        ++e;
+        continue;
+      }
       const int tile = kb * tiles_per_block + j;
-      if (kb >= 0 && kb < k_blocks && j < tiles_per_block && int64_t(tile) * tile_keys < nk) {
+      if (kb >= 0 && kb < k_blocks && j < tiles_per_block) {
         ++j;
         return tile;
       }
       ++e;
+      j = 0;
+    }
+    while (deferred > 0) {
+      const int tile = partial_block * tiles_per_block + j;
+      if (j < tiles_per_block && int64_t(tile) * tile_keys < nk) {
+        ++j;
+        return tile;
+      }
+      --deferred;
       j = 0;
     }
     return -1;
