@@ -68,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default="output/generated_video.mp4", help="output mp4 path")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
-    g.set_defaults(subparser=g)  # errors found after parsing are reported with this subcommand's usage
+    g.set_defaults(subparser=g, run=generate)  # errors after parsing are reported with this subcommand's usage
+    q = sub.add_parser("quantize", help="write the W8A8 format (per-channel INT8 block linears) from a bf16 DiT "
+                                        "checkpoint, streaming tensor by tensor")
+    q.add_argument("checkpoint", nargs="+", help="TurboWan .pth, original Wan .safetensors (shards, index .json "
+                                                 "or folder)")
+    q.add_argument("-o", "--output", help="output .safetensors (default <name>-int8.safetensors beside the input); "
+                                          "use it with generate --linear int8 --dit <output>")
+    q.add_argument("--device", default="cpu", help="where to quantize (cuda is faster; the result is the same)")
+    q.set_defaults(subparser=q, run=quantize)
     return parser
 
 
@@ -190,13 +198,23 @@ def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     return path
 
 
+def quantize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """Run `quantize` for parsed arguments; returns the output path."""
+    from .models.wan.quantize import quantize_checkpoint
+
+    start = time.perf_counter()
+    path = quantize_checkpoint(args.checkpoint, args.output, device=args.device)
+    logger.info("quantized in %.1f s", time.perf_counter() - start)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (`turbodiffusion`)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        generate(args, args.subparser)
+        args.run(args, args.subparser)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(1, f"turbodiffusion {args.command}: error: {e}\n")
     return 0
