@@ -277,7 +277,7 @@ def convert_state_dict(source: CheckpointTensors, expected: Mapping[str, torch.T
 def load_wan_dit(checkpoint: Union[PathLike, Sequence[PathLike], CheckpointTensors], config: WanConfig, *,
                  dtype: torch.dtype = torch.bfloat16, device: Union[str, torch.device] = "cpu",
                  attention: str = "sdpa", attention_opts: Optional[dict] = None,
-                 linear: str = "bf16") -> WanDiT:
+                 linear: str = "bf16", token_chunk: Optional[int] = None) -> WanDiT:
     """Build a WanDiT for `config` on the meta device and load a checkpoint into it strictly, on `device`.
 
     `checkpoint` is a path (or shard paths, see open_checkpoint) or an opened CheckpointTensors. Recognises TurboWan checkpoints (SLA's proj_l present: the model gets it too), `-quant` files and
@@ -286,7 +286,7 @@ def load_wan_dit(checkpoint: Union[PathLike, Sequence[PathLike], CheckpointTenso
     source = checkpoint if isinstance(checkpoint, CheckpointTensors) else open_checkpoint(checkpoint)
     sla_params = any(SLA_KEY in k for k in source.keys())
     model = WanDiT(config, dtype=dtype, device="meta", attention=attention, attention_opts=attention_opts,
-                   linear=linear, sla_params=sla_params)
+                   linear=linear, sla_params=sla_params, token_chunk=token_chunk)
     try:
         state = convert_state_dict(source, model.state_dict(), device=device)
     except CheckpointMismatchError as e:
