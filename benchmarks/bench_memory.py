@@ -1,0 +1,162 @@
+"""Whole-pipeline GPU memory on a 24 GB budget: Wan2.1 14B-720p T2V with int8 linears and Wan2.2 A14B
+I2V (two int8 experts), umT5-XXL and the Wan VAE at full size, all with random weights (no checkpoints:
+built on the meta device, materialised on the GPU with random values, then handed to the pipeline).
+
+  PYTHONPATH=$PWD python3 benchmarks/bench_memory.py [--steps 4] [--frames 81] [--out benchmarks/results]
+  PYTHONPATH=$PWD python3 benchmarks/bench_memory.py --smoke      (tiny models on CPU: checks the script)
+
+Memory policy under test (docs/wan.md, "Memory"): offload="model" (one model on the GPU at a time, the
+others in pinned CPU memory), DiT token_chunk, VAE decode tiles. The process is capped at --cap-gb
+(torch.cuda.set_per_process_memory_fraction, default 24 GB) while the pipelines run, so an overrun is
+an out-of-memory error, recorded as such. Writes the time and the peak torch.cuda.max_memory_allocated
+of every stage (model moves included) to <out>/memory-<card>.{json,md}.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks.bench_e2e import randomize  # noqa: E402
+from benchmarks.harness import write_report  # noqa: E402
+from turbodiffusion.models.wan.config import get_config  # noqa: E402
+from turbodiffusion.models.wan.dit import WanDiT  # noqa: E402
+from turbodiffusion.models.wan.text_encoder import TINY, XXL, UMT5Encoder  # noqa: E402
+from turbodiffusion.models.wan.tokenizer import ByteTokenizer  # noqa: E402
+from turbodiffusion.models.wan.vae import WanVAE  # noqa: E402
+from turbodiffusion.pipelines.image_to_video import ImageToVideoPipeline  # noqa: E402
+from turbodiffusion.pipelines.offload import StageLog  # noqa: E402
+from turbodiffusion.pipelines.sizes import video_size  # noqa: E402
+from turbodiffusion.pipelines.text_to_video import TextToVideoPipeline  # noqa: E402
+
+PROMPT = "a red panda rolling down a grassy hill, slow motion, golden hour"
+TOKEN_CHUNK, VAE_TILE = 16384, 45  # docs/wan.md: DiT activations ~4.2 GiB; VAE decode 4.3 GiB at 720p
+
+
+def materialize(build, device, seed: int, dtype=None):
+    """build() on the meta device (cast to `dtype` there if given), then storage on `device` filled with
+    random values."""
+    with torch.device("meta"):
+        model = build()
+        if dtype is not None:
+            model = model.to(dtype)
+    model = model.to_empty(device=device)
+    randomize(model, seed)
+    return model.eval().requires_grad_(False)
+
+
+def build_models(smoke: bool, device, dtype):
+    """(text encoder, VAE, DiT factory(config, seed)) at full size (tiny for --smoke). The encoder and VAE
+    are built in float32 and cast (bf16 on the GPU); the DiT is built in its dtype (norms stay float32)."""
+    encoder = materialize(lambda: UMT5Encoder(TINY if smoke else XXL, ByteTokenizer()), device, 1, dtype)
+    vae = materialize(lambda: WanVAE(dim=8) if smoke else WanVAE(), device, 2, dtype)
+
+    def dit(config: str, seed: int):
+        return materialize(lambda: WanDiT(get_config(config), dtype=dtype, linear="int8", token_chunk=TOKEN_CHUNK),
+                           device, seed)
+    return encoder, vae, dit
+
+
+def run_pipeline(name: str, make_pipeline, call, device, cap_bytes: int) -> dict:
+    """Run one pipeline call under the memory cap; returns its stages, step times and peak (or the OOM)."""
+    log = StageLog(device)
+    steps: list[float] = []
+
+    def progress(i: int) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        steps.append(time.perf_counter())
+
+    pipeline = make_pipeline(log)
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(cap_bytes / torch.cuda.get_device_properties(device).total_memory)
+    result = {"pipeline": name, "error": None}
+    start = time.perf_counter()
+    try:
+        with log.stage("whole pipeline"):
+            frames = call(pipeline, progress)
+        result["frames"] = list(frames.shape)
+    except torch.cuda.OutOfMemoryError as e:
+        result["error"] = f"out of memory under the {cap_bytes / 1e9:.0f} GB cap: {str(e).splitlines()[0]}"
+        pipeline.models.release()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    result["seconds"] = time.perf_counter() - start
+    result["stages"] = log.records
+    result["step_seconds"] = [b - a for a, b in zip(steps, steps[1:])]
+    result["peak_gib"] = max(r["peak_gib"] for r in log.records) if device.type == "cuda" else None
+    print(f"\n{name}: {result['error'] or 'ok'}\n{log.summary()}", flush=True)
+    return result
+
+
+def _gib(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def markdown(results: list[dict], cap_bytes: int) -> str:
+    lines = []
+    for r in results:
+        peak = r["peak_gib"]
+        verdict = r["error"] or ("no GPU: memory not measured" if peak is None else
+                                 f"peak {peak:.2f} GiB = {peak * 2**30 / 1e9:.2f} GB: "
+                                 f"{'fits' if peak * 2**30 <= cap_bytes else 'OVER'} {cap_bytes / 1e9:.0f} GB")
+        steps = ", ".join(f"{s:.2f}" for s in r["step_seconds"])
+        lines += [f"### {r['pipeline']}", "", f"{verdict}; {r['seconds']:.1f} s in all; seconds between step ends "
+                  f"(from the 1st): [{steps}]", "", "| stage | seconds | peak GiB |", "|---|---|---|"]
+        lines += [f"| {'&nbsp;&nbsp;' * s['depth']}{s['name']} | {s['seconds']:.2f} | {_gib(s['peak_gib'])} |"
+                  for s in r["stages"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(out_dir: str, steps: int, frames: int, cap_gb: float, smoke: bool) -> list[dict]:
+    device = torch.device("cpu" if smoke else "cuda")
+    dtype = torch.float32 if smoke else torch.bfloat16
+    cap = int(cap_gb * 1e9)
+    width, height = (64, 48) if smoke else video_size("720p", "16:9")
+    frames = 5 if smoke else frames
+    tiny = "tiny-" if smoke else ""
+    options = dict(device=device, offload="model", vae_tile=4 if smoke else VAE_TILE)
+    encoder, vae, dit = build_models(smoke, device, dtype)
+    results = []
+
+    t2v = dit(f"{tiny}t2v" if smoke else "wan2.1-t2v-14b", 3)
+    results.append(run_pipeline(
+        f"T2V 14B-720p int8, {frames} frames, {steps} steps", lambda log: TextToVideoPipeline(
+            t2v, encoder, vae, stage_log=log, **options),
+        lambda p, progress: p(PROMPT, width=width, height=height, num_frames=frames, num_steps=steps,
+                              progress=progress), device, cap))
+    del t2v
+    high, low = (dit(f"{tiny}i2v" if smoke else "wan2.2-i2v-a14b", seed) for seed in (4, 5))
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    results.append(run_pipeline(
+        f"I2V A14B-720p int8 (two experts), {frames} frames, {steps} steps", lambda log: ImageToVideoPipeline(
+            high, encoder, vae, low_noise_dit=low, stage_log=log, **options),
+        lambda p, progress: p(PROMPT, image=image, num_frames=frames, num_steps=steps, progress=progress),
+        device, cap))
+    notes = {"what": "peak torch.cuda.max_memory_allocated and time per stage of whole pipelines, random weights; "
+                     f"offload='model', DiT token_chunk {TOKEN_CHUNK}, VAE tile {VAE_TILE}, sdpa attention; "
+                     f"process capped at {cap_gb:g} GB while the pipelines run",
+             "budget_bytes": cap}
+    text = markdown(results, cap)
+    print(text, flush=True)
+    if not smoke:
+        write_report("memory", out_dir, {"results": results}, text, notes)
+    return results
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--steps", type=int, default=4, help="rCM steps (default 4; the I2V expert switch needs >= 3)")
+    p.add_argument("--frames", type=int, default=81, help="frames, 4n+1 (default 81)")
+    p.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory cap while the pipelines run (GB, 1e9 B)")
+    p.add_argument("--smoke", action="store_true", help="tiny models on CPU (checks the script, measures nothing)")
+    args = p.parse_args()
+    run(args.out, args.steps, args.frames, args.cap_gb, args.smoke)
