@@ -4,6 +4,8 @@ built on the meta device, materialised on the GPU with random values, then hande
 
   PYTHONPATH=$PWD python3 benchmarks/bench_memory.py [--steps 4] [--frames 81] [--out benchmarks/results]
   PYTHONPATH=$PWD python3 benchmarks/bench_memory.py --smoke      (tiny models on CPU: checks the script)
+  PYTHONPATH=$PWD python3 benchmarks/bench_memory.py --estimate   (CPU, seconds: the DiT stage's peak from a
+                                                                    forward on meta tensors, see estimate_dit_peak)
 
 Memory policy under test (docs/wan.md, "Memory"): offload="model" (one model on the GPU at a time, the
 others in pinned CPU memory), DiT token_chunk, VAE decode tiles. The process is capped at --cap-gb
@@ -13,29 +15,32 @@ of every stage (model moves included) to <out>/memory-<card>.{json,md}.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import time
+import weakref
+from typing import Optional
 
-os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from benchmarks.bench_e2e import randomize  # noqa: E402
-from benchmarks.harness import write_report  # noqa: E402
-from turbodiffusion.models.wan.config import get_config  # noqa: E402
-from turbodiffusion.models.wan.dit import WanDiT  # noqa: E402
-from turbodiffusion.models.wan.text_encoder import TINY, XXL, UMT5Encoder  # noqa: E402
-from turbodiffusion.models.wan.tokenizer import ByteTokenizer  # noqa: E402
-from turbodiffusion.models.wan.vae import WanVAE  # noqa: E402
-from turbodiffusion.pipelines.image_to_video import ImageToVideoPipeline  # noqa: E402
-from turbodiffusion.pipelines.offload import StageLog  # noqa: E402
-from turbodiffusion.pipelines.sizes import video_size  # noqa: E402
-from turbodiffusion.pipelines.text_to_video import TextToVideoPipeline  # noqa: E402
+from benchmarks.bench_e2e import randomize
+from benchmarks.harness import write_report
+from turbodiffusion.models.wan.config import get_config
+from turbodiffusion.models.wan.dit import WanDiT
+from turbodiffusion.models.wan.text_encoder import TINY, XXL, UMT5Encoder
+from turbodiffusion.models.wan.tokenizer import ByteTokenizer
+from turbodiffusion.models.wan.vae import WanVAE
+from turbodiffusion.nn.attention import register_attention
+from turbodiffusion.pipelines.image_to_video import ImageToVideoPipeline
+from turbodiffusion.pipelines.offload import StageLog
+from turbodiffusion.pipelines.sizes import video_size
+from turbodiffusion.pipelines.text_to_video import TextToVideoPipeline
 
 PROMPT = "a red panda rolling down a grassy hill, slow motion, golden hour"
-TOKEN_CHUNK, VAE_TILE = 16384, 45  # docs/wan.md: DiT activations ~4.2 GiB; VAE decode 4.3 GiB at 720p
+TOKEN_CHUNK, VAE_TILE = 16384, 45  # docs/wan.md: DiT activations 4.6 GiB; VAE decode 4.3 GiB at 720p
 
 
 def materialize(build, device, seed: int, dtype=None):
@@ -60,6 +65,85 @@ def build_models(smoke: bool, device, dtype):
         return materialize(lambda: WanDiT(get_config(config), dtype=dtype, linear="int8", token_chunk=TOKEN_CHUNK),
                            device, seed)
     return encoder, vae, dit
+
+
+class LiveBytes(TorchDispatchMode):
+    """Live and peak bytes of the storages that ops create while the mode is on (meta tensors included: their
+    storages have sizes but no memory). A storage counts until its last tensor is gone, as in the allocator;
+    the caching allocator's rounding and fragmentation are not modelled."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()  # PyTorch keeps one Python object per live storage
+        key, size = id(storage), storage.nbytes()
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self._seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+def _fused_attention(q, k, v, **opts):
+    """Stand-in for flash/cuDNN attention on meta tensors: allocates what they do (the [B, H, N, D] output; the
+    float32 log-sum-exp [B, H, N] is < 1% of it), not the L x L scores that the math fallback would."""
+    b, n, h, d = q.shape
+    return q.new_empty(b, h, n, d).transpose(1, 2)
+
+
+@contextlib.contextmanager
+def _attention_stand_in():
+    previous = register_attention("sdpa", _fused_attention)
+    try:
+        yield
+    finally:
+        register_attention("sdpa", previous)
+
+
+def estimate_dit_peak(config: str, token_chunk: Optional[int], frames: int = 81, resolution: str = "720p",
+                      linear: str = "int8") -> tuple[float, float]:
+    """(weights GiB, activation peak GiB) of one DiT forward (bf16, batch 1, 512 text tokens), run on meta
+    tensors: exact tensor sizes and lifetimes of our code, no compute, a few seconds on a CPU."""
+    cfg = get_config(config)
+    model = WanDiT(cfg, dtype=torch.bfloat16, device="meta", linear=linear, token_chunk=token_chunk, sla_params=True)
+    weights = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
+    width, height = video_size(resolution, "16:9")
+    shape = (1, 1 + (frames - 1) // 4, height // 8, width // 8)
+    mode = LiveBytes()
+    with _attention_stand_in(), mode, torch.no_grad():
+        x = torch.empty(1, cfg.out_dim, *shape[1:], device="meta", dtype=torch.bfloat16)
+        y = torch.empty(1, cfg.in_dim - cfg.out_dim, *shape[1:], device="meta", dtype=torch.bfloat16) \
+            if cfg.model_type == "i2v" else None
+        context = torch.empty(1, cfg.text_len, cfg.text_dim, device="meta", dtype=torch.bfloat16)
+        model(x, torch.empty(1, 1, device="meta", dtype=torch.bfloat16), context, y)
+    return weights / 2**30, mode.peak / 2**30
+
+
+def print_estimates(cap_gb: float) -> list[str]:
+    lines = ["| DiT (int8 linears, 720p, 81 frames) | token_chunk | weights GiB | activations GiB | stage GiB | "
+             f"fits {cap_gb:g} GB |", "|---|---|---|---|---|---|"]
+    for config in ("wan2.1-t2v-14b", "wan2.2-i2v-a14b"):
+        for chunk in (None, TOKEN_CHUNK, TOKEN_CHUNK // 2):
+            w, a = estimate_dit_peak(config, chunk)
+            lines.append(f"| {config} | {chunk} | {w:.2f} | {a:.2f} | {w + a:.2f} | "
+                         f"{'yes' if (w + a) * 2**30 <= cap_gb * 1e9 else 'no'} |")
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def run_pipeline(name: str, make_pipeline, call, device, cap_bytes: int) -> dict:
@@ -152,11 +236,17 @@ def run(out_dir: str, steps: int, frames: int, cap_gb: float, smoke: bool) -> li
 
 
 if __name__ == "__main__":
+    # read when CUDA's allocator starts (first allocation): limits fragmentation as a 24 GB card would need
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--steps", type=int, default=4, help="rCM steps (default 4; the I2V expert switch needs >= 3)")
     p.add_argument("--frames", type=int, default=81, help="frames, 4n+1 (default 81)")
     p.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory cap while the pipelines run (GB, 1e9 B)")
     p.add_argument("--smoke", action="store_true", help="tiny models on CPU (checks the script, measures nothing)")
+    p.add_argument("--estimate", action="store_true", help="print the DiT stage's estimated peak (CPU, meta tensors)")
     args = p.parse_args()
-    run(args.out, args.steps, args.frames, args.cap_gb, args.smoke)
+    if args.estimate:
+        print_estimates(args.cap_gb)
+    else:
+        run(args.out, args.steps, args.frames, args.cap_gb, args.smoke)

@@ -113,9 +113,10 @@ class WanBlock(nn.Module):
     scale, gate (FFN). The cross-attention has no gate; norm3 is an affine LayerNorm.
 
     Everything but the self-attention's keys and values is local to a token, so `forward(..., chunk=n)`
-    first computes k, v of all tokens, then runs queries, cross-attention and FFN n tokens at a time:
-    activation memory is x, the output, k and v plus one chunk's temporaries (the FFN hidden layer, the
-    float32 AdaLN) instead of those temporaries for the whole sequence. The result is the same.
+    computes k, v of all tokens, then the self-attention n queries at a time, frees k, v, then runs the
+    cross-attention and FFN n tokens at a time in place on the output: activation memory is x, the output
+    (and k, v during the self-attention) plus one chunk's temporaries (the FFN hidden layer, the float32
+    AdaLN) instead of those temporaries for the whole sequence. The result is the same.
     """
 
     def __init__(self, cfg: WanConfig, *, linear: str, attention_kind: str, attention_opts: dict,
@@ -142,16 +143,18 @@ class WanBlock(nn.Module):
         for s, e in spans:
             k[:, s:e], v[:, s:e] = self.self_attn.keys_values(
                 modulate(x[:, s:e], shift_sa, scale_sa, self.eps).to(x.dtype), cos[s:e], sin[s:e])
-        text_kv = self.cross_attn.keys_values(context)
         out = torch.empty_like(x)
-        for s, e in spans:
+        for s, e in spans:  # self-attention of each query chunk over all keys
             xc = x[:, s:e]
             y = self.self_attn.attend(modulate(xc, shift_sa, scale_sa, self.eps).to(x.dtype), k, v, cos[s:e],
                                       sin[s:e])
-            xc = xc + y * gate_sa.to(x.dtype)
-            xc = xc + self.cross_attn.attend(self.norm3(xc), *text_kv)
-            y = self.ffn(modulate(xc, shift_ff, scale_ff, self.eps).to(x.dtype))
-            out[:, s:e] = xc + y * gate_ff.to(x.dtype)
+            out[:, s:e] = xc + y * gate_sa.to(x.dtype)
+        del k, v, y
+        text_kv = self.cross_attn.keys_values(context)
+        for s, e in spans:  # the token-local rest, in place on the output
+            oc = out[:, s:e]
+            oc += self.cross_attn.attend(self.norm3(oc), *text_kv)
+            oc += self.ffn(modulate(oc, shift_ff, scale_ff, self.eps).to(x.dtype)) * gate_ff.to(x.dtype)
         return out
 
 
