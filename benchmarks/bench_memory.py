@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import os
 import time
+import traceback
 import weakref
 from typing import Optional
 
@@ -156,17 +157,23 @@ def run_pipeline(name: str, make_pipeline, call, device, cap_bytes: int) -> dict
             torch.cuda.synchronize()
         steps.append(time.perf_counter())
 
-    pipeline = make_pipeline(log)
+    setup = time.perf_counter()
+    pipeline = make_pipeline(log)  # offload="model": copies the models into pinned CPU memory
+    setup = time.perf_counter() - setup
     if device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(cap_bytes / torch.cuda.get_device_properties(device).total_memory)
-    result = {"pipeline": name, "error": None}
+    result = {"pipeline": name, "error": None, "setup_seconds": setup}
     start = time.perf_counter()
     try:
         with log.stage("whole pipeline"):
             frames = call(pipeline, progress)
         result["frames"] = list(frames.shape)
-    except torch.cuda.OutOfMemoryError as e:
-        result["error"] = f"out of memory under the {cap_bytes / 1e9:.0f} GB cap: {str(e).splitlines()[0]}"
+    except Exception as e:  # recorded, so that the other pipeline still runs and the results are written
+        what = (f"out of memory under the {cap_bytes / 1e9:.0f} GB cap" if isinstance(e, torch.cuda.OutOfMemoryError)
+                else f"failed ({type(e).__name__})")
+        result["error"] = f"{what}: {str(e).splitlines()[0] if str(e) else ''}"
+        result["traceback"] = traceback.format_exc()
+        print(result["traceback"], flush=True)
         pipeline.models.release()
     finally:
         if device.type == "cuda":
@@ -191,8 +198,9 @@ def markdown(results: list[dict], cap_bytes: int) -> str:
                                  f"peak {peak:.2f} GiB = {peak * 2**30 / 1e9:.2f} GB: "
                                  f"{'fits' if peak * 2**30 <= cap_bytes else 'OVER'} {cap_bytes / 1e9:.0f} GB")
         steps = ", ".join(f"{s:.2f}" for s in r["step_seconds"])
-        lines += [f"### {r['pipeline']}", "", f"{verdict}; {r['seconds']:.1f} s in all; seconds between step ends "
-                  f"(from the 1st): [{steps}]", "", "| stage | seconds | peak GiB |", "|---|---|---|"]
+        lines += [f"### {r['pipeline']}", "", f"{verdict}; {r['seconds']:.1f} s in all (setup: models to pinned "
+                  f"CPU memory {r['setup_seconds']:.1f} s); seconds between step ends (from the 1st): [{steps}]", "",
+                  "| stage | seconds | peak GiB |", "|---|---|---|"]
         lines += [f"| {'&nbsp;&nbsp;' * s['depth']}{s['name']} | {s['seconds']:.2f} | {_gib(s['peak_gib'])} |"
                   for s in r["stages"]]
         lines.append("")
@@ -207,7 +215,9 @@ def run(out_dir: str, steps: int, frames: int, cap_gb: float, smoke: bool) -> li
     frames = 5 if smoke else frames
     tiny = "tiny-" if smoke else ""
     options = dict(device=device, offload="model", vae_tile=4 if smoke else VAE_TILE)
+    start = time.perf_counter()
     encoder, vae, dit = build_models(smoke, device, dtype)
+    print(f"text encoder and VAE built in {time.perf_counter() - start:.1f} s", flush=True)
     results = []
 
     t2v = dit(f"{tiny}t2v" if smoke else "wan2.1-t2v-14b", 3)
