@@ -91,8 +91,8 @@ def test_quantize_original_wan_safetensors_and_cli(tmp_path, capsys):
     lin = model.blocks[1].self_attn.o
     w = reference.blocks[1].self_attn.o.weight
     assert torch.equal(lin.scale, w.abs().amax(dim=1) / 127)
-    code, err = _cli_error(capsys, ["quantize", str(out)])  # already quantized
-    assert code == 1 and "already int8-quantized" in err and "wan-int8.safetensors" in err
+    code, err = _cli_error(capsys, ["quantize", str(out)])  # already in our format
+    assert code == 1 and "already in the per-channel int8 format" in err and "wan-int8.safetensors" in err
 
 
 def _cli_error(capsys, argv):
@@ -133,6 +133,10 @@ def test_block_quant_checkpoint_loads_into_int8_model(tmp_path, bf16_model, capl
     assert torch.equal(lin.int8_weight, q) and torch.equal(lin.scale, s)
     with torch.no_grad():
         assert torch.isfinite(model(*_inputs())).all()
+    # quantize re-encodes a -quant file once, so that loading it needs no conversion
+    converted = load_wan_dit(quantize_checkpoint(path), CFG, dtype=torch.bfloat16, linear="int8")
+    for key, value in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], value), key
 
 
 def test_bf16_checkpoint_is_quantized_at_load_for_int8(turbowan_pth, bf16_model, caplog):
