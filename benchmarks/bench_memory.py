@@ -157,14 +157,16 @@ def run_pipeline(name: str, make_pipeline, call, device, cap_bytes: int) -> dict
             torch.cuda.synchronize()
         steps.append(time.perf_counter())
 
-    setup = time.perf_counter()
-    pipeline = make_pipeline(log)  # builds the DiT(s), then offload="model" copies all into pinned CPU memory
-    setup = time.perf_counter() - setup
-    if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(cap_bytes / torch.cuda.get_device_properties(device).total_memory)
-    result = {"pipeline": name, "error": None, "setup_seconds": setup}
+    result = {"pipeline": name, "error": None, "setup_seconds": None}
+    pipeline = None
     start = time.perf_counter()
     try:
+        pipeline = make_pipeline(log)  # builds the DiT(s), then offload="model" copies all into pinned CPU memory
+        result["setup_seconds"] = time.perf_counter() - start
+        if device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total))
+        start = time.perf_counter()
         with log.stage("whole pipeline"):
             frames = call(pipeline, progress)
         result["frames"] = list(frames.shape)
@@ -174,14 +176,16 @@ def run_pipeline(name: str, make_pipeline, call, device, cap_bytes: int) -> dict
         result["error"] = f"{what}: {str(e).splitlines()[0] if str(e) else ''}"
         result["traceback"] = traceback.format_exc()
         print(result["traceback"], flush=True)
-        pipeline.models.release()
+        if pipeline is not None:
+            pipeline.models.release()
     finally:
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0)
     result["seconds"] = time.perf_counter() - start
     result["stages"] = log.records
     result["step_seconds"] = [b - a for a, b in zip(steps, steps[1:])]
-    result["peak_gib"] = max(r["peak_gib"] for r in log.records) if device.type == "cuda" else None
+    result["peak_gib"] = max((r["peak_gib"] or 0.0 for r in log.records), default=0.0) if device.type == "cuda" \
+        else None
     print(f"\n{name}: {result['error'] or 'ok'}\n{log.summary()}", flush=True)
     return result
 
