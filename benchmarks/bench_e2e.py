@@ -34,7 +34,7 @@ SMOKE = [("tiny", "tiny-t2v", None, 5, [("sdpa", "bf16"), ("sage", "bf16"), ("sd
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     for p in model.parameters():
-        fan_in = p.shape[-1] if p.dim() > 1 else 1
+        fan_in = p[0].numel() if p.dim() > 1 else 1  # Linear: in_features; conv: in_channels x kernel
         p.normal_(0, fan_in ** -0.5, generator=gen)
     for name, b in model.named_buffers():
         if b is None or not b.numel():

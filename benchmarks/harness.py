@@ -108,15 +108,22 @@ def print_table(rows: Sequence[Row], title: str) -> str:
     return text
 
 
-def write_results(suite: str, rows: Sequence[Row], out_dir: str | os.PathLike, notes: dict | None = None) -> pathlib.Path:
+def write_report(suite: str, out_dir: str | os.PathLike, payload: dict, markdown: str,
+                 notes: dict | None = None) -> pathlib.Path:
+    """benchmarks/results/<suite>-<card>.{json,md}: card, date, commit, torch and `notes`, then the suite's
+    `payload` (JSON) and `markdown` (its table)."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = card_name()
     meta = {"card": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(), "commit": commit(),
             "torch": torch.__version__, "cuda": torch.version.cuda, **(notes or {})}
     path = out / f"{suite}-{card}.json"
-    path.write_text(json.dumps({**meta, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    path.write_text(json.dumps({**meta, **payload}, indent=1))
     header = "\n".join(f"- {k}: {v}" for k, v in meta.items())
-    (out / f"{suite}-{card}.md").write_text(f"# {suite} on {meta['card']}\n\n{header}\n\n"
-                                            + print_table(rows, suite))
+    (out / f"{suite}-{card}.md").write_text(f"# {suite} on {meta['card']}\n\n{header}\n\n{markdown}")
     return path
+
+
+def write_results(suite: str, rows: Sequence[Row], out_dir: str | os.PathLike, notes: dict | None = None) -> pathlib.Path:
+    return write_report(suite, out_dir, {"rows": [dataclasses.asdict(r) for r in rows]}, print_table(rows, suite),
+                        notes)

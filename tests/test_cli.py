@@ -27,11 +27,14 @@ def _run_error(capsys, argv):
     return info.value.code, capsys.readouterr().err
 
 
-def test_tiny_t2v_writes_mp4(tmp_path):
+def test_tiny_t2v_writes_mp4_with_the_memory_options(tmp_path, caplog):
     out = tmp_path / "video" / "t2v.mp4"
-    assert main(["generate", "a red fox in the snow", "--model", "tiny", "--frames", "9", "--steps", "2",
-                 "-o", str(out), "--device", "cpu"]) == 0
+    with caplog.at_level("INFO"):
+        assert main(["generate", "a red fox in the snow", "--model", "tiny", "--frames", "9", "--steps", "2",
+                     "--offload", "model", "--token-chunk", "100", "--vae-tile", "7", "-o", str(out),
+                     "--device", "cpu"]) == 0
     assert _read_mp4(out) == (9, (160, 96), 16.0)  # size is (width, height)
+    assert "load DiT to cpu" in caplog.text and "VAE decode" in caplog.text
 
 
 def test_tiny_i2v_writes_mp4_and_long_prompt_is_truncated(tmp_path, caplog):
@@ -63,6 +66,8 @@ def test_missing_checkpoint_names_the_file(tmp_path, capsys, monkeypatch):
     (["--resolution", "1080p"], "argument --resolution: invalid choice: '1080p'"),
     (["--steps", "5"], "argument --steps: invalid choice: 5"),
     (["--topk", "0.2"], "--topk: applies to --attention sla/sagesla only"),
+    (["--token-chunk", "0"], "argument --token-chunk: expected a positive integer, got '0'"),
+    (["--offload", "all"], "argument --offload: invalid choice: 'all'"),
 ])
 def test_argument_errors(capsys, argv, message):
     code, err = _run_error(capsys, ["generate", "x", *argv])
@@ -81,7 +86,7 @@ class _StandInVAE:
         b, _, t, h, w = video.shape
         return torch.zeros(b, 16, 1 + (t - 1) // 4, h // 8, w // 8)
 
-    def decode(self, latent):
+    def decode(self, latent, tile=None):
         b, _, t, h, w = latent.shape
         return latent[:, :3, :1, :1, :1].tanh().expand(b, 3, 1 + 4 * (t - 1), 8 * h, 8 * w)
 

@@ -170,6 +170,25 @@ def test_golden_wan_dit_manifest_turbowan_loads(golden, config_name, stem, origi
 
 @pytest.mark.golden
 @pytest.mark.parametrize("config_name, stem, original", REAL_MODELS)
+def test_golden_wan_dit_manifest_quant_loads_into_int8_linears(golden, config_name, stem, original):
+    """A released -quant file (128x128 block scales) loads strictly into a model built with int8 linears: every
+    block linear gets int8 codes and per-channel float32 scales."""
+    from turbodiffusion.models.wan.checkpoint import load_wan_dit
+    from turbodiffusion.models.wan.config import get_config
+    from turbodiffusion.nn.linear import Int8Linear
+
+    manifest = _manifest(golden, f"{stem}.quant_checkpoint")
+    model = load_wan_dit(_meta_checkpoint(manifest, "quant_checkpoint"), get_config(config_name), device="meta",
+                         linear="int8")
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 10 * get_config(config_name).num_layers
+    for lin in linears[:10]:
+        assert lin.int8_weight.dtype == torch.int8 and lin.scale.shape == (lin.out_features,)
+        assert lin.scale.dtype == torch.float32
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("config_name, stem, original", REAL_MODELS)
 def test_golden_wan_dit_manifest_original_wan_loads(golden, config_name, stem, original):
     """Original Wan weights (Conv3d patch embedding) convert and load strictly (no proj_l)."""
     from turbodiffusion.models.wan.checkpoint import load_wan_dit

@@ -137,3 +137,23 @@ def test_real_configs():
         WanConfig("bad", "i2v", dim=128, ffn_dim=256, num_heads=2, num_layers=1)
     with pytest.raises(ValueError, match="config name"):
         get_config("wan3")
+
+
+@pytest.mark.parametrize("model_type", ["t2v", "i2v"])
+@pytest.mark.parametrize("chunk", [1, 5, 12, 1000])  # L = 2 x 2 x 3 = 12 tokens
+def test_token_chunking_gives_the_same_velocity(model_type, chunk):
+    """Chunks of 1 token, odd sizes that leave a partial last chunk, exactly L, and more than L."""
+    model = WanDiT.tiny(model_type, seed=4, dtype=torch.float64)
+    x, t, ctx, y = _inputs(model_type)
+    x, ctx = x.double(), ctx.double()
+    y = None if y is None else y.double()
+    with torch.no_grad():
+        ref = model(x, t, ctx, y)
+        model.token_chunk = chunk
+        out = model(x, t, ctx, y)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-13)
+
+
+def test_token_chunk_must_be_positive():
+    with pytest.raises(ValueError, match="token_chunk: expected None or a positive number of tokens, got 0"):
+        WanDiT(get_config("tiny-t2v"), device="meta", token_chunk=0)

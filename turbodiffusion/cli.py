@@ -17,6 +17,7 @@ import torch
 from .models.wan.checkpoint import require_file
 from .models.wan.layers import check_linear_kind, linear_kinds
 from .nn.attention import SLA_KINDS, attention_kinds, check_attention_kind
+from .pipelines.offload import OFFLOAD_POLICIES
 from .pipelines.sizes import ASPECT_RATIOS, RESOLUTIONS, check_num_frames, video_size
 from .sampling.rcm import MAX_STEPS
 
@@ -35,6 +36,16 @@ def _frames(text: str) -> int:
         return check_num_frames(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 4n+1 frames (e.g. 17, 81), got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", choices=attention_kinds(), default="sdpa", help="self-attention kind")
     g.add_argument("--topk", type=float, help=f"kept fraction of key blocks for sla/sagesla (default {DEFAULT_TOPK})")
     g.add_argument("--linear", choices=linear_kinds(), default="bf16", help="block linear kind (default bf16)")
+    g.add_argument("--offload", choices=OFFLOAD_POLICIES, default="none",
+                   help="model: keep the models on the CPU and move each to the GPU only for its stage (text "
+                        "encoder, DiT / each A14B expert, VAE); none: all stay on the device (default)")
+    g.add_argument("--token-chunk", type=_positive, help="run the DiT's token-local layers this many tokens at a time "
+                                                         "(bounds activation memory; e.g. 16384 for 720p on 24 GB)")
+    g.add_argument("--vae-tile", type=_positive, help="VAE decode in tiles of this many latent pixels (e.g. 45)")
     g.add_argument("-o", "--output", default="output/generated_video.mp4", help="output mp4 path")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
-    g.set_defaults(subparser=g)  # errors found after parsing are reported with this subcommand's usage
+    g.set_defaults(subparser=g, run=generate)  # errors after parsing are reported with this subcommand's usage
+    q = sub.add_parser("quantize", help="write the W8A8 format (per-channel INT8 block linears) from a bf16 DiT "
+                                        "checkpoint, streaming tensor by tensor")
+    q.add_argument("checkpoint", nargs="+", help="TurboWan .pth, original Wan .safetensors (shards, index .json "
+                                                 "or folder)")
+    q.add_argument("-o", "--output", help="output .safetensors (default <name>-int8.safetensors beside the input); "
+                                          "use it with generate --linear int8 --dit <output>")
+    q.add_argument("--device", default="cpu", help="where to quantize (cuda is faster; the result is the same)")
+    q.set_defaults(subparser=q, run=quantize)
     return parser
 
 
@@ -110,8 +135,9 @@ def _checkpoint_paths(args: argparse.Namespace, resolution: str) -> dict[str, Pa
     return files
 
 
-def _build_pipeline(args: argparse.Namespace, resolution: str):
-    """Models on the device (real ones loaded from local files), wrapped in the T2V or I2V pipeline."""
+def _build_pipeline(args: argparse.Namespace, resolution: str, stage_log):
+    """Models (real ones loaded from local files; on the CPU with --offload model, else on the device),
+    wrapped in the T2V or I2V pipeline."""
     from .models.wan.dit import WanDiT
     from .models.wan.text_encoder import UMT5Encoder
     from .models.wan.vae import WanVAE
@@ -119,15 +145,16 @@ def _build_pipeline(args: argparse.Namespace, resolution: str):
     from .pipelines.text_to_video import TextToVideoPipeline
 
     device = torch.device(args.device)
-    opts = dict(attention=args.attention, linear=args.linear,
+    load_device = torch.device("cpu") if args.offload == "model" else device
+    opts = dict(attention=args.attention, linear=args.linear, token_chunk=args.token_chunk,
                 attention_opts={"topk": args.topk or DEFAULT_TOPK} if args.attention in SLA_KINDS else None)
     i2v = args.image is not None
     if args.model == "tiny":
         # bf16 matmuls are slow on CPU: the tiny models run in float32 there
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
         kind = "i2v" if i2v else "t2v"
-        dits = [WanDiT.tiny(kind, seed=s, dtype=dtype, device=device, **opts) for s in ((1, 2) if i2v else (1,))]
-        text_encoder, vae = UMT5Encoder.tiny().to(device), WanVAE.tiny().to(device)
+        dits = [WanDiT.tiny(kind, seed=s, dtype=dtype, device=load_device, **opts) for s in ((1, 2) if i2v else (1,))]
+        text_encoder, vae = UMT5Encoder.tiny().to(load_device), WanVAE.tiny().to(load_device)
     else:
         from .models.wan.checkpoint import load_wan_dit
         from .models.wan.config import get_config
@@ -135,14 +162,15 @@ def _build_pipeline(args: argparse.Namespace, resolution: str):
         files = _checkpoint_paths(args, resolution)
         dtype = torch.bfloat16
         config = get_config({"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b", "a14b": "wan2.2-i2v-a14b"}[args.model])
-        text_encoder = UMT5Encoder.from_checkpoint(files["--text-encoder"], files["--tokenizer"], device=device)
-        vae = WanVAE.from_checkpoint(files["--vae"], device=device)
-        dits = [load_wan_dit(files[f], config, dtype=dtype, device=device, **opts)
+        text_encoder = UMT5Encoder.from_checkpoint(files["--text-encoder"], files["--tokenizer"], device=load_device)
+        vae = WanVAE.from_checkpoint(files["--vae"], device=load_device)
+        dits = [load_wan_dit(files[f], config, dtype=dtype, device=load_device, **opts)
                 for f in ("--high-noise-dit", "--low-noise-dit", "--dit") if f in files]
+    options = dict(device=device, offload=args.offload, vae_tile=args.vae_tile, stage_log=stage_log)
     if i2v:
         low = dits[1] if len(dits) > 1 else None
-        return ImageToVideoPipeline(dits[0], text_encoder, vae, low_noise_dit=low, device=device)
-    return TextToVideoPipeline(dits[0], text_encoder, vae, device=device)
+        return ImageToVideoPipeline(dits[0], text_encoder, vae, low_noise_dit=low, **options)
+    return TextToVideoPipeline(dits[0], text_encoder, vae, **options)
 
 
 def _progress(total: int):
@@ -163,6 +191,7 @@ def _progress(total: int):
 def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     """Run `generate` for parsed arguments; returns the mp4 path."""
     from .pipelines.media import load_image, write_mp4
+    from .pipelines.offload import StageLog
 
     _check_args(parser, args)
     resolution = args.resolution or DEFAULT_RESOLUTION[args.model]
@@ -172,7 +201,8 @@ def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     if args.model == "tiny":
         logger.info("--model tiny: random-weight tiny models, no checkpoint files (the video is not meaningful)")
     start = time.perf_counter()
-    pipeline = _build_pipeline(args, resolution)
+    stage_log = StageLog(args.device)
+    pipeline = _build_pipeline(args, resolution, stage_log)
     logger.info("models ready in %.1f s; generating %d frames of %dx%d in %d step(s) on %s", time.perf_counter() - start,
                 frames, width, height, args.steps, args.device)
     step, close = _progress(args.steps)
@@ -184,9 +214,20 @@ def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
             video = pipeline(args.prompt, width=width, height=height, **common)
     finally:
         close()
+    logger.info("stages (time, peak GPU memory):\n%s", stage_log.summary())
     path = write_mp4(video, args.output)
     logger.info("wrote %s (%d frames, %dx%d, 16 fps) in %.1f s", path, video.shape[0], width, height,
                 time.perf_counter() - start)
+    return path
+
+
+def quantize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """Run `quantize` for parsed arguments; returns the output path."""
+    from .models.wan.quantize import quantize_checkpoint
+
+    start = time.perf_counter()
+    path = quantize_checkpoint(args.checkpoint, args.output, device=args.device)
+    logger.info("quantized in %.1f s", time.perf_counter() - start)
     return path
 
 
@@ -196,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        generate(args, args.subparser)
+        args.run(args, args.subparser)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(1, f"turbodiffusion {args.command}: error: {e}\n")
     return 0

@@ -76,3 +76,32 @@ def quantize_weight_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, tor
     per-token activation recipe applied to the weight's rows, so it reuses that reference."""
     _check_2d("w", w)
     return reference.quantize_per_token_int8(w)
+
+
+def _check_scale(q: torch.Tensor, scale: torch.Tensor) -> None:
+    """q int8 [N, K] with either per-channel scales [N] or 128 x 128 block scales [ceil(N/128), ceil(K/128)]."""
+    _check_2d("q", q)
+    n, k = q.shape
+    grid = (_cdiv(n, BLOCK), _cdiv(k, BLOCK))
+    if q.dtype != torch.int8 or tuple(scale.shape) not in ((n,), grid):
+        raise ValueError(f"q, scale: expected int8 q and scale of shape {(n,)} (per channel) or {grid} (128x128 "
+                         f"blocks) for q {tuple(q.shape)}, got q {q.dtype}, scale {tuple(scale.shape)}")
+
+
+def int8_weight_per_channel(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An INT8 weight in either stored format -> (q, float32 scale [N]) per output channel: per-channel
+    scales pass through, 128 x 128 block scales are re-encoded (reference.block128_to_per_channel)."""
+    _check_scale(q, scale)
+    if scale.dim() == 1:
+        return q, scale.to(torch.float32)
+    return reference.block128_to_per_channel(q, scale)
+
+
+def dequantize_weight_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """q * scale in `dtype` for either stored format (per-channel [N] or 128 x 128 blocks); the product is
+    formed in float32 (float64 for a float64 result)."""
+    _check_scale(q, scale)
+    if scale.dim() == 2:
+        return dequantize_weight_int8_block128(q, scale, dtype)
+    compute = torch.promote_types(dtype, torch.float32)
+    return (q.to(compute) * scale.to(compute)[:, None]).to(dtype)

@@ -55,9 +55,12 @@ def _sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **opts) -> torch.Ten
 _KINDS: dict[str, Optional[AttentionImpl]] = {"sdpa": _sdpa, "sage": _sage, "sagesla": _sagesla, "sla": _sla}
 
 
-def register_attention(kind: str, impl: AttentionImpl) -> None:
-    """Register (or replace) the implementation of an attention kind: impl(q, k, v, **opts) -> [B, N, H, D]."""
+def register_attention(kind: str, impl: Optional[AttentionImpl]) -> Optional[AttentionImpl]:
+    """Register (or replace) the implementation of an attention kind: impl(q, k, v, **opts) -> [B, N, H, D].
+    Returns the implementation it replaces (None if there was none), so a caller can put it back."""
+    previous = _KINDS.get(kind)
     _KINDS[kind] = impl
+    return previous
 
 
 def attention_kinds() -> tuple[str, ...]:

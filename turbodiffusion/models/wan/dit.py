@@ -54,7 +54,11 @@ class _Attention(nn.Module):
 
 
 class WanSelfAttention(_Attention):
-    """q, k normalised, then RoPE on both; attention of the configured kind (its op owns SLA's proj_l)."""
+    """q, k normalised, then RoPE on both; attention of the configured kind (its op owns SLA's proj_l).
+
+    `keys_values` and `attend` split the layer so a block can compute k, v for all tokens and then run
+    the queries in chunks; `forward` is the two in one call.
+    """
 
     def __init__(self, cfg: WanConfig, *, linear: str, attention_kind: str, attention_opts: dict,
                  sla_params: bool, dtype, device):
@@ -62,11 +66,19 @@ class WanSelfAttention(_Attention):
         self.attn_op = AttentionOp(attention_kind, cfg.head_dim, sla_params=sla_params, opts=attention_opts,
                                    device=device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, self.heads), cos, sin)
+    def keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k (normalised, rotated) and v [B, L, H, D] of the tokens x [B, L, C] (cos, sin of those tokens)."""
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, self.heads), cos, sin)
-        v = self.v(x).unflatten(-1, self.heads)
+        return k, self.v(x).unflatten(-1, self.heads)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> torch.Tensor:
+        """Output [B, Lq, C] of the query tokens x [B, Lq, C] over all keys k and values v."""
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, self.heads), cos, sin)
         return self.o(self.attn_op(q, k, v).flatten(2))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, *self.keys_values(x, cos, sin), cos, sin)
 
 
 class WanCrossAttention(_Attention):
@@ -75,11 +87,23 @@ class WanCrossAttention(_Attention):
     Always dense (sdpa): with 512 keys it is a small part of the work.
     """
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k (normalised) and v [B, Lc, H, D] of the text context [B, Lc, C]."""
+        return self.norm_k(self.k(context)).unflatten(-1, self.heads), self.v(context).unflatten(-1, self.heads)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(-1, self.heads)
-        k = self.norm_k(self.k(context)).unflatten(-1, self.heads)
-        v = self.v(context).unflatten(-1, self.heads)
         return self.o(attention(q, k, v, kind="sdpa").flatten(2))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, *self.keys_values(context))
+
+
+def token_spans(length: int, chunk: Optional[int]) -> list[tuple[int, int]]:
+    """[(start, end), ...] covering range(length) in pieces of `chunk` tokens (one piece for None)."""
+    if chunk is None:
+        return [(0, length)]
+    return [(s, min(length, s + chunk)) for s in range(0, length, chunk)]
 
 
 class WanBlock(nn.Module):
@@ -87,6 +111,12 @@ class WanBlock(nn.Module):
 
     Modulation order in `modulation + e0` [B, 6, C]: shift, scale, gate (self-attention), then shift,
     scale, gate (FFN). The cross-attention has no gate; norm3 is an affine LayerNorm.
+
+    Everything but the self-attention's keys and values is local to a token, so `forward(..., chunk=n)`
+    computes k, v of all tokens, then the self-attention n queries at a time, frees k, v, then runs the
+    cross-attention and FFN n tokens at a time in place on the output: activation memory is x, the output
+    (and k, v during the self-attention) plus one chunk's temporaries (the FFN hidden layer, the float32
+    AdaLN) instead of those temporaries for the whole sequence. The result is the same.
     """
 
     def __init__(self, cfg: WanConfig, *, linear: str, attention_kind: str, attention_opts: dict,
@@ -104,14 +134,28 @@ class WanBlock(nn.Module):
                                  make_linear(cfg.ffn_dim, cfg.dim, **lin))
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
+                sin: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
         # [B, 6, C] in the wide dtype -> six [B, 1, C] chunks
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + e0).unsqueeze(2).unbind(1)
-        y = self.self_attn(modulate(x, shift_sa, scale_sa, self.eps).to(x.dtype), cos, sin)
-        x = x + y * gate_sa.to(x.dtype)
-        x = x + self.cross_attn(self.norm3(x), context)
-        y = self.ffn(modulate(x, shift_ff, scale_ff, self.eps).to(x.dtype))
-        return x + y * gate_ff.to(x.dtype)
+        spans = token_spans(x.shape[1], chunk)
+        k = x.new_empty(*x.shape[:2], *self.self_attn.heads)
+        v = torch.empty_like(k)
+        for s, e in spans:
+            k[:, s:e], v[:, s:e] = self.self_attn.keys_values(
+                modulate(x[:, s:e], shift_sa, scale_sa, self.eps).to(x.dtype), cos[s:e], sin[s:e])
+        out = torch.empty_like(x)
+        for s, e in spans:  # self-attention of each query chunk over all keys
+            xc = x[:, s:e]
+            y = self.self_attn.attend(modulate(xc, shift_sa, scale_sa, self.eps).to(x.dtype), k, v, cos[s:e],
+                                      sin[s:e])
+            out[:, s:e] = xc + y * gate_sa.to(x.dtype)
+        del k, v, y
+        text_kv = self.cross_attn.keys_values(context)
+        for s, e in spans:  # the token-local rest, in place on the output
+            oc = out[:, s:e]
+            oc += self.cross_attn.attend(self.norm3(oc), *text_kv)
+            oc += self.ffn(modulate(oc, shift_ff, scale_ff, self.eps).to(x.dtype)) * gate_ff.to(x.dtype)
+        return out
 
 
 class WanHead(nn.Module):
@@ -138,13 +182,19 @@ class WanDiT(nn.Module):
         attention: self-attention kind (turbodiffusion.nn.attention); attention_opts are its options.
         linear: kind of the block linears ("bf16" = plain nn.Linear in `dtype`).
         sla_params: give every self-attention SLA's `attn_op.local_attn.proj_l` (TurboWan checkpoints carry it).
+        token_chunk: run the token-local parts of each block and the head this many tokens at a time
+            (None: all at once). Bounds activation memory at long sequences (docs/wan.md, "Memory"); a
+            plain attribute, may be changed between calls.
     """
 
     def __init__(self, config: WanConfig, *, dtype: torch.dtype = torch.bfloat16, device=None,
                  attention: str = "sdpa", attention_opts: Optional[dict] = None, linear: str = "bf16",
-                 sla_params: bool = False):
+                 sla_params: bool = False, token_chunk: Optional[int] = None):
         super().__init__()
         check_attention_kind(attention)
+        if token_chunk is not None and token_chunk < 1:
+            raise ValueError(f"token_chunk: expected None or a positive number of tokens, got {token_chunk}")
+        self.token_chunk = token_chunk
         check_linear_kind(linear)
         self.config = config
         cfg = config
@@ -240,5 +290,6 @@ class WanDiT(nn.Module):
         ctx = self.embed_text(context)
         cos, sin = self.rope(grid, x.device)
         for block in self.blocks:
-            tokens = block(tokens, e0, ctx, cos, sin)
-        return unpatchify(self.head(tokens, e), grid, cfg.patch_size)
+            tokens = block(tokens, e0, ctx, cos, sin, chunk=self.token_chunk)
+        out = torch.cat([self.head(tokens[:, a:b], e) for a, b in token_spans(tokens.shape[1], self.token_chunk)], 1)
+        return unpatchify(out, grid, cfg.patch_size)
