@@ -46,7 +46,7 @@ def run(out_dir: str) -> list[Row]:
         base_name = "SDPA cuDNN bf16 (dense)"
         rows.append(Row(base_name, tag, base, base_name, base, 1.0, "TFLOPS", flops / base / 1e9))
         dense = time_ms(lambda q, k, v: ops.sage_attention(q, k, v), sets, warmup=3, reps=reps)
-        rows.append(Row("sage dense mma.sync (incl. quant)", tag, dense, base_name, base, base / dense, "TOPS",
+        rows.append(Row("sage dense, best kernel (incl. quant)", tag, dense, base_name, base, base / dense, "TOPS",
                         flops / dense / 1e9))
         for blkq, blkk in BLOCKS:
             sla = lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk)  # noqa: E731

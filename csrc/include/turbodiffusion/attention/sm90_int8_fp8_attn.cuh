@@ -167,12 +167,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
     wgmma_commit();
   };
   auto softmax = [&](int tile) {
-    float sc[NB / 2];  // q scale x the tile's K scales (past the last block they multiply masked scores)
+    float sc[NB / 2];  // q scale x the tile's K scales (clamped past the last block: masked scores)
 #pragma unroll
-    for (int j = 0; j < NB / 2; ++j) {
-      const int kb = tile * (BN / attn::kBlkK) + j;
-      sc[j] = qs * (kb < p.k_blocks ? __ldg(ks_g + kb) : 0.f);
-    }
+    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + min(tile * (BN / attn::kBlkK) + j, p.k_blocks - 1));
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa);
   };
   // After wgmma_wait: PV of `tile` is in pv; its P registers may be reused from here on (the fence

@@ -59,14 +59,15 @@ __device__ __forceinline__ float int_to_float_small(int32_t x) {
 // fragments of NB / 4 k32 steps: V's tokens are stored permuted per 16 ({0,1,8,9,2,3,10,11,...}), so
 // A's k-indices 4t..4t+3 of a 16-group are the tokens {2t, 2t+1, 8+2t, 9+2t} this lane already holds
 // in n8 blocks 2q and 2q+1: no shuffle. `acc` is consumed (masked keys are overwritten).
-template <int NB>
+// kPartial: the tile reaches past nk (only the last tile of a row: the mask code is compiled only
+// into that variant; in the others it cost a compare and a select per score).
+template <int NB, bool kPartial>
 __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
                                                     int64_t key0, int64_t nk, float (&m)[2], float (&l)[2],
                                                     float (&alpha)[2], uint32_t (&pa)[NB / 4][4]) {
   constexpr int32_t kMasked = INT32_MIN;  // below every dot product of INT8 codes
   const int t = threadIdx.x % 4;
-  const bool partial = key0 + NB * 8 > nk;
-  if (partial) {
+  if constexpr (kPartial) {
 #pragma unroll
     for (int j = 0; j < NB; ++j)
 #pragma unroll
@@ -81,7 +82,7 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
       const int32_t mx = max(max(acc[2 * q][2 * r], acc[2 * q][2 * r + 1]),
                              max(acc[2 * q + 1][2 * r], acc[2 * q + 1][2 * r + 1]));
       const float x = __fmul_rn(int_to_float_small(mx), sc[q]);
-      tmax[r] = fmaxf(tmax[r], (partial && mx == kMasked) ? -INFINITY : x);
+      tmax[r] = fmaxf(tmax[r], (kPartial && mx == kMasked) ? -INFINITY : x);
     }
   float moff[2];
 #pragma unroll
@@ -100,7 +101,7 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       float x = __fmaf_rn(int_to_float_small(acc[j][e]), sc[j / 2], -moff[e >> 1]);
-      if (partial && acc[j][e] == kMasked) x = -INFINITY;
+      if constexpr (kPartial) x = acc[j][e] == kMasked ? -INFINITY : x;
       s[j][e] = fast_exp2(x);
       psum[e >> 1] += s[j][e];
     }
@@ -114,6 +115,15 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
     pa[ks][2] = pack_e4m3x4(s[j + 2][0], s[j + 2][1], s[j + 3][0], s[j + 3][1]);
     pa[ks][3] = pack_e4m3x4(s[j + 2][2], s[j + 2][3], s[j + 3][2], s[j + 3][3]);
   }
+}
+
+// softmax_tile_to_fp8 with the variant chosen by whether the tile reaches past nk.
+template <int NB>
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
+                                                    int64_t key0, int64_t nk, float (&m)[2], float (&l)[2],
+                                                    float (&alpha)[2], uint32_t (&pa)[NB / 4][4]) {
+  if (key0 + NB * 8 > nk) softmax_tile_to_fp8<NB, true>(acc, sc, key0, nk, m, l, alpha, pa);
+  else softmax_tile_to_fp8<NB, false>(acc, sc, key0, nk, m, l, alpha, pa);
 }
 
 // Epilogue of one warp's 16 query rows starting at row0 of slice (b, h):
