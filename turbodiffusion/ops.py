@@ -149,7 +149,7 @@ GEMM_IN_DTYPES = (torch.int8, torch.float8_e4m3fn)
 # `tile` of sm90_config. "candidate" tiles are compiled only by a TD_GEMM_ALL_CONFIGS=1 build.
 GEMM_SM90_TILES = {
     torch.int8: ("128x256x128 cooperative", "64x256x128 ping-pong (candidate)"),
-    torch.float8_e4m3fn: ("128x128x128 cooperative", "128x192x128 cooperative (candidate)",
+    torch.float8_e4m3fn: ("128x128x128 cooperative", "128x192x128 cooperative",
                           "64x192x128 ping-pong (candidate)"),
 }
 GEMM_SM90_SWIZZLES = (1, 2, 4, 8)

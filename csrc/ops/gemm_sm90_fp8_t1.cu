@@ -1,14 +1,6 @@
-// sm90 W8A8 GEMM, FP8 E4M3 tile 1 (128 x 192 cooperative). One file per tile-table entry
-// (heuristics.h) so the CUTLASS instantiations compile in parallel; bf16 and fp16 output.
-// A candidate: compiled only by the sweep build (TD_GEMM_ALL_CONFIGS=1), which keeps the default
-// build from parsing CUTLASS for it (about 25 s of one core).
-#include "turbodiffusion/gemm/heuristics.h"
-
-#if TD_GEMM_ALL_CONFIGS
+// sm90 W8A8 GEMM, FP8 E4M3 tile 1 (128 x 192 cooperative), the default FP8 tile since the H100 sweep of
+// 2026-11-26 (docs/gemm.md). One file per tile-table entry (heuristics.h) so the CUTLASS instantiations
+// compile in parallel; bf16 and fp16 output.
 #include "turbodiffusion/gemm/w8a8_gemm_sm90.cuh"
 
 template void td::w8a8_gemm_sm90<true, 1>(const td::W8A8GemmParams& p, cudaStream_t stream);
-#else
-static_assert(!td::gemm::kSm90Fp8Tiles[1].default_build,
-              "a default_build tile is compiled in every build: remove this file's #if TD_GEMM_ALL_CONFIGS");
-#endif

@@ -1,7 +1,8 @@
 // Tunables of the W8A8 GEMM kernels, in one place, each with the reason for its value.
 //
-// Build-time budget (CI compiles on 2 cores): the DEFAULT build compiles one sm90 CTA tile per input
-// type (4 CUTLASS kernels: {int8, fp8} x {bf16, fp16} output). The tables below also hold candidate
+// Build-time budget (CI compiles on 2 cores): the DEFAULT build compiles the sm90 CTA tiles marked
+// default_build: INT8 tile 0, FP8 tiles 0 and 1 (6 CUTLASS kernels, bf16 and fp16 output each; FP8 tile
+// 1 was promoted by the H100 sweep, tile 0 stays compiled for sm90_config). The tables below also hold candidate
 // tiles that are compiled only when the extension is built with TD_GEMM_ALL_CONFIGS=1 (setup.py), so
 // that one GPU run of `benchmarks/bench_gemm.py --sweep` can time every (tile, raster, swizzle) per
 // shape; a candidate that wins is promoted by setting its `default_build` and choosing it in
@@ -52,24 +53,30 @@ constexpr int sm90_acc_registers(const Sm90Tile& t, bool fp8) {
 //    (2026-11-26, int8 -> bf16, best raster per shape): 1119-1445 TOPS at the six standard shapes,
 //    against 810-897 for a 128 x 128 ping-pong tile: the 256-wide tile reads half the a bytes per MMA
 //    from shared memory and L2, and at Wan's shapes (M >= 32k) still gives >= 1,500 tiles.
+//    Sweep (H100, 2026-11-26): best raster/swizzle per shape 1.705x torch.matmul bf16 (geomean).
 // 1: 64 x 256 ping-pong (candidate): the same 64 x 256 wgmma per warpgroup and accumulator count,
-//    with the epilogue of one tile hidden under the main loop of the next; aimed at K = 1536, where
-//    the 2-byte output store is a third of the time at 32760 x 1536 x 8960.
+//    with the epilogue of one tile hidden under the main loop of the next; aimed at K = 1536. Sweep:
+//    1.336x, slower than tile 0 at every standard shape (also at K = 1536: 1.30x vs 1.50x at
+//    32760 x 1536 x 1536). Kept as a sweep candidate.
 inline constexpr Sm90Tile kSm90Int8Tiles[] = {
     {128, 256, 128, 2, true, true},
     {64, 256, 128, 2, false, false},
 };
 // FP8 E4M3 (promotion accumulator doubles the registers, see above).
 // 0: 128 x 128 cooperative (2 x 64 accumulators). 128 x 256 would need 2 x 128 > 232 and spills.
-//    Measured 759-974 TFLOPS at the standard shapes (0.84x torch._scaled_mm).
-// 1: 128 x 192 cooperative (candidate, 2 x 96 accumulators): 1.5x the MMA work per k-tile for the
+//    Sweep (H100, 2026-11-26): best raster/swizzle per shape 0.847x torch._scaled_mm (geomean).
+//    Compiled in every build (sm90_config tile 0); sm90_choose no longer returns it.
+// 1: 128 x 192 cooperative (2 x 96 accumulators), THE FP8 TILE: 1.5x the MMA work per k-tile for the
 //    same fixed cost of draining the wgmma pipe at each promotion (warpgroup_wait<0>), and 1.2x the
 //    arithmetic intensity of 128 x 128. N tails: 1536 and 13824 are multiples of 192; 5120 and 8960
-//    waste 1.2% / 0.7% of the last tile column.
-// 2: 64 x 192 ping-pong (candidate, 2 x 96 accumulators): hides the epilogue at short K.
+//    waste 1.2% / 0.7% of the last tile column. Sweep: best raster/swizzle per shape 0.939x
+//    torch._scaled_mm, faster than tile 0's sweep rows at all six standard shapes. No spills.
+// 2: 64 x 192 ping-pong (candidate, 2 x 96 accumulators, spills 8 B): meant to hide the epilogue at
+//    short K. Sweep: 0.678x, the slowest FP8 tile at every standard shape. Kept behind the flag only
+//    as a record; a candidate for removal.
 inline constexpr Sm90Tile kSm90Fp8Tiles[] = {
     {128, 128, 128, 2, true, true},
-    {128, 192, 128, 2, true, false},
+    {128, 192, 128, 2, true, true},
     {64, 192, 128, 2, false, false},
 };
 inline constexpr int kSm90Int8TileCount = sizeof(kSm90Int8Tiles) / sizeof(Sm90Tile);
@@ -78,42 +85,79 @@ inline constexpr int kSm90Fp8TileCount = sizeof(kSm90Fp8Tiles) / sizeof(Sm90Tile
 // What the launcher runs: a tile index and the persistent scheduler's raster order and swizzle.
 struct Sm90Choice {
   int tile = 0;
-  bool raster_along_m = false;
-  int swizzle = 1;  // CUTLASS max_swizzle_size: 1/2/4/8 rows of tiles walked together
+  bool raster_along_m = false;  // CUTLASS raster order: false = along N (tiles of one row of M first)
+  int swizzle = 1;              // CUTLASS max_swizzle_size: 1/2/4/8 rows (columns) of tiles walked together
 };
 
-// Raster order, by M and N. CUTLASS's "along N" walks consecutive tiles across N inside a row of
-// M-tiles, so the CTAs of one wave share a few 128-row slabs of a and sweep w. Measured (int8, tile 0,
-// same run as above): along N beat along M at 5 of the 6 standard shapes (M >> N everywhere), by up to
-// 25% (75600 x 5120 x 5120: 1405 vs 1134 TOPS). The mirror image holds for N > M.
-inline bool sm90_raster_along_m(int64_t m, int64_t n) { return n > m; }
+// THE heuristics table, from one `bench_gemm.py --sweep` on an H100 80GB HBM3 (2026-11-26, torch
+// 2.11.0+cu130, CUDA 13.0; benchmarks/results/gemm-sweep-h100.{md,json}). One row per (N, K) of Wan's
+// linear layers: the winning {tile, raster_along_m, swizzle} of each input type at the standard
+// token count M (benchmarks/metrics.py GEMM_SHAPES). Ratios: vs torch.matmul bf16 (INT8) and
+// torch._scaled_mm row-wise, bf16 out (FP8); "next" = the runner-up setting of the same tile.
+// Noise: the run timed the previous rule's configuration twice per shape (its heuristics row and its
+// sweep row): up to 7% (INT8) and 23% (FP8, 75600 x 5120 x 5120) apart, so winners within ~3% of the
+// next are ties; the table takes the measured winner (docs/gemm.md, "Sweep").
+struct Sm90TableRow {
+  int64_t n, k;
+  Sm90Choice int8, fp8;
+};
+inline constexpr Sm90TableRow kSm90Table[] = {
+    //  N      K      INT8 t0              FP8 t1                  measured at M; layer
+    {1536, 1536, {0, false, 2}, {1, false, 8}},    // 32760; Wan 1.3B 480p self-attention q/k/v/o
+                                                   //   int8 1.50x (next N/1 1.49x), fp8 0.94x (N/1 0.93x)
+    {8960, 1536, {0, true, 4}, {1, false, 1}},     // 32760; 1.3B FFN up
+                                                   //   int8 1.50x (N/4 1.46x), fp8 0.76x (N/2 0.76x)
+    {1536, 8960, {0, true, 2}, {1, false, 2}},     // 32760; 1.3B FFN down
+                                                   //   int8 1.77x (N/2 1.64x), fp8 0.93x (N/1 0.92x)
+    {5120, 5120, {0, false, 4}, {1, false, 1}},    // 75600; Wan 14B 720p self-attention q/k/v/o
+                                                   //   int8 1.81x (M/4 1.80x), fp8 0.99x (N/4 0.97x)
+    {13824, 5120, {0, true, 8}, {1, true, 8}},     // 75600; 14B FFN up
+                                                   //   int8 1.84x (N/2 1.81x), fp8 1.01x (N/8 1.01x)
+    {5120, 13824, {0, false, 1}, {1, false, 1}},   // 75600; 14B FFN down
+                                                   //   int8 1.86x (N/2 1.84x), fp8 1.03x (N/4 1.03x)
+};
+// A table row applies from this M up. The sweep measured one M per (N, K); raster and swizzle act on
+// how a wave of 132 persistent CTAs walks the tile grid and on what of a and w stays in L2, which
+// depends on N and K, not on M, once there are many waves. 16384 = half the smallest measured M: 128
+// rows of 128-row tiles, >= 5.8 waves at every table (N, K). Below it (and for other shapes, e.g.
+// cross-attention k/v on 512 text tokens) the fallback applies. Not measured; a threshold to revisit
+// when a sweep covers smaller M.
+inline constexpr int64_t kSm90TableMinM = 16384;
 
-// Swizzle. With along-N raster a wave of 132 tiles spans 132 / tiles_n rows of M; with many N-tiles a
-// wave covers only 1-2 rows, w streams from HBM for every row, and grouping 8 rows lets each w tile be
-// reused from L2. Measured (int8, tile 0): 75600 x 5120 x 13824 (54 N-tiles) 1268 TOPS with 8 vs 1212
-// with 1; every standard shape with <= 35 N-tiles is fastest with 1 (32760 x 1536 x 8960: 1184 vs 970
-// with 8; 75600 x 13824 x 5120: 1374 vs 1051). Threshold 40 tiles along the rastered side, between
-// the two measured regimes. (FP8 tile 0 has twice the N-tiles, so its threshold is in bytes of w, not
-// measured separately: the sweep tells.)
-inline int sm90_swizzle(int64_t m, int64_t n, int tile_m, int tile_n) {
-  const bool along_m = sm90_raster_along_m(m, n);
-  const int64_t tiles_raster = along_m ? (m + tile_m - 1) / tile_m : (n + tile_n - 1) / tile_n;
-  const int64_t tiles_other = along_m ? (n + tile_n - 1) / tile_n : (m + tile_m - 1) / tile_m;
-  return tiles_raster > 40 && tiles_other >= 8 ? 8 : 1;
-}
-
-// THE heuristics table: tile, raster and swizzle by M / N / K for each input type. Only tiles with
-// default_build may be returned (csrc/ops/gemm.cu raises a clear error otherwise). To re-tune: build with
-// TD_GEMM_ALL_CONFIGS=1, run `benchmarks/bench_gemm.py --sweep` on the GPU, and set the rules here from
-// its winners table (benchmarks/results/gemm-sweep-<card>.md).
-inline Sm90Choice sm90_choose(bool fp8, int64_t m, int64_t n, int64_t /*k*/) {
+// Fallback for shapes outside the table: the tile above (INT8 0, FP8 1), raster along the longer of
+// M and N (CUTLASS along-N raster keeps a few rows of a in L2 and sweeps w; the mirror image for
+// N > M), and the one swizzle with the best geomean over the six measured shapes with that raster:
+// INT8 swizzle 2 (1.649x; 1: 1.636x, 4: 1.519x, 8: 1.412x), FP8 swizzle 1 (0.920x; 2: 0.918x,
+// 4: 0.923x, 8: 0.885x: a tie between 1, 2 and 4; 1 has the best worst shape, 0.76x).
+inline Sm90Choice sm90_fallback(bool fp8, int64_t m, int64_t n) {
   Sm90Choice c;
-  c.tile = 0;
-  const Sm90Tile& t = fp8 ? kSm90Fp8Tiles[c.tile] : kSm90Int8Tiles[c.tile];
-  c.raster_along_m = sm90_raster_along_m(m, n);
-  c.swizzle = sm90_swizzle(m, n, t.m, t.n);
+  c.tile = fp8 ? 1 : 0;
+  c.raster_along_m = n > m;
+  c.swizzle = fp8 ? 1 : 2;
   return c;
 }
+
+// Tile, raster and swizzle by M / N / K for each input type. Only tiles with default_build may be
+// returned (csrc/ops/gemm.cu raises a clear error otherwise). To re-tune: build with
+// TD_GEMM_ALL_CONFIGS=1, run `benchmarks/bench_gemm.py --sweep` on the GPU, and set kSm90Table from its
+// winners (benchmarks/results/gemm-sweep-<card>.md).
+inline Sm90Choice sm90_choose(bool fp8, int64_t m, int64_t n, int64_t k) {
+  if (m >= kSm90TableMinM) {
+    for (const Sm90TableRow& row : kSm90Table) {
+      if (row.n == n && row.k == k) return fp8 ? row.fp8 : row.int8;
+    }
+  }
+  return sm90_fallback(fp8, m, n);
+}
+
+// Everything sm90_choose can return is compiled in every build.
+constexpr bool sm90_table_is_default_build() {
+  for (const Sm90TableRow& row : kSm90Table) {
+    if (!kSm90Int8Tiles[row.int8.tile].default_build || !kSm90Fp8Tiles[row.fp8.tile].default_build) return false;
+  }
+  return kSm90Int8Tiles[0].default_build && kSm90Fp8Tiles[1].default_build;
+}
+static_assert(sm90_table_is_default_build(), "sm90_choose may only return default_build tiles");
 
 // ---------------------------------------------------------------------------------------------
 // mma.sync (sm80 / sm89 / sm120; also runs on sm90), INT8 m16n8k32
