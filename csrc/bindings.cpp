@@ -28,6 +28,11 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
     const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
     const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
     const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk);
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk);
 std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
                                                       const std::string& layout, int64_t blkq, int64_t blkk,
                                                       double topk);
@@ -46,6 +51,7 @@ TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
   m.impl("attention_int8_fp8_mma", &td::attention_int8_fp8_mma_cuda);
   m.impl("attention_int8_fp8_sm90", &td::attention_int8_fp8_sm90_cuda);
   m.impl("attention_int8_fp8_sparse_mma", &td::attention_int8_fp8_sparse_mma_cuda);
+  m.impl("attention_int8_fp8_sparse_sm90", &td::attention_int8_fp8_sparse_sm90_cuda);
   m.impl("sla_block_map", &td::sla_block_map_cuda);
   m.impl("sla_linear_state", &td::sla_linear_state_cuda);
 }

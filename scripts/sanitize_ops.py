@@ -36,8 +36,9 @@ def main() -> None:
             w = torch.randn(d, d, device="cuda")
             ops.sla_block_map(q, kv, topk=0.3, blkq=blkq, blkk=blkk, layout=layout)
             ops.sla_block_map(q.half(), kv.half(), topk=1.0, blkq=17, blkk=33, layout=layout)
-            ops.sage_sla(q, kv, kv, w, torch.randn(d, device="cuda"), 0.5, blkq=blkq, blkk=blkk, layout=layout,
-                         return_lse=True)
+            for backend in ("mma", "sm90") if sm90 and blkk % 128 == 0 else ("mma",):
+                ops.sage_sla(q, kv, kv, w, torch.randn(d, device="cuda"), 0.5, blkq=blkq, blkk=blkk, layout=layout,
+                             return_lse=True, backend=backend)
             ops.sage_sla(q.half(), kv.half(), kv.half(), w, torch.randn(d, device="cuda"), 0.0, layout=layout)
     for backend in ("auto", "mma"):  # W8A8 GEMM: odd M, N and K multiples of 8 and 16 only
         for out_dtype in (torch.bfloat16, torch.float16):

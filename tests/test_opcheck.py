@@ -37,6 +37,9 @@ def _samples(device):
              "HND")],
         "attention_int8_fp8_sparse_mma": [_sparse_sample(1, 130, 70, 2, 64, "NHD", torch.bfloat16, device, True),
                                           _sparse_sample(1, 40, 200, 1, 128, "HND", torch.float16, device, False)],
+        "attention_int8_fp8_sparse_sm90": [
+            _sparse_sample(1, 130, 300, 2, 64, "NHD", torch.bfloat16, device, True, blkk=128),
+            _sparse_sample(1, 40, 200, 1, 128, "HND", torch.float16, device, False, blkk=128)],
     }
 
 
@@ -57,11 +60,11 @@ def _attention_sample(b, nq, nk, h, d, layout, dtype, device):
     return (q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout, 0.125)
 
 
-def _sparse_sample(b, nq, nk, h, d, layout, dtype, device, linear):
-    """attention_int8_fp8_sparse_mma on a random LUT with 64x64 blocks (one row left empty), with or without
+def _sparse_sample(b, nq, nk, h, d, layout, dtype, device, linear, blkk=64):
+    """A sparse attention op on a random LUT with 64 x blkk blocks (one row left empty), with or without
     the linear epilogue."""
     q, *quantized, layout, sm = _attention_sample(b, nq, nk, h, d, layout, dtype, device)
-    mq, mk = -(-nq // 64), -(-nk // 64)
+    mq, mk = -(-nq // 64), -(-nk // blkk)
     lut = torch.randint(0, mk, (b, h, mq, 2), dtype=torch.int32, device=device)
     count = torch.randint(1, 3, (b, h, mq), dtype=torch.int32, device=device)
     count[..., 0] = 0
@@ -70,7 +73,7 @@ def _sparse_sample(b, nq, nk, h, d, layout, dtype, device, linear):
         k = torch.randn((b, nk, h, d) if layout == "NHD" else (b, h, nk, d), dtype=dtype, device=device)
         lin = ops.sla_linear_state(k, k, torch.randn(d, d, device=device), layout=layout)
         lin_bias = torch.randn(d, device=device)
-    return (q, *quantized, lut, count, lin, lin_bias, layout, sm, 64, 64)
+    return (q, *quantized, lut, count, lin, lin_bias, layout, sm, 64, blkk)
 
 
 def test_every_op_has_samples():

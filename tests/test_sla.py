@@ -168,13 +168,29 @@ SPARSE_CASES = [  # (b, h, nq, nk, d, blkq, blkk)
     (1, 2, 1000, 777, 128, 64, 128),
     (1, 3, 65, 64, 64, 64, 64),
     (1, 1, 1, 1, 128, 64, 64),
+    (2, 1, 129, 1000, 64, 128, 128),
+    (1, 2, 300, 200, 64, 192, 256),
+    (1, 1, 1, 1, 128, 64, 128),
 ]
+KERNELS = ["mma", "sm90"]  # attention_int8_fp8_sparse_<kernel>; sm90 needs blkk % 128 == 0
+
+
+def _sparse_kernel(device, kernel, blkk):
+    """(op, emulation) of the sparse `kernel`, skipping what it or the local GPU cannot run."""
+    if kernel == "sm90" and blkk % 128:
+        pytest.skip("the sm90 sparse kernel takes key blocks of multiples of 128")
+    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm90 kernel needs an sm_90 GPU")
+    name = f"attention_int8_fp8_sparse_{kernel}"
+    return getattr(torch.ops.turbodiffusion, name), getattr(ref, name)
 
 
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=lambda c: "b{}h{}q{}k{}d{}_{}x{}".format(*c))
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-def test_sparse_full_lut_equals_dense(device, case, layout):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sparse_full_lut_equals_dense(device, kernel, case, layout):
     b, h, nq, nk, d, blkq, blkk = case
+    op, _ = _sparse_kernel(device, kernel, blkk)
     if device == "cpu" and nq * nk > 10**5:
         pytest.skip("on CPU both are emulations; the long case only matters for the kernel")
     dtype = torch.bfloat16 if layout == "NHD" else torch.float16
@@ -185,19 +201,26 @@ def test_sparse_full_lut_equals_dense(device, case, layout):
     lut = torch.arange(mk, dtype=torch.int32, device=device).expand(b, h, mq, mk).contiguous()
     count = torch.full((b, h, mq), mk, dtype=torch.int32, device=device)
     poison_allocator(device)
-    out, lse = ops.attention_int8_fp8_sparse_mma(*args, lut, count, layout=layout, sm_scale=sm, blkq=blkq, blkk=blkk)
-    d_out, d_lse = ops.attention_int8_fp8(*args, layout=layout, sm_scale=sm, backend="mma")
-    # Same tiles in the same order through the same code: bit-identical.
-    assert torch.equal(out, d_out), f"{case} {layout}: max diff {(out.float() - d_out.float()).abs().max().item():.3g}"
-    assert torch.equal(lse, d_lse), f"{case} {layout}"
+    out, lse = op(*args, lut, count, None, None, layout, sm, blkq, blkk)
+    d_out, d_lse = ops.attention_int8_fp8(*args, layout=layout, sm_scale=sm, backend=kernel)
+    # Same tiles in the same order through the same code: bit-identical on the GPU. (On CPU both are
+    # emulations whose float32 matmuls see different batch shapes: equal to a few ulps.)
+    if device == "cuda":
+        assert torch.equal(out, d_out), f"{case} {layout}: max diff {(out.float() - d_out.float()).abs().max():.3g}"
+        assert torch.equal(lse, d_lse), f"{case} {layout}"
+    else:
+        torch.testing.assert_close(out, d_out, rtol=2 ** -10, atol=1e-6)
+        torch.testing.assert_close(lse, d_lse, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", SPARSE_CASES[:4], ids=lambda c: "b{}h{}q{}k{}d{}_{}x{}".format(*c))
+@pytest.mark.parametrize("case", SPARSE_CASES[:4] + SPARSE_CASES[5:7], ids=lambda c: "b{}h{}q{}k{}d{}_{}x{}".format(*c))
 @pytest.mark.parametrize("density", [0.1, 0.5, 1.0])
-def test_sparse_random_lut(device, case, density):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sparse_random_lut(device, kernel, case, density):
     """Random LUTs (shuffled order, counts below the width, some rows empty) against the emulation
     (kernel exactness) and the fp32 masked attention (quantization error)."""
     b, h, nq, nk, d, blkq, blkk = case
+    op, emulation = _sparse_kernel(device, kernel, blkk)
     if device == "cpu" and nq * nk > 10**5:
         pytest.skip("on CPU the op is the emulation itself; the long case only matters for the kernel")
     layout = "NHD" if d == 128 else "HND"
@@ -208,9 +231,9 @@ def test_sparse_random_lut(device, case, density):
     lut, count = _random_lut(b, h, mq, mk, density, seed=nq + mk, device=device, shuffle=True)
     count[0, 0, 0] = 0  # an empty row
     poison_allocator(device)
-    out, lse = ops.attention_int8_fp8_sparse_mma(*args, lut, count, layout=layout, sm_scale=sm, blkq=blkq, blkk=blkk)
+    out, lse = op(*args, lut, count, None, None, layout, sm, blkq, blkk)
     cpu = [t.cpu() for t in args]
-    r_out, r_lse = ref.attention_int8_fp8_sparse_mma(*cpu, lut.cpu(), count.cpu(), None, None, layout, sm, blkq, blkk)
+    r_out, r_lse = emulation(*cpu, lut.cpu(), count.cpu(), None, None, layout, sm, blkq, blkk)
     msg = f"case {case} density {density}"
     o, r = out.cpu().float(), r_out.float()
     assert torch.isfinite(o).all() and not torch.isnan(lse).any(), msg
@@ -227,8 +250,10 @@ def test_sparse_random_lut(device, case, density):
 
 
 @pytest.mark.parametrize("d", [64, 128])
-def test_sparse_all_rows_empty_with_linear_term(device, d):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sparse_all_rows_empty_with_linear_term(device, kernel, d):
     """No kept block anywhere (top-k 0): out = the linear term alone, lse -inf, no NaN."""
+    op, _ = _sparse_kernel(device, kernel, 128)
     q, k, v = _qkv(1, 2, 150, 130, d, "NHD", torch.bfloat16, device, seed=d)
     w, b = _proj(d, device)
     sm = d ** -0.5
@@ -237,7 +262,7 @@ def test_sparse_all_rows_empty_with_linear_term(device, d):
     count = torch.zeros(1, 2, 3, dtype=torch.int32, device=device)
     lin = ops.sla_linear_state(k, v, w)
     poison_allocator(device)
-    out, lse = ops.attention_int8_fp8_sparse_mma(*args, lut, count, lin, b, sm_scale=sm, blkq=64, blkk=64)
+    out, lse = op(*args, lut, count, lin, b, "NHD", sm, 64, 128)
     want = ref.sla.sla_linear_branch(q.cpu(), k.cpu(), v.cpu(), "NHD") @ w.cpu().T + b.cpu()
     assert torch.isneginf(lse).all() and torch.isfinite(out).all()
     assert rel_l1(to_bhnd(out.cpu(), "NHD").float(), want) < 5e-3

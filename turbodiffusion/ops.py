@@ -381,6 +381,7 @@ def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout:
 SLA_LIN_PAD = ref.sla.LIN_PAD
 SLA_MAX_BLOCK = 1024    # block-map pooling sizes: any positive size up to this
 SLA_KV_BLOCK = 64       # the sparse kernel's block sizes are multiples of its 64-row CTA and 64-key tile
+SLA_SM90_KV_BLOCK = 128  # the sm90 sparse kernel's key blocks are multiples of its 128-key tile
 
 
 def _check_same_qk(q, k, layout, kname="k"):
@@ -451,10 +452,11 @@ _register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) 
 
 
 def _check_sparse_attn(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin, lin_bias, layout,
-                       sm_scale, blkq, blkk):
-    _check_attn_quantized(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale)
+                       sm_scale, blkq, blkk, kernel="mma"):
+    _check_attn_quantized(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale,
+                          contiguous=kernel == "sm90")
     _check_block("blkq", blkq, SLA_KV_BLOCK)
-    _check_block("blkk", blkk, SLA_KV_BLOCK)
+    _check_block("blkk", blkk, SLA_KV_BLOCK if kernel == "mma" else SLA_SM90_KV_BLOCK)
     b, h, nq, d = C.bhnd(q, layout)
     mq = _cdiv(nq, blkq)
     C.check_tensor("lut", lut, dtypes=(torch.int32,), ndim=4, device=q.device)
@@ -474,10 +476,13 @@ def _fake_sparse_attn(q, *args):
     return _fake_attn_quantized(q, *args[:7], args[11], args[12])
 
 
-_register("attention_int8_fp8_sparse_mma(Tensor q, Tensor q_int8, Tensor q_scale, Tensor k_int8, Tensor k_scale, "
-          "Tensor k_mean, Tensor v_fp8, Tensor v_scale, Tensor lut, Tensor count, Tensor? lin, Tensor? lin_bias, "
-          "str layout, float sm_scale, int blkq, int blkk) -> (Tensor, Tensor)",
-          _check_sparse_attn, ref.attention_int8_fp8_sparse_mma, _fake_sparse_attn)
+_SPARSE_ARGS = ("(Tensor q, Tensor q_int8, Tensor q_scale, Tensor k_int8, Tensor k_scale, Tensor k_mean, "
+                "Tensor v_fp8, Tensor v_scale, Tensor lut, Tensor count, Tensor? lin, Tensor? lin_bias, str layout, "
+                "float sm_scale, int blkq, int blkk) -> (Tensor, Tensor)")
+_register("attention_int8_fp8_sparse_mma" + _SPARSE_ARGS, _check_sparse_attn, ref.attention_int8_fp8_sparse_mma,
+          _fake_sparse_attn)
+_register("attention_int8_fp8_sparse_sm90" + _SPARSE_ARGS, functools.partial(_check_sparse_attn, kernel="sm90"),
+          ref.attention_int8_fp8_sparse_sm90, _fake_sparse_attn)
 
 
 def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 64, blkk: int = 64,
@@ -496,15 +501,24 @@ def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor
     return torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
 
 
-def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count,
-                                  lin=None, lin_bias=None, *, layout: str = "NHD", sm_scale: float, blkq: int,
-                                  blkk: int):
-    """Block-sparse attention_int8_fp8_mma: each query block (blkq rows) attends to the keys of the key blocks
+def attention_int8_fp8_sparse(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin=None,
+                              lin_bias=None, *, layout: str = "NHD", sm_scale: float, blkq: int, blkk: int,
+                              backend: str = "auto"):
+    """Block-sparse attention_int8_fp8: each query block (blkq rows) attends to the keys of the key blocks
     (blkk keys) listed in lut[b, h, qblock, :count]. Empty rows give 0 and lse -inf. With lin
-    (sla_linear_state) and lin_bias (proj_l.bias), the epilogue adds SLA's projected linear branch."""
-    return torch.ops.turbodiffusion.attention_int8_fp8_sparse_mma(
-        q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin, lin_bias, layout,
-        float(sm_scale), blkq, blkk)
+    (sla_linear_state) and lin_bias (proj_l.bias), the epilogue adds SLA's projected linear branch.
+    backend: "mma" (blkq, blkk multiples of 64), "sm90" (sm_90 GPUs; blkq multiple of 64, blkk of 128), or
+    "auto" (sm90 where it applies, else mma)."""
+    kernel = _sparse_kernel(q, backend, blkk)
+    return getattr(torch.ops.turbodiffusion, kernel)(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
+                                                     lut, count, lin, lin_bias, layout, float(sm_scale), blkq, blkk)
+
+
+def _sparse_kernel(q: torch.Tensor, backend: str, blkk: int) -> str:
+    kernel = _attention_kernel(q, backend).replace("attention_int8_fp8_", "attention_int8_fp8_sparse_")
+    if backend == "auto" and kernel.endswith("sm90") and blkk % SLA_SM90_KV_BLOCK:
+        kernel = "attention_int8_fp8_sparse_mma"
+    return kernel
 
 
 def _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk):
@@ -519,16 +533,18 @@ def _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, b
 
 def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor,
              topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None,
-             return_lse: bool = False, lut: torch.Tensor | None = None, count: torch.Tensor | None = None):
+             return_lse: bool = False, lut: torch.Tensor | None = None, count: torch.Tensor | None = None,
+             backend: str = "auto"):
     """SageSLA (§4.3): block-sparse INT8/FP8 attention over the top-k key blocks plus proj_l of the linear
     branch, fused in the sparse kernel's epilogue.
 
     q, k, v [B, N, H, D] ("NHD") or [B, H, N, D] ("HND"), bf16/fp16, D in {64, 128}; proj_weight [D, D] and
     proj_bias [D] float32 (proj_l); blkq, blkk multiples of 64. The block map (sla_block_map) is computed
     unless lut/count are given. Returns the output in q's layout and dtype (and lse [B, H, Nq] of the sparse
-    branch alone with return_lse).
+    branch alone with return_lse). backend: the sparse kernel, see attention_int8_fp8_sparse.
     """
     _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
+    _sparse_kernel(q, backend, blkk)  # a bad backend fails before any work
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
     if lut is None:
@@ -537,8 +553,8 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
                                                 q_scale_factor=scale * _LOG2E)
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
     lin = sla_linear_state(k, v, proj_weight, layout=layout)
-    out, lse = attention_int8_fp8_sparse_mma(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias,
-                                             layout=layout, sm_scale=scale, blkq=blkq, blkk=blkk)
+    out, lse = attention_int8_fp8_sparse(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias,
+                                         layout=layout, sm_scale=scale, blkq=blkq, blkk=blkk, backend=backend)
     return (out, lse) if return_lse else out
 
 

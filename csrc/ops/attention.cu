@@ -169,50 +169,37 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
   return {a.out, a.lse};
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sm90_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
-    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
-    double sm_scale) {
-  QuantizedAttention a = prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale,
-                                                     k_mean, v_fp8, v_scale, layout, sm_scale);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int cc = compute_capability(q.device());
-  TORCH_CHECK(cc == 90, "attention_int8_fp8_sm90: needs an sm_90 GPU (wgmma, TMA), got sm_", num(int64_t(cc)),
-              "; use attention_int8_fp8_mma");
-  const bool nhd = layout == "NHD";
-  using Cfg90 = attn::Sm90AttnConfig<128>;
-  const CUtensorMap tm_q = qk_tensor_map(q_int8, "q_int8", a.sq, nhd, 64);
-  const CUtensorMap tm_k = qk_tensor_map(k_int8, "k_int8", a.sk, nhd, Cfg90::kBN);
-  CUtensorMap tm_v;
-  {
-    const cuuint64_t dims[3] = {cuuint64_t(a.p.v_n_pad), cuuint64_t(a.sq.d), cuuint64_t(a.sq.b * a.sq.h)};
-    const cuuint64_t strides[2] = {dims[0], dims[0] * dims[1]};
-    const cuuint32_t box[3] = {cuuint32_t(Cfg90::kBN), cuuint32_t(a.sq.d), 1u};
-    const CUresult r = encode_tma_u8(&tm_v, v_fp8.data_ptr(), 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
-    TORCH_CHECK(r == CUDA_SUCCESS, "v_fp8: cuTensorMapEncodeTiled failed with CUresult ", num(int64_t(r)));
-  }
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
-    launch_sm90_int8_fp8_attn<D>(tm_q, tm_k, tm_v, a.p, nhd, static_cast<int>(a.sq.b), stream);
-  });
-  return {a.out, a.lse};
+namespace {
+
+// The three TMA tensor maps of the sm90 kernel: q, k (one head's rows per box) and the transposed V.
+struct Sm90TensorMaps {
+  CUtensorMap q, k, v;
+};
+
+Sm90TensorMaps sm90_tensor_maps(const QuantizedAttention& a, const at::Tensor& q_int8, const at::Tensor& k_int8,
+                                const at::Tensor& v_fp8, bool nhd) {
+  const int cc = compute_capability(q_int8.device());
+  TORCH_CHECK(cc == 90, "the sm90 attention kernel needs an sm_90 GPU (wgmma, TMA), got sm_", num(int64_t(cc)),
+              "; use the mma backend");
+  constexpr uint32_t kBN = attn::Sm90AttnConfig<128>::kBN;
+  Sm90TensorMaps m;
+  m.q = qk_tensor_map(q_int8, "q_int8", a.sq, nhd, 64);
+  m.k = qk_tensor_map(k_int8, "k_int8", a.sk, nhd, kBN);
+  const cuuint64_t dims[3] = {cuuint64_t(a.p.v_n_pad), cuuint64_t(a.sq.d), cuuint64_t(a.sq.b * a.sq.h)};
+  const cuuint64_t strides[2] = {dims[0], dims[0] * dims[1]};
+  const cuuint32_t box[3] = {kBN, cuuint32_t(a.sq.d), 1u};
+  const CUresult r = encode_tma_u8(&m.v, v_fp8.data_ptr(), 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
+  TORCH_CHECK(r == CUDA_SUCCESS, "v_fp8: cuTensorMapEncodeTiled failed with CUresult ", num(int64_t(r)));
+  return m;
 }
 
-// Block-sparse variant (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3).
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
-    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
-    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
-    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
-  QuantizedAttention a =
-      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int cc = compute_capability(q.device());
-  TORCH_CHECK(cc >= 89, "attention_int8_fp8_sparse_mma: needs FP8 mma.sync (sm_89 or newer), got sm_",
-              num(int64_t(cc)), "; an sm_80 FP16-PV path is not built");
-  const c10::Device device = q.device();
-  const int64_t unit = attn::kKvTile;  // = the sparse CTA's query rows (MmaAttnConfig<D, true>::kRowsPerCta)
-  for (auto [name, blk] : {std::pair<const char*, int64_t>{"blkq", blkq}, {"blkk", blkk}})
+// Checks the block-sparse arguments (ARCHITECTURE §4.2: LUT, counts, SLA's linear state) and sets them
+// in a.p. Block sizes must be multiples of the kernel's units (its CTA rows, its KV tile).
+void set_sparse_args(QuantizedAttention& a, const at::Tensor& lut, const at::Tensor& count,
+                     const std::optional<at::Tensor>& lin, const std::optional<at::Tensor>& lin_bias, int64_t blkq,
+                     int64_t blkk, int64_t unit_q, int64_t unit_k) {
+  const c10::Device device = lut.device();
+  for (auto [name, blk, unit] : {std::tuple<const char*, int64_t, int64_t>{"blkq", blkq, unit_q}, {"blkk", blkk, unit_k}})
     TORCH_CHECK_VALUE(blk > 0 && blk % unit == 0 && blk <= 1024, name, ": expected a positive multiple of ", num(unit),
                       " <= 1024, got ", num(blk));
   const BHND& sq = a.sq;
@@ -249,8 +236,61 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
     p.lin = reinterpret_cast<const __half*>(lin->data_ptr());
     p.lin_bias = lin_bias->data_ptr<float>();
   }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sm90_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
+    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
+    double sm_scale) {
+  QuantizedAttention a = prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale,
+                                                     k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const bool nhd = layout == "NHD";
+  const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_mma_int8_fp8_attn<D, true>(p, static_cast<int>(sq.b), stream); });
+  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
+    launch_sm90_int8_fp8_attn<D>(m.q, m.k, m.v, a.p, nhd, static_cast<int>(a.sq.b), stream);
+  });
+  return {a.out, a.lse};
+}
+
+// Block-sparse variants (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3).
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int cc = compute_capability(q.device());
+  TORCH_CHECK(cc >= 89, "attention_int8_fp8_sparse_mma: needs FP8 mma.sync (sm_89 or newer), got sm_",
+              num(int64_t(cc)), "; an sm_80 FP16-PV path is not built");
+  // Units: the sparse CTA's query rows (MmaAttnConfig<D, true>::kRowsPerCta) and the KV tile, both 64.
+  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, attn::kKvTile, attn::kKvTile);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_mma_int8_fp8_attn<D, true>(a.p, static_cast<int>(a.sq.b), stream); });
+  return {a.out, a.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  // Units: a consumer group's 64 query rows walk one LUT row; the KV tile is 128 keys.
+  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, attn::Sm90AttnConfig<128, true>::kBN);
+  const bool nhd = layout == "NHD";
+  const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
+    launch_sm90_int8_fp8_attn<D, true>(m.q, m.k, m.v, a.p, nhd, static_cast<int>(a.sq.b), stream);
+  });
   return {a.out, a.lse};
 }
 

@@ -12,6 +12,7 @@ from .attention import attention_exact, attention_int8_fp8_mma, attention_int8_f
 from . import sla  # noqa: F401,E402
 from .sla import (  # noqa: F401,E402
     attention_int8_fp8_sparse_mma,
+    attention_int8_fp8_sparse_sm90,
     sla_attention,
     sla_block_map,
     sla_linear_state,

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention import MMA_BLK_K, MMA_BLK_Q, MMA_KV_TILE, attention_int8_fp8_mma
+from .attention import MMA_BLK_K, MMA_BLK_Q, MMA_KV_TILE, SM90_KV_TILE, attention_int8_fp8_mma
 
 LIN_EPS = 1e-5     # the linear branch's denominator: 1e-5 + phi(q) . z
 LIN_PAD = 8        # extra rows of the folded state: row D holds z / Nk (an n8 MMA block)
@@ -146,7 +146,8 @@ def linear_epilogue(q: torch.Tensor, lin: torch.Tensor, lin_bias: torch.Tensor, 
 
 
 def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
-                                  lin_bias, layout: str, sm_scale: float, blkq: int, blkk: int):
+                                  lin_bias, layout: str, sm_scale: float, blkq: int, blkk: int,
+                                  kv_tile: int = MMA_KV_TILE):
     """Emulation of the block-sparse mma.sync kernel: for each query block, the dense emulation over the
     keys of its kept blocks (LUT order, the partial last block moved last so the dense tail mask applies;
     only the summation order differs from the kernel). Invalid entries (outside [0, Mk)) are skipped; an
@@ -181,10 +182,18 @@ def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v
                     qb[bi:bi + 1, hi:hi + 1, r0:r1].float(), qi[bi:bi + 1, hi:hi + 1, r0:r1],
                     q_scale[bi:bi + 1, hi:hi + 1, r0 // MMA_BLK_Q: -(-r1 // MMA_BLK_Q)],
                     ki[bi:bi + 1, hi:hi + 1, tok], k_scale[bi:bi + 1, hi:hi + 1, tok[::MMA_BLK_K] // MMA_BLK_K],
-                    k_mean[bi:bi + 1, hi:hi + 1], v_sub, v_scale[bi:bi + 1, hi:hi + 1], "HND", sm_scale)
+                    k_mean[bi:bi + 1, hi:hi + 1], v_sub, v_scale[bi:bi + 1, hi:hi + 1], "HND", sm_scale,
+                    kv_tile=kv_tile)
                 assert o.shape[2] == r1 - r0 and n_sub == ki[:, :, tok].shape[2]
                 out[bi, hi, r0:r1] = o[0, 0]
                 lse[bi, hi, r0:r1] = l[0, 0]
     if lin is not None:
         out = out + linear_epilogue(qb, lin, lin_bias, nk)
     return _from_bhnd(out.to(q.dtype), layout), lse
+
+
+def attention_int8_fp8_sparse_sm90(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
+                                   lin_bias, layout: str, sm_scale: float, blkq: int, blkk: int):
+    """Emulation of the block-sparse sm90 wgmma kernel: the mma.sync emulation with 128-key tiles."""
+    return attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
+                                         lin_bias, layout, sm_scale, blkq, blkk, kv_tile=SM90_KV_TILE)

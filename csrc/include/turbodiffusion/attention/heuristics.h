@@ -47,13 +47,15 @@ struct MmaAttnConfig {
 // + addressing: the producer group drops to kProducerRegs so the consumers can take kConsumerRegs
 // (128 x 40 + 256 x 232 <= 65536). Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
 // 112 KB of shared memory.
-template <int D>
+// Sparse (kSparse): one two-stage ring per consumer group instead (2 x 2 x 32 KB + Q 16 KB = 144 KB).
+template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = 128;
-  static constexpr int kStages = 3;
+  static constexpr int kRings = kSparse ? kConsumers : 1;
+  static constexpr int kStages = kSparse ? 2 : 3;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 };

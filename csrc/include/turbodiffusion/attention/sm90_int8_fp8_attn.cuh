@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "turbodiffusion/attention/heuristics.h"
 #include "turbodiffusion/attention/params.h"
@@ -32,80 +33,95 @@
 #include "turbodiffusion/common/cuda_check.h"
 #include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/common/sm90_primitives.cuh"
+#include "turbodiffusion/sparse/lut_tiles.cuh"
 
 namespace td {
 namespace sm90_attn {
 
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
-// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes.
-template <int D>
+// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. Dense: one K/V
+// ring read by both consumer groups. Sparse: one ring per consumer group (each group walks the LUT row
+// of its own 64 query rows, which may differ when blkq = 64), fed by its own producer thread.
+template <int D, bool kSparse>
 struct alignas(1024) Smem {
-  using Cfg = attn::Sm90AttnConfig<D>;
-  uint8_t q[Cfg::kConsumers][64 * D];         // [row][channel], one 64-row tile per consumer group
-  uint8_t k[Cfg::kStages][Cfg::kBN * D];      // [key][channel]
-  uint8_t v[Cfg::kStages][D * Cfg::kBN];      // [channel][token] (quantize_v_fp8's transposed layout)
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
+  uint8_t q[Cfg::kConsumers][64 * D];                    // [row][channel], one 64-row tile per group
+  uint8_t k[Cfg::kRings][Cfg::kStages][Cfg::kBN * D];    // [key][channel]
+  uint8_t v[Cfg::kRings][Cfg::kStages][D * Cfg::kBN];    // [channel][token] (quantize_v_fp8's layout)
   uint64_t q_full;
-  uint64_t full[Cfg::kStages];
-  uint64_t empty[Cfg::kStages];
+  uint64_t full[Cfg::kRings][Cfg::kStages];
+  uint64_t empty[Cfg::kRings][Cfg::kStages];
 };
 
 }  // namespace sm90_attn
 
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
-// one head's rows either way.
-template <int D>
-__global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
+// one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
+// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin; no ping-pong (the groups
+// walk different numbers of tiles).
+template <int D, bool kSparse>
+__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const AttnInt8Fp8Params p, const int tma_nhd) {
 #ifdef TD_SM90A_ENABLED
   using namespace sm90;
-  using Cfg = attn::Sm90AttnConfig<D>;
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
   constexpr int BN = Cfg::kBN, S = Cfg::kStages;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
+  constexpr bool kPingPong = !kSparse;
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   static_assert(BN == 128, "V rows of one tile are 128 bytes: the 128-byte swizzle of the PV descriptor");
 
   extern __shared__ uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<sm90_attn::Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  auto& sm = *reinterpret_cast<sm90_attn::Smem<D, kSparse>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                                            ~uintptr_t(1023));
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int h = blockIdx.y, b = blockIdx.z;
   const int64_t slice = int64_t(b) * p.heads + h;
   const int q_row0 = blockIdx.x * Cfg::kRowsPerCta;
-  const int num_tiles = static_cast<int>((p.nk + BN - 1) / BN);
+  // The KV tiles consumer group c (and the producer of its ring) walks: all, or its LUT row's.
+  using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles, sla_detail::DenseTiles>;
+  auto tiles_of = [&](int c) { return Tiles(p, BN, kSparse ? (q_row0 + 64 * c) / p.blkq : 0); };
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-      mbar_init(&sm.full[s], 1);
-      mbar_init(&sm.empty[s], Cfg::kConsumers * 4);
-    }
+    for (int r = 0; r < Cfg::kRings; ++r)
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        mbar_init(&sm.full[r][s], 1);
+        mbar_init(&sm.empty[r][s], Cfg::kConsumers / Cfg::kRings * 4);  // the consumer warps of the ring
+      }
     fence_barrier_init();
   }
   __syncthreads();
 
   if (wg == 0) {  // ---------------- producer ----------------
     regs_dealloc<Cfg::kProducerRegs>();
-    if (warp == 0 && lane == 0) {
-      prefetch_tmap(&tm_q);
-      prefetch_tmap(&tm_k);
-      prefetch_tmap(&tm_v);
-      // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
-      auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
-        if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
-        else tma_load_4d(dst, map, bar, 0, row, h, b);
-      };
-      mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
+    // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
+    auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
+      if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
+      else tma_load_4d(dst, map, bar, 0, row, h, b);
+    };
+    if (warp < Cfg::kRings && lane == 0) {  // warp r feeds ring r
+      const int r = warp;
+      if (r == 0) {
+        prefetch_tmap(&tm_q);
+        prefetch_tmap(&tm_k);
+        prefetch_tmap(&tm_v);
+        mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
 #pragma unroll
-      for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
-      for (int tile = 0; tile < num_tiles; ++tile) {
-        const int s = tile % S;
-        if (tile >= S) mbar_wait(&sm.empty[s], ((tile / S) - 1) & 1);  // its previous use released
-        mbar_arrive_expect_tx(&sm.full[s], 2 * BN * D);
-        load_rows(&tm_k, sm.k[s], &sm.full[s], tile * BN);           // keys >= nk: zeros (masked below)
-        tma_load_3d(sm.v[s], &tm_v, &sm.full[s], tile * BN, 0, static_cast<int>(slice));
+        for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
+      }
+      Tiles tiles = tiles_of(r);
+      for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
+        const int s = i % S;
+        if (i >= S) mbar_wait(&sm.empty[r][s], ((i / S) - 1) & 1);  // its previous use released
+        mbar_arrive_expect_tx(&sm.full[r][s], 2 * BN * D);
+        load_rows(&tm_k, sm.k[r][s], &sm.full[r][s], tile * BN);     // keys >= nk: zeros (masked below)
+        tma_load_3d(sm.v[r][s], &tm_v, &sm.full[r][s], tile * BN, 0, static_cast<int>(slice));
       }
     }
     return;
@@ -114,6 +130,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
   // ---------------- consumers ----------------
   regs_alloc<Cfg::kConsumerRegs>();
   const int cg = wg - 1;
+  const int ring = kSparse ? cg : 0;
   const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
   const int qblk = static_cast<int>(row0 / attn::kBlkQ);
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
@@ -127,22 +144,26 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
   mbar_wait(&sm.q_full, 0);
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
-  // Ping-pong: a consumer group issues its MMAs only between bar.sync on its named barrier and
-  // bar.arrive on the other's, so the groups take turns on the tensor cores and each one's softmax
-  // runs while the other's MMAs do. Group 0 goes first (group 1 pre-arrives on barrier 1).
+  // Ping-pong (dense): a consumer group issues its MMAs only between bar.sync on its named barrier
+  // and bar.arrive on the other's, so the groups take turns on the tensor cores and each one's
+  // softmax runs while the other's MMAs do. Group 0 goes first (group 1 pre-arrives on barrier 1).
   constexpr int kPair = 2 * 128;
   const int my_bar = 1 + cg, other_bar = 2 - cg;
-  if (cg == 1) named_bar_arrive(1, kPair);
+  auto turn_begin = [&] { if constexpr (kPingPong) named_bar_sync(my_bar, kPair); };
+  auto turn_end = [&] { if constexpr (kPingPong) named_bar_arrive(other_bar, kPair); };
+  if (kPingPong && cg == 1) named_bar_arrive(1, kPair);
 
   int32_t acc[NB][4];      // S of the current tile
   float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
   float alpha[2];           // its rescale factor of O
 
-  auto issue_qk = [&](int tile) {  // S = Q K_tile^T (int32, exact)
-    const int s = tile % S;
-    mbar_wait(&sm.full[s], (tile / S) & 1);
-    const uint64_t desc_k = kmajor_desc<D>(sm.k[s]);
+  // i: the tile's position in this group's walk (ring slot i % S, phase i / S); tile: its index.
+  auto issue_qk = [&](int i, int tile) {  // S = Q K_tile^T (int32, exact)
+    const int s = i % S;
+    mbar_wait(&sm.full[ring][s], (i / S) & 1);
+    (void)tile;
+    const uint64_t desc_k = kmajor_desc<D>(sm.k[ring][s]);
     wgmma_fence();
     wgmma_m64n128k32_s8<false>(acc, desc_q, desc_k);
 #pragma unroll
@@ -150,8 +171,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
       wgmma_m64n128k32_s8<true>(acc, desc_advance(desc_q, 32 * ks), desc_advance(desc_k, 32 * ks));
     wgmma_commit();
   };
-  auto issue_pv = [&](const uint32_t (&pa)[BN / 32][4], int tile) {  // PV = P V_tile (fp32)
-    const uint64_t desc_v = kmajor_desc<BN>(sm.v[tile % S]);
+  auto issue_pv = [&](int i) {  // PV = P V_tile (fp32)
+    const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring][i % S]);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < BN / 32; ++ks) {
@@ -172,72 +193,75 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D>::kThreads, 1)
     for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + min(tile * (BN / attn::kBlkK) + j, p.k_blocks - 1));
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa);
   };
-  // After wgmma_wait: PV of `tile` is in pv; its P registers may be reused from here on (the fence
-  // keeps the compiler from reusing them while the asynchronous MMA still reads them).
-  auto finish_pv = [&](int tile) {
+  // After wgmma_wait: PV of walk position i is in pv; its P registers may be reused from here on (the
+  // fence keeps the compiler from reusing them while the asynchronous MMA still reads them).
+  auto finish_pv = [&](int i) {
     fence_operands(pv);
     fence_operands(pa);
-    if (lane == 0) mbar_arrive(&sm.empty[tile % S]);  // this warp no longer reads the stage
+    if (lane == 0) mbar_arrive(&sm.empty[ring][i % S]);  // this warp no longer reads the slot
 #pragma unroll
     for (int n = 0; n < NO; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
   };
-  // Tile j (1 <= j < num_tiles): S_j and PV_{j-1} issued together in this group's turn; then O takes
-  // PV_{j-1} and the softmax of S_j runs while the other group's MMAs do. (Overlapping the softmax
+  // Walk position i >= 1: S_i and PV_{i-1} issued together in this group's turn; then O takes
+  // PV_{i-1} and the softmax of S_i runs while the other group's MMAs do. (Overlapping the softmax
   // with this group's own PV as well needs a second P and PV in flight: 240 registers at D = 128
   // are not enough, ptxas spilled 0.5 KB.)
-  auto phase = [&](int j) {
-    named_bar_sync(my_bar, kPair);
-    issue_qk(j);
-    issue_pv(pa, j - 1);
-    named_bar_arrive(other_bar, kPair);
+  Tiles tiles = tiles_of(cg);
+  int tile = tiles.next();
+  if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
+    turn_begin();
+    issue_qk(0, tile);
+    turn_end();
     wgmma_wait<0>();
     fence_operands(acc);
-    finish_pv(j - 1);
-    softmax(j);
-  };
-
-  named_bar_sync(my_bar, kPair);
-  issue_qk(0);
-  named_bar_arrive(other_bar, kPair);
-  wgmma_wait<0>();
-  fence_operands(acc);
-  softmax(0);
-  for (int j = 1; j < num_tiles; ++j) phase(j);
-  named_bar_sync(my_bar, kPair);
-  issue_pv(pa, num_tiles - 1);
-  named_bar_arrive(other_bar, kPair);
-  wgmma_wait<0>();
-  finish_pv(num_tiles - 1);
-  if (cg == 0) named_bar_sync(my_bar, kPair);  // consume group 1's last arrival
-  attn::store_warp_rows<D>(p, slice, b, h, row0, o, m, l);
+    softmax(tile);
+    int i = 1;
+    for (int next; (next = tiles.next()) >= 0; ++i) {
+      turn_begin();
+      issue_qk(i, next);
+      issue_pv(i - 1);
+      turn_end();
+      wgmma_wait<0>();
+      fence_operands(acc);
+      finish_pv(i - 1);
+      softmax(next);
+    }
+    turn_begin();
+    issue_pv(i - 1);
+    turn_end();
+    wgmma_wait<0>();
+    finish_pv(i - 1);
+  }
+  if (kPingPong && cg == 0) named_bar_sync(my_bar, kPair);  // consume group 1's last arrival
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif
 }
 
-template <int D>
+template <int D, bool kSparse>
 constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
-  return sizeof(sm90_attn::Smem<D>) + 1024;  // + alignment slack of the dynamic shared memory base
+  return sizeof(sm90_attn::Smem<D, kSparse>) + 1024;  // + alignment slack of the dynamic shared memory base
 }
 
 // Host launcher: one CTA per (128 query rows, head, batch), on `stream`. The tensor maps are built by
 // the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of Sm90AttnConfig.
-template <int D>
+template <int D, bool kSparse = false>
 void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
                                const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
-  using Cfg = attn::Sm90AttnConfig<D>;
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
   if (p.nq == 0 || batch == 0 || p.heads == 0) return;
-  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D>();
+  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
   static const bool configured = [] {
-    TD_CUDA_CHECK(cudaFuncSetAttribute(sm90_int8_fp8_attn_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
+    TD_CUDA_CHECK(cudaFuncSetAttribute(sm90_int8_fp8_attn_kernel<D, kSparse>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  sm90_int8_fp8_attn_kernel<D><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
+  sm90_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
   TD_CHECK_LAUNCH();
 }
 
