@@ -24,10 +24,12 @@ from .harness import Row, print_table, write_results
 # (shape tag, config, resolution, frames, [(attention, linear), ...]); the first pair is the baseline.
 CASES = [
     ("wan1.3b-480p", "wan2.1-t2v-1.3b", "480p", 81, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8"),
-                                                      ("sage", "int8")]),
-    ("wan14b-720p", "wan2.1-t2v-14b", "720p", 81, [("sdpa", "bf16"), ("sdpa", "int8"), ("sage", "int8")]),
+                                                      ("sage", "int8"), ("sagesla", "int8")]),
+    ("wan14b-720p", "wan2.1-t2v-14b", "720p", 81, [("sdpa", "bf16"), ("sdpa", "int8"), ("sage", "int8"),
+                                                    ("sagesla", "int8")]),
 ]
-SMOKE = [("tiny", "tiny-t2v", None, 5, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8")])]
+SMOKE = [("tiny", "tiny-t2v", None, 5, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8"), ("sagesla", "int8")])]
+SLA_TOPK = 0.1  # TurboWan's top-k; sagesla runs with the default 64x64 blocks
 
 
 @torch.no_grad()
@@ -50,7 +52,9 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
 
 def run_case(config: str, shape, attention: str, linear: str, device: str, dtype) -> tuple[float, float]:
     """(median ms per step, peak GiB) of a 4-step rCM sample."""
-    model = WanDiT(get_config(config), dtype=dtype, device=device, attention=attention, linear=linear).eval()
+    opts = {"topk": SLA_TOPK} if attention in ("sagesla", "sla") else None
+    model = WanDiT(get_config(config), dtype=dtype, device=device, attention=attention, attention_opts=opts,
+                   linear=linear).eval()
     randomize(model)
     cfg = model.config
     context = torch.randn(shape[0], 512 if device == "cuda" else 12, cfg.text_dim, dtype=dtype, device=device)
