@@ -57,8 +57,8 @@ struct alignas(1024) Smem {
 
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin (the two consumer groups
-// may walk different numbers of tiles: the shorter walk passes its extra ping-pong turns empty).
+// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin; no ping-pong (the groups
+// walk different numbers of tiles).
 template <int D, bool kSparse>
 __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
@@ -69,6 +69,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   constexpr int BN = Cfg::kBN, S = Cfg::kStages;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
+  constexpr bool kPingPong = !kSparse;
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   static_assert(BN == 128, "V rows of one tile are 128 bytes: the 128-byte swizzle of the PV descriptor");
 
@@ -143,24 +144,14 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   mbar_wait(&sm.q_full, 0);
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
-  // Ping-pong: a consumer group issues its MMAs only between bar.sync on its named barrier and
-  // bar.arrive on the other's, so the groups take turns on the tensor cores and each one's softmax
-  // runs while the other's MMAs do. Group 0 goes first (group 1 pre-arrives on barrier 1). A group
-  // with T tiles takes T + 1 turns (T = 0: none); both groups must take the same number, so the one
-  // with fewer tiles (sparse: LUT rows of different lengths) passes its remaining turns empty.
+  // Ping-pong (dense): a consumer group issues its MMAs only between bar.sync on its named barrier
+  // and bar.arrive on the other's, so the groups take turns on the tensor cores and each one's
+  // softmax runs while the other's MMAs do. Group 0 goes first (group 1 pre-arrives on barrier 1).
   constexpr int kPair = 2 * 128;
   const int my_bar = 1 + cg, other_bar = 2 - cg;
-  auto turn_begin = [&] { named_bar_sync(my_bar, kPair); };
-  auto turn_end = [&] { named_bar_arrive(other_bar, kPair); };
-  if (cg == 1) named_bar_arrive(1, kPair);
-  auto turns_of = [&](int c) {
-    Tiles t = tiles_of(c);
-    int n = 0;
-    while (t.next() >= 0) ++n;
-    return n ? n + 1 : 0;
-  };
-  const int own_turns = turns_of(cg);
-  const int all_turns = kSparse ? max(own_turns, turns_of(1 - cg)) : own_turns;
+  auto turn_begin = [&] { if constexpr (kPingPong) named_bar_sync(my_bar, kPair); };
+  auto turn_end = [&] { if constexpr (kPingPong) named_bar_arrive(other_bar, kPair); };
+  if (kPingPong && cg == 1) named_bar_arrive(1, kPair);
 
   int32_t acc[NB][4];      // S of the current tile
   float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
@@ -243,11 +234,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     wgmma_wait<0>();
     finish_pv(i - 1);
   }
-  for (int k = own_turns; k < all_turns; ++k) {  // the other group's extra turns
-    turn_begin();
-    turn_end();
-  }
-  if (cg == 0) named_bar_sync(my_bar, kPair);  // consume group 1's last arrival
+  if (kPingPong && cg == 0) named_bar_sync(my_bar, kPair);  // consume group 1's last arrival
   attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
