@@ -24,7 +24,7 @@ constexpr int kKvTile = 64;
 // Warps per CTA by head dim. Every CTA streams all of K and V of its (b, h) through shared memory,
 // so more query rows per CTA mean less L2 traffic; registers bound it:
 //  D = 128: O (64) + S/P (32) + Q fragments (16) + addressing and prefetched fragments: ptxas takes
-//           all 255 registers (12 bytes spill, see the kernel); a 3-CTA cap (168) spilled 68-100
+//           all 255 registers (a few dozen bytes spill, see the kernel); a 3-CTA cap (168) spilled 68-100
 //           bytes, so 4 warps (64 query rows) and 2 CTAs per SM (8 warps).
 //  D = 64:  O (32) + S/P (32) + Q (8): a 128-register cap (2 CTAs of 8 warps) spilled 96 bytes on
 //           sm_120a, so 8 warps (128 rows) with no cap; the register count decides residency.

@@ -51,10 +51,11 @@ __device__ __forceinline__ int chunk_offset(int row, int chunk) {
 
 }  // namespace mma_attn
 
-// TD_SPILL_OK(mma_int8_fp8_attn_kernel): at D = 128, ptxas (nvcc 13.0, sm_90a) uses all 255
-// registers and spills 8-12 bytes (a few loop-carried scalars, L1-resident); the block-sparse
-// instantiation spills 16 bytes (its LUT walk adds loop-carried state; sm_120a: none). A 168-register
-// cap (3 CTAs per SM) spilled 68-100 bytes instead. Removing it needs a leaner fragment schedule (to do).
+// TD_SPILL_OK(mma_int8_fp8_attn_kernel): at D = 128, ptxas (nvcc 13.0) uses all 255 registers and
+// spills a few loop-carried scalars (L1-resident): 40 bytes dense / 8-32 bytes block-sparse on sm_90a and
+// sm_120a since the softmax got a separate tail-tile variant (softmax_fp8.cuh; it was 8-16 bytes before,
+// and the kernel got faster: 0.42x -> 0.50x cuDNN on the H100). A 168-register cap (3 CTAs per SM)
+// spilled 68-100 bytes. Removing it needs a leaner fragment schedule (to do).
 //
 // kSparse: the block-sparse variant (ARCHITECTURE §4.2): the CTA's 64 rows lie in one query block and
 // walk only the KV tiles of the key blocks its LUT row lists (sla_detail::SparseTiles); a row with no
