@@ -2,9 +2,10 @@
 
 `sage_sdpa(q, k, v)` takes SDPA's [B, H, N, D] ("HND", the default) or Wan's [B, N, H, D]
 (`layout="NHD"`), bf16/fp16, head dim 64 or 128, any Nq and Nk; no mask, no causal, no dropout.
-On CUDA it dispatches by compute capability: sm_89 (Ada), sm_90 (Hopper) and sm_120 (consumer
-Blackwell) run the mma.sync kernel (FP8 mma.sync needs sm_89+); sm_80/86 would need an FP16 PV path,
-which is not built, and get a clear error. CPU tensors run the float32 emulation (slow, exact recipe).
+On CUDA it dispatches by compute capability: sm_90 (Hopper) runs the wgmma/TMA kernel, sm_89 (Ada)
+and sm_120 (consumer Blackwell) the mma.sync kernel (FP8 mma.sync needs sm_89+); sm_80/86 would need an
+FP16 PV path, which is not built, and get a clear error. CPU tensors run the float32 emulation (slow,
+exact recipe).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .. import ops
 from .._extension import HAS_KERNELS
 
 HEAD_DIMS = (64, 128)
-# (major, minor) of the GPUs the mma.sync kernel supports, and what they are.
+# (major, minor) of the GPUs the quantized attention kernels support (sm90 kernel on (9, 0), mma.sync on all).
 SUPPORTED_ARCHS = {(8, 9): "sm_89 (Ada)", (9, 0): "sm_90 (Hopper)", (12, 0): "sm_120 (Blackwell)"}
 
 
@@ -31,7 +32,7 @@ def check_sage_supported(device: torch.device, head_dim: int) -> None:
     cap = torch.cuda.get_device_capability(device)
     if cap not in SUPPORTED_ARCHS:
         raise RuntimeError(f"sage attention: GPU {torch.cuda.get_device_name(device)} (sm_{cap[0]}{cap[1]}) is not "
-                           f"supported; the INT8/FP8 mma.sync kernel runs on {', '.join(SUPPORTED_ARCHS.values())}. "
+                           f"supported; the INT8/FP8 attention kernels run on {', '.join(SUPPORTED_ARCHS.values())}. "
                            f"Use torch.nn.functional.scaled_dot_product_attention instead")
 
 
