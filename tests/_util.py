@@ -28,6 +28,15 @@ def attention_inputs(b: int, h: int, n: int, d: int, layout: str, dtype: torch.d
     return x.to(dtype=dtype, device=device)
 
 
+def skip_unless_kernel_runs(device: str, kernel: str) -> None:
+    """Skip a CUDA case of an arch-specific kernel ("sm90": Hopper only; "mma": every supported GPU)."""
+    import pytest
+
+    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
+        major, minor = torch.cuda.get_device_capability()
+        pytest.skip(f"the sm90 kernel needs an sm_90 GPU, this one is sm_{major}{minor}")
+
+
 def to_bhnd(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.transpose(1, 2) if layout == "NHD" else x
 

@@ -14,7 +14,7 @@ from turbodiffusion import reference as ref
 from turbodiffusion.nn import attention as attn_mod
 from turbodiffusion.nn.sage import sage_sdpa
 
-from _util import attention_inputs, cosine, poison_allocator, rel_l1, to_bhnd
+from _util import attention_inputs, cosine, poison_allocator, rel_l1, skip_unless_kernel_runs, to_bhnd
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -28,8 +28,7 @@ KERNELS = ["mma", "sm90"]  # ops.attention_int8_fp8_<kernel>, emulated by ref.at
 
 def _kernel_ops(device, kernel):
     """(op, emulation) of `kernel`, skipping kernels the local GPU cannot run."""
-    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip(f"the sm90 kernel needs an sm_90 GPU, this one is sm_{''.join(map(str, torch.cuda.get_device_capability()))}")
+    skip_unless_kernel_runs(device, kernel)
     return getattr(torch.ops.turbodiffusion, f"attention_int8_fp8_{kernel}"), getattr(ref, f"attention_int8_fp8_{kernel}")
 
 

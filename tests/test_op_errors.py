@@ -8,6 +8,8 @@ import torch
 
 from turbodiffusion import ops
 
+from _util import skip_unless_kernel_runs
+
 QK = torch.ops.turbodiffusion.quantize_qk_int8
 V = torch.ops.turbodiffusion.quantize_v_fp8
 TOK = torch.ops.turbodiffusion.quantize_per_token_int8
@@ -104,8 +106,7 @@ def test_cuda_tensor_mixed_with_cpu_tensor_on_public_api(device):
 
 
 def _attention_cases(device, kernel):
-    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the sm90 kernel needs an sm_90 GPU")
+    skip_unless_kernel_runs(device, kernel)
     op = getattr(torch.ops.turbodiffusion, f"attention_int8_fp8_{kernel}")
     q = _t((1, 40, 2, 64), device)
     kv = _t((1, 70, 2, 64), device)

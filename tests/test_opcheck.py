@@ -7,6 +7,8 @@ import torch
 
 from turbodiffusion import ops
 
+from _util import skip_unless_kernel_runs
+
 
 def _samples(device):
     bf = dict(dtype=torch.bfloat16, device=device)
@@ -82,8 +84,7 @@ def test_every_op_has_samples():
 
 @pytest.mark.parametrize("name", sorted(ops.OPS))
 def test_opcheck(device, name):
-    if device == "cuda" and name.endswith("_sm90") and torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the sm90 kernel needs an sm_90 GPU")
+    skip_unless_kernel_runs(device, name.rsplit("_", 1)[-1])
     op = getattr(torch.ops.turbodiffusion, name)
     for args in _samples(device)[name]:
         torch.library.opcheck(op, args, test_utils=_test_utils(args))

@@ -14,7 +14,7 @@ from turbodiffusion import ops
 from turbodiffusion import reference as ref
 from turbodiffusion.nn import attention as attn_mod
 
-from _util import attention_inputs, cosine, poison_allocator, rel_l1, to_bhnd
+from _util import attention_inputs, cosine, poison_allocator, rel_l1, skip_unless_kernel_runs, to_bhnd
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -179,8 +179,7 @@ def _sparse_kernel(device, kernel, blkk):
     """(op, emulation) of the sparse `kernel`, skipping what it or the local GPU cannot run."""
     if kernel == "sm90" and blkk % 128:
         pytest.skip("the sm90 sparse kernel takes key blocks of multiples of 128")
-    if device == "cuda" and kernel == "sm90" and torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the sm90 kernel needs an sm_90 GPU")
+    skip_unless_kernel_runs(device, kernel)
     name = f"attention_int8_fp8_sparse_{kernel}"
     return getattr(torch.ops.turbodiffusion, name), getattr(ref, name)
 

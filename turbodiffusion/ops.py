@@ -365,13 +365,13 @@ def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout:
     backend: the attention kernel, see attention_int8_fp8.
     """
     _check_sage_inputs(q, k, v, layout, sm_scale)
-    _attention_kernel(q, backend)  # a bad backend fails before any work
+    kernel = getattr(torch.ops.turbodiffusion, _attention_kernel(q, backend))  # a bad backend fails before any work
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
     q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
                                                 q_scale_factor=scale * _LOG2E)
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
-    out, lse = attention_int8_fp8(q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout=layout, sm_scale=scale, backend=backend)
+    out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, layout, scale)
     return (out, lse) if return_lse else out
 
 
@@ -544,7 +544,7 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     branch alone with return_lse). backend: the sparse kernel, see attention_int8_fp8_sparse.
     """
     _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
-    _sparse_kernel(q, backend, blkk)  # a bad backend fails before any work
+    kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend, blkk))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
     if lut is None:
@@ -553,8 +553,7 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
                                                 q_scale_factor=scale * _LOG2E)
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
     lin = sla_linear_state(k, v, proj_weight, layout=layout)
-    out, lse = attention_int8_fp8_sparse(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias,
-                                         layout=layout, sm_scale=scale, blkq=blkq, blkk=blkk, backend=backend)
+    out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)
     return (out, lse) if return_lse else out
 
 

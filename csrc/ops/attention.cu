@@ -152,25 +152,6 @@ CUtensorMap qk_tensor_map(const at::Tensor& t, const char* name, const BHND& s, 
   return map;
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
-    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
-    double sm_scale) {
-  QuantizedAttention a = prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale,
-                                                     k_mean, v_fp8, v_scale, layout, sm_scale);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int cc = compute_capability(q.device());
-  TORCH_CHECK(cc >= 89, "attention_int8_fp8_mma: needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
-              "; an sm_80 FP16-PV path is not built");
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_mma_int8_fp8_attn<D>(a.p, static_cast<int>(a.sq.b), stream); });
-  return {a.out, a.lse};
-}
-
-namespace {
-
 // The three TMA tensor maps of the sm90 kernel: q, k (one head's rows per box) and the transposed V.
 struct Sm90TensorMaps {
   CUtensorMap q, k, v;
@@ -238,41 +219,80 @@ void set_sparse_args(QuantizedAttention& a, const at::Tensor& lut, const at::Ten
   }
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sm90_cuda(
-    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8, const at::Tensor& k_scale,
-    const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale, const std::string& layout,
-    double sm_scale) {
-  QuantizedAttention a = prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale,
-                                                     k_mean, v_fp8, v_scale, layout, sm_scale);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const bool nhd = layout == "NHD";
-  const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd);
+// Launches the wgmma kernel (kSm90, sm_90 only) or the mma.sync kernel (sm_89+) on checked arguments.
+template <bool kSm90, bool kSparse>
+std::tuple<at::Tensor, at::Tensor> launch_quantized_attention(QuantizedAttention& a, const char* op,
+                                                              const at::Tensor& q_int8, const at::Tensor& k_int8,
+                                                              const at::Tensor& v_fp8, const std::string& layout) {
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
-    launch_sm90_int8_fp8_attn<D>(m.q, m.k, m.v, a.p, nhd, static_cast<int>(a.sq.b), stream);
-  });
+  const int batch = static_cast<int>(a.sq.b);
+  if constexpr (kSm90) {
+    const bool nhd = layout == "NHD";
+    const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd);
+    TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_sm90_int8_fp8_attn<D, kSparse>(m.q, m.k, m.v, a.p, nhd, batch, stream); });
+  } else {
+    const int cc = compute_capability(q_int8.device());
+    TORCH_CHECK(cc >= 89, op, ": needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
+                "; an sm_80 FP16-PV path is not built");
+    TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_mma_int8_fp8_attn<D, kSparse>(a.p, batch, stream); });
+  }
   return {a.out, a.lse};
 }
 
-// Block-sparse variants (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3).
+template <bool kSm90>
+std::tuple<at::Tensor, at::Tensor> dense_attention(const char* op, const at::Tensor& q, const at::Tensor& q_int8,
+                                                   const at::Tensor& q_scale, const at::Tensor& k_int8,
+                                                   const at::Tensor& k_scale, const at::Tensor& k_mean,
+                                                   const at::Tensor& v_fp8, const at::Tensor& v_scale,
+                                                   const std::string& layout, double sm_scale) {
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  return launch_quantized_attention<kSm90, false>(a, op, q_int8, k_int8, v_fp8, layout);
+}
+
+// Block-sparse variants (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3). Block-size units:
+// a query block covers whole 64-row tiles (an mma.sync CTA, a wgmma consumer group) and whole KV tiles
+// (64 keys for mma.sync, 128 for wgmma).
+template <bool kSm90>
+std::tuple<at::Tensor, at::Tensor> sparse_attention(
+    const char* op, const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale,
+    const at::Tensor& k_int8, const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8,
+    const at::Tensor& v_scale, const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
+    const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
+  QuantizedAttention a =
+      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t unit_k = kSm90 ? attn::Sm90AttnConfig<128, true>::kBN : attn::kKvTile;
+  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, unit_k);
+  return launch_quantized_attention<kSm90, true>(a, op, q_int8, k_int8, v_fp8, layout);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_mma_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const std::string& layout, double sm_scale) {
+  return dense_attention<false>("attention_int8_fp8_mma", q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8,
+                                v_scale, layout, sm_scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sm90_cuda(
+    const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
+    const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
+    const std::string& layout, double sm_scale) {
+  return dense_attention<true>("attention_int8_fp8_sm90", q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8,
+                               v_scale, layout, sm_scale);
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_mma_cuda(
     const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale, const at::Tensor& k_int8,
     const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
     const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
     const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
-  QuantizedAttention a =
-      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int cc = compute_capability(q.device());
-  TORCH_CHECK(cc >= 89, "attention_int8_fp8_sparse_mma: needs FP8 mma.sync (sm_89 or newer), got sm_",
-              num(int64_t(cc)), "; an sm_80 FP16-PV path is not built");
-  // Units: the sparse CTA's query rows (MmaAttnConfig<D, true>::kRowsPerCta) and the KV tile, both 64.
-  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, attn::kKvTile, attn::kKvTile);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_mma_int8_fp8_attn<D, true>(a.p, static_cast<int>(a.sq.b), stream); });
-  return {a.out, a.lse};
+  return sparse_attention<false>("attention_int8_fp8_sparse_mma", q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8,
+                                 v_scale, lut, count, lin, lin_bias, layout, sm_scale, blkq, blkk);
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
@@ -280,18 +300,8 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
     const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
     const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
     const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk) {
-  QuantizedAttention a =
-      prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
-  const c10::cuda::CUDAGuard guard(q.device());
-  // Units: a consumer group's 64 query rows walk one LUT row; the KV tile is 128 keys.
-  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, attn::Sm90AttnConfig<128, true>::kBN);
-  const bool nhd = layout == "NHD";
-  const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
-    launch_sm90_int8_fp8_attn<D, true>(m.q, m.k, m.v, a.p, nhd, static_cast<int>(a.sq.b), stream);
-  });
-  return {a.out, a.lse};
+  return sparse_attention<true>("attention_int8_fp8_sparse_sm90", q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8,
+                                v_scale, lut, count, lin, lin_bias, layout, sm_scale, blkq, blkk);
 }
 
 }  // namespace td

@@ -158,11 +158,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
   float alpha[2];           // its rescale factor of O
 
-  // i: the tile's position in this group's walk (ring slot i % S, phase i / S); tile: its index.
-  auto issue_qk = [&](int i, int tile) {  // S = Q K_tile^T (int32, exact)
+  // i: the tile's position in this group's walk (ring slot i % S, phase i / S).
+  auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact)
     const int s = i % S;
     mbar_wait(&sm.full[ring][s], (i / S) & 1);
-    (void)tile;
     const uint64_t desc_k = kmajor_desc<D>(sm.k[ring][s]);
     wgmma_fence();
     wgmma_m64n128k32_s8<false>(acc, desc_q, desc_k);
@@ -212,7 +211,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     turn_begin();
-    issue_qk(0, tile);
+    issue_qk(0);
     turn_end();
     wgmma_wait<0>();
     fence_operands(acc);
@@ -220,7 +219,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     int i = 1;
     for (int next; (next = tiles.next()) >= 0; ++i) {
       turn_begin();
-      issue_qk(i, next);
+      issue_qk(i);
       issue_pv(i - 1);
       turn_end();
       wgmma_wait<0>();
