@@ -11,10 +11,10 @@
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,
-//                S_j and PV_{j-1} are issued together and the softmax of S_j overlaps PV_{j-1}; the
-//                two groups take turns issuing (named-barrier ping-pong), so one group's softmax
-//                (exp2 on the 16/clk/SM MUFU: as many cycles as the tile's MMAs) overlaps the
-//                other's MMAs.
+//                S_j and PV_{j-1} are issued together and the softmax of S_j starts as soon as S_j
+//                lands (its row-max phase overlaps PV_{j-1}); the two groups take turns issuing
+//                (named-barrier ping-pong), so one group's softmax (exp2 on the 16/clk/SM MUFU: as
+//                many cycles as the tile's MMAs) also overlaps the other's MMAs.
 // Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
 //
 // Granularity: one Q scale per warp (16 rows, kBlkQ), one K scale per 16 keys (two n8 blocks of the S
@@ -70,6 +70,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
   constexpr bool kPingPong = !kSparse;
+  // Dense: the softmax's row-max phase overlaps the group's own PV of the previous tile. The sparse
+  // kernel measured no gain from it (H100, 14B-720p 64x128: 20.9 vs 20.5 ms) and at D = 128 it made
+  // ptxas keep two O registers in local memory, so it waits for both MMAs first.
+  constexpr bool kOverlapPv = !kSparse;
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   static_assert(BN == 128, "V rows of one tile are 128 bytes: the 128-byte swizzle of the PV descriptor");
 
@@ -82,8 +86,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   const int64_t slice = int64_t(b) * p.heads + h;
   const int q_row0 = blockIdx.x * Cfg::kRowsPerCta;
   // The KV tiles consumer group c (and the producer of its ring) walks: all, or its LUT row's.
-  using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles, sla_detail::DenseTiles>;
-  auto tiles_of = [&](int c) { return Tiles(p, BN, kSparse ? (q_row0 + 64 * c) / p.blkq : 0); };
+  using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles<BN>, sla_detail::DenseTiles<BN>>;
+  auto tiles_of = [&](int c) { return Tiles(p, kSparse ? (q_row0 + 64 * c) / p.blkq : 0); };
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
@@ -159,7 +163,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   float alpha[2];           // its rescale factor of O
 
   // i: the tile's position in this group's walk (ring slot i % S, phase i / S).
-  auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact)
+  auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact); one commit group
     const int s = i % S;
     mbar_wait(&sm.full[ring][s], (i / S) & 1);
     const uint64_t desc_k = kmajor_desc<D>(sm.k[ring][s]);
@@ -170,7 +174,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       wgmma_m64n128k32_s8<true>(acc, desc_advance(desc_q, 32 * ks), desc_advance(desc_k, 32 * ks));
     wgmma_commit();
   };
-  auto issue_pv = [&](int i) {  // PV = P V_tile (fp32)
+  auto issue_pv = [&](int i) {  // PV = P V_tile (fp32); one commit group
     const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring][i % S]);
     wgmma_fence();
 #pragma unroll
@@ -186,12 +190,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     }
     wgmma_commit();
   };
-  auto softmax = [&](int tile) {
-    float sc[NB / 2];  // q scale x the tile's K scales (clamped past the last block: masked scores)
-#pragma unroll
-    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + min(tile * (BN / attn::kBlkK) + j, p.k_blocks - 1));
-    attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa);
-  };
   // After wgmma_wait: PV of walk position i is in pv; its P registers may be reused from here on (the
   // fence keeps the compiler from reusing them while the asynchronous MMA still reads them).
   auto finish_pv = [&](int i) {
@@ -203,10 +201,28 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
   };
-  // Walk position i >= 1: S_i and PV_{i-1} issued together in this group's turn; then O takes
-  // PV_{i-1} and the softmax of S_i runs while the other group's MMAs do. (Overlapping the softmax
-  // with this group's own PV as well needs a second P and PV in flight: 240 registers at D = 128
-  // are not enough, ptxas spilled 0.5 KB.)
+  // Softmax of S (walk position i) into pa. kOverlapPv and i >= 1: PV_{i-1} is still in flight; the
+  // row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa.
+  auto softmax = [&](int i, int tile) {
+    float sc[NB / 2];  // q scale x the tile's K scales (clamped past the last block: masked scores)
+    const int kb0 = tile * (BN / attn::kBlkK);
+    if (kb0 + BN / attn::kBlkK <= p.k_blocks) {
+#pragma unroll
+      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + kb0 + j);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + min(kb0 + j, p.k_blocks - 1));
+    }
+    attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
+      if (kOverlapPv && i > 0) {
+        wgmma_wait<0>();
+        finish_pv(i - 1);  // alpha is still PV_{i-1}'s
+      }
+    });
+  };
+  // Walk position i >= 1: S_i and PV_{i-1} are issued together in this group's turn (two commit
+  // groups, which complete in order); with kOverlapPv the softmax of S_i starts once S_i has landed,
+  // so PV_{i-1} and the other group's MMAs run under it.
   Tiles tiles = tiles_of(cg);
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
@@ -215,17 +231,21 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     turn_end();
     wgmma_wait<0>();
     fence_operands(acc);
-    softmax(tile);
+    softmax(0, tile);
     int i = 1;
     for (int next; (next = tiles.next()) >= 0; ++i) {
       turn_begin();
       issue_qk(i);
       issue_pv(i - 1);
       turn_end();
-      wgmma_wait<0>();
+      if constexpr (kOverlapPv) {
+        wgmma_wait<1>();
+      } else {
+        wgmma_wait<0>();
+        finish_pv(i - 1);
+      }
       fence_operands(acc);
-      finish_pv(i - 1);
-      softmax(next);
+      softmax(i, next);
     }
     turn_begin();
     issue_pv(i - 1);

@@ -41,12 +41,10 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 #endif
 }
 
-// int32 -> float32, exact for |x| < 2^22 (a Q K^T dot product of INT8 codes: |x| <= 128 * 127^2 <
-// 2^21), without I2F: the conversion unit issues 16 per clock per SM, the integer add and the float
-// subtract run on the full-rate pipes. 0x4B400000 is 1.5 * 2^23, whose ulp is 1.
-__device__ __forceinline__ float int_to_float_small(int32_t x) {
-  return __fsub_rn(__int_as_float(0x4B400000 + x), 12582912.0f);
-}
+// int32 -> float32 (exact: a Q K^T dot product of INT8 codes has |x| <= 128 * 127^2 < 2^24). On sm_90
+// this is one I2FP, which issues at 64 per clock per SM like an integer add (measured on the H100,
+// scripts/sm_pipe_rates.cu: the add-and-subtract bias trick costs the same ALU time plus a float add).
+__device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2float_rn(x); }
 
 // Online softmax of one KV tile of NB n8 blocks (NB * 8 keys starting at key0) held as int32 Q K^T
 // accumulators in the m16n8 C layout, in the log2 domain (sm_scale log2 e is folded into q's scale),
@@ -58,13 +56,16 @@ __device__ __forceinline__ float int_to_float_small(int32_t x) {
 // 0 and rounding is monotonic, so max fl(acc sc) = fl(max(acc) sc)). P is packed to E4M3 as the A
 // fragments of NB / 4 k32 steps: V's tokens are stored permuted per 16 ({0,1,8,9,2,3,10,11,...}), so
 // A's k-indices 4t..4t+3 of a 16-group are the tokens {2t, 2t+1, 8+2t, 9+2t} this lane already holds
-// in n8 blocks 2q and 2q+1: no shuffle. `acc` is consumed (masked keys are overwritten).
+// in n8 blocks 2q and 2q+1: no shuffle.
+// Two phases, so that a kernel can run the first while its previous tile's P V is still in flight and
+// take that P V (with the previous alpha) before the second, which overwrites its P registers:
+//   softmax_tile_max: masks keys >= nk (acc is overwritten there), the tile's new row maxima mn;
+//   softmax_tile_exp: alpha and m_off from m and mn, then P, l, E4M3 packing.
 // kPartial: the tile reaches past nk (only the last tile of a row: the mask code is compiled only
 // into that variant; in the others it cost a compare and a select per score).
 template <int NB, bool kPartial>
-__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
-                                                    int64_t key0, int64_t nk, float (&m)[2], float (&l)[2],
-                                                    float (&alpha)[2], uint32_t (&pa)[NB / 4][4]) {
+__device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const float (&sc)[NB / 2], int64_t key0,
+                                                 int64_t nk, const float (&m)[2], float (&mn)[2]) {
   constexpr int32_t kMasked = INT32_MIN;  // below every dot product of INT8 codes
   const int t = threadIdx.x % 4;
   if constexpr (kPartial) {
@@ -81,18 +82,28 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
     for (int r = 0; r < 2; ++r) {
       const int32_t mx = max(max(acc[2 * q][2 * r], acc[2 * q][2 * r + 1]),
                              max(acc[2 * q + 1][2 * r], acc[2 * q + 1][2 * r + 1]));
-      const float x = __fmul_rn(int_to_float_small(mx), sc[q]);
+      const float x = __fmul_rn(int_to_float_exact(mx), sc[q]);
       tmax[r] = fmaxf(tmax[r], (kPartial && mx == kMasked) ? -INFINITY : x);
     }
-  float moff[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
     tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-    const float mn = fmaxf(m[r], tmax[r]);  // finite: every tile holds at least one key < nk
-    alpha[r] = fast_exp2(__fsub_rn(m[r], mn));  // first tile: exp2(-inf) = 0
-    moff[r] = __fsub_rn(mn, kLog2Fp8Max);
-    m[r] = mn;
+    mn[r] = fmaxf(m[r], tmax[r]);  // finite: every tile holds at least one key < nk
+  }
+}
+
+template <int NB, bool kPartial>
+__device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
+                                                 const float (&mn)[2], float (&m)[2], float (&alpha)[2],
+                                                 float (&l)[2], uint32_t (&pa)[NB / 4][4]) {
+  constexpr int32_t kMasked = INT32_MIN;
+  float moff[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    alpha[r] = fast_exp2(__fsub_rn(m[r], mn[r]));  // first tile: exp2(-inf) = 0
+    moff[r] = __fsub_rn(mn[r], kLog2Fp8Max);
+    m[r] = mn[r];
   }
   float s[NB][4];
   float psum[2] = {0.f, 0.f};
@@ -100,7 +111,7 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
   for (int j = 0; j < NB; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x = __fmaf_rn(int_to_float_small(acc[j][e]), sc[j / 2], -moff[e >> 1]);
+      float x = __fmaf_rn(int_to_float_exact(acc[j][e]), sc[j / 2], -moff[e >> 1]);
       if constexpr (kPartial) x = acc[j][e] == kMasked ? -INFINITY : x;
       s[j][e] = fast_exp2(x);
       psum[e >> 1] += s[j][e];
@@ -117,13 +128,30 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
   }
 }
 
-// softmax_tile_to_fp8 with the variant chosen by whether the tile reaches past nk.
+// Both phases of one tile, each in the variant chosen by whether the tile reaches past nk; `between`
+// runs after the first, while alpha still holds the previous tile's factor (the sm90 kernel takes its
+// previous P V there; the mma.sync kernel nothing).
+template <int NB, typename Between>
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2], int64_t key0,
+                                                    int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                    uint32_t (&pa)[NB / 4][4], Between between) {
+  float mn[2];
+  if (key0 + NB * 8 > nk) {
+    softmax_tile_max<NB, true>(acc, sc, key0, nk, m, mn);
+    between();
+    softmax_tile_exp<NB, true>(acc, sc, mn, m, alpha, l, pa);
+  } else {
+    softmax_tile_max<NB, false>(acc, sc, key0, nk, m, mn);
+    between();
+    softmax_tile_exp<NB, false>(acc, sc, mn, m, alpha, l, pa);
+  }
+}
+
 template <int NB>
-__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
-                                                    int64_t key0, int64_t nk, float (&m)[2], float (&l)[2],
-                                                    float (&alpha)[2], uint32_t (&pa)[NB / 4][4]) {
-  if (key0 + NB * 8 > nk) softmax_tile_to_fp8<NB, true>(acc, sc, key0, nk, m, l, alpha, pa);
-  else softmax_tile_to_fp8<NB, false>(acc, sc, key0, nk, m, l, alpha, pa);
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2], int64_t key0,
+                                                    int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                    uint32_t (&pa)[NB / 4][4]) {
+  softmax_tile_to_fp8<NB>(acc, sc, key0, nk, m, l, alpha, pa, [] {});
 }
 
 // Epilogue of one warp's 16 query rows starting at row0 of slice (b, h):

@@ -16,11 +16,12 @@
 namespace td {
 namespace sla_detail {
 
-// Dense: tiles 0 .. num_tiles - 1.
+// Dense: tiles 0 .. num_tiles - 1 of kTileKeys keys each.
+template <int kTileKeys>
 struct DenseTiles {
   int i, num_tiles;
-  __device__ DenseTiles(const AttnInt8Fp8Params& p, int tile_keys, int /*q_block*/)
-      : i(0), num_tiles(static_cast<int>((p.nk + tile_keys - 1) / tile_keys)) {}
+  __device__ DenseTiles(const AttnInt8Fp8Params& p, int /*q_block*/)
+      : i(0), num_tiles(static_cast<int>((p.nk + kTileKeys - 1) / kTileKeys)) {}
   __device__ __forceinline__ int next() { return i < num_tiles ? i++ : -1; }
 };
 
@@ -29,21 +30,23 @@ struct DenseTiles {
 // row a finite max. Entries outside [0, Mk) are skipped (never read out of bounds); count 0 walks
 // nothing. Every thread of the CTA holds the same state (the query block is the CTA's), so the loop
 // stays uniform.
+// The tile size is a template parameter and the key count is kept as a tile count, so the walker holds
+// as few registers as possible (the sm90 kernel at D = 128 has none to spare).
+template <int kTileKeys>
 struct SparseTiles {
   const int32_t* lut;
   int count, e, j, tiles_per_block, k_blocks;
   int partial_block;  // the last key block when nk is not a multiple of blkk (its tiles go last), else -1
   int deferred;       // LUT entries naming partial_block, walked after all others
-  int64_t nk;
-  int tile_keys;
-  __device__ SparseTiles(const AttnInt8Fp8Params& p, int tile_keys_, int q_block)
+  int key_tiles;      // tiles holding at least one key < nk
+  __device__ SparseTiles(const AttnInt8Fp8Params& p, int q_block)
       : lut(p.lut + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks * p.lut_width +
             int64_t(q_block) * p.lut_width),
         count(min(p.lut_width, __ldg(p.count + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks +
                                      q_block))),
-        e(0), j(0), tiles_per_block(p.blkk / tile_keys_), k_blocks(static_cast<int>((p.nk + p.blkk - 1) / p.blkk)),
-        partial_block(p.nk % p.blkk ? static_cast<int>(p.nk / p.blkk) : -1), deferred(0), nk(p.nk),
-        tile_keys(tile_keys_) {}
+        e(0), j(0), tiles_per_block(p.blkk / kTileKeys), k_blocks(static_cast<int>((p.nk + p.blkk - 1) / p.blkk)),
+        partial_block(p.nk % p.blkk ? static_cast<int>(p.nk / p.blkk) : -1), deferred(0),
+        key_tiles(static_cast<int>((p.nk + kTileKeys - 1) / kTileKeys)) {}
   // The partial block's tiles come last (its masked tail then ends the walk, the order the emulation
   // reference.sla.attention_int8_fp8_sparse_mma uses: online softmax in FP8 depends on the order).
   __device__ __forceinline__ int next() {
@@ -64,7 +67,7 @@ struct SparseTiles {
     }
     while (deferred > 0) {
       const int tile = partial_block * tiles_per_block + j;
-      if (j < tiles_per_block && int64_t(tile) * tile_keys < nk) {
+      if (j < tiles_per_block && tile < key_tiles) {
         ++j;
         return tile;
       }
