@@ -203,16 +203,23 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   };
   // Softmax of S (walk position i) into pa. kOverlapPv and i >= 1: PV_{i-1} is still in flight; the
   // row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa.
-  auto softmax = [&](int i, int tile) {
-    float sc[NB / 2];  // q scale x the tile's K scales (clamped past the last block: masked scores)
+  // The K scales of a tile (clamped past the last block: masked scores). Dense: loaded before the wait
+  // for its S, so that their latency (an L2 round trip; ncu showed the softmax stalled on it) hides
+  // under the MMAs.
+  auto load_k_scales = [&](int tile, float (&ks)[NB / 2]) {
     const int kb0 = tile * (BN / attn::kBlkK);
     if (kb0 + BN / attn::kBlkK <= p.k_blocks) {
 #pragma unroll
-      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + kb0 + j);
+      for (int j = 0; j < NB / 2; ++j) ks[j] = __ldg(ks_g + kb0 + j);
     } else {
 #pragma unroll
-      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * __ldg(ks_g + min(kb0 + j, p.k_blocks - 1));
+      for (int j = 0; j < NB / 2; ++j) ks[j] = __ldg(ks_g + min(kb0 + j, p.k_blocks - 1));
     }
+  };
+  auto softmax = [&](int i, int tile, const float (&ks)[NB / 2]) {
+    float sc[NB / 2];  // q scale x the tile's K scales
+#pragma unroll
+    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * ks[j];
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
       if (kOverlapPv && i > 0) {
         wgmma_wait<0>();
@@ -226,12 +233,14 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   Tiles tiles = tiles_of(cg);
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
+    float ks[NB / 2];
     turn_begin();
     issue_qk(0);
     turn_end();
+    load_k_scales(tile, ks);
     wgmma_wait<0>();
     fence_operands(acc);
-    softmax(0, tile);
+    softmax(0, tile, ks);
     int i = 1;
     for (int next; (next = tiles.next()) >= 0; ++i) {
       turn_begin();
@@ -239,13 +248,15 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       issue_pv(i - 1);
       turn_end();
       if constexpr (kOverlapPv) {
+        load_k_scales(next, ks);
         wgmma_wait<1>();
-      } else {
+      } else {  // (loading the K scales first made ptxas spill at D = 128)
         wgmma_wait<0>();
         finish_pv(i - 1);
+        load_k_scales(next, ks);
       }
       fence_operands(acc);
-      softmax(i, next);
+      softmax(i, next, ks);
     }
     turn_begin();
     issue_pv(i - 1);
