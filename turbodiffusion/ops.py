@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -557,22 +558,89 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     return (out, lse) if return_lse else out
 
 
+SLA_BACKENDS = ("auto", "flex", "sdpa")
+
+
 def sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor,
-        topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None):
+        topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None,
+        backend: str = "auto"):
     """SLA without quantization, for accuracy comparisons: the same block map (sla_block_map), the sparse
-    branch as masked softmax attention in the input dtype (torch SDPA with a boolean mask, one head at a
-    time: O(Nq Nk) memory per head, not a fast path), the linear branch and proj_l in float32.
-    Returns the output in q's layout and dtype."""
+    branch as exact softmax attention over the kept blocks in the input dtype, the linear branch and proj_l
+    in float32. Returns the output in q's layout and dtype.
+
+    backend of the sparse branch: "flex" (torch flex_attention with a BlockMask made from the block map;
+    compiled on CUDA, eager elsewhere), "sdpa" (torch SDPA with a dense boolean mask, one head at a time:
+    O(Nq Nk) memory per head), "auto" (flex on CUDA where torch has it, else sdpa)."""
     _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
+    if backend not in SLA_BACKENDS:
+        raise ValueError(f"backend: expected one of {SLA_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "flex" if q.is_cuda and _flex_attention(True) is not None else "sdpa"
     lut, count = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
     qb, kb, vb = (ref.sla._bhnd(x, layout) for x in (q, k, v))
-    nq, nk = qb.shape[2], kb.shape[2]
-    out = torch.empty(qb.shape, dtype=torch.float32, device=q.device)
-    for h in range(qb.shape[1]):
-        mask = ref.sla.lut_key_mask(lut[:, h:h + 1], count[:, h:h + 1], nq, nk, blkq, blkk)
-        o = torch.nn.functional.scaled_dot_product_attention(qb[:, h:h + 1], kb[:, h:h + 1], vb[:, h:h + 1],
-                                                             attn_mask=mask, scale=sm_scale)
-        out[:, h:h + 1] = torch.nan_to_num(o.float(), nan=0.0) * mask.any(-1, keepdim=True)  # empty rows: 0
-    o_l = ref.sla.sla_linear_branch(q, k, v, layout)
-    out = out + o_l @ proj_weight.T + proj_bias
+    sparse = _sla_sparse_flex if backend == "flex" else _sla_sparse_sdpa
+    out = ref.sla.sla_linear_branch(q, k, v, layout) @ proj_weight.T
+    out += proj_bias
+    out += sparse(qb, kb, vb, lut, count, blkq, blkk, sm_scale)
     return ref.sla._from_bhnd(out.to(q.dtype), layout)
+
+
+def _sla_sparse_sdpa(q, k, v, lut, count, blkq, blkk, sm_scale):
+    """SLA's sparse branch on [B, H, N, D] via SDPA with a dense boolean mask per head; empty rows give 0."""
+    nq, nk = q.shape[2], k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for h in range(q.shape[1]):
+        mask = ref.sla.lut_key_mask(lut[:, h:h + 1], count[:, h:h + 1], nq, nk, blkq, blkk)
+        o = torch.nn.functional.scaled_dot_product_attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1],
+                                                             attn_mask=mask, scale=sm_scale)
+        out[:, h:h + 1] = torch.nan_to_num(o, nan=0.0) * mask.any(-1, keepdim=True)
+    return out
+
+
+@functools.cache
+def _flex_attention(compiled: bool):
+    """torch's flex_attention (compiled once per process for CUDA), or None where torch lacks it."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def sla_flex_block_mask(lut, count, nq: int, nk: int, blkq: int, blkk: int):
+    """flex_attention BlockMask of SLA's sparse branch: query block i attends to the key blocks in
+    lut[b, h, i, :count] (sla_block_map's semantics, invalid entries ignored). Every kept block is a full
+    block except a partial last key block (Nk % blkk != 0), which the mask_mod cuts at Nk. The mask_mod
+    also carries the block table itself, so the eager (unfused) flex_attention, which applies only the
+    mask_mod, gives the same result."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b, h, mq, _ = lut.shape
+    mk = _cdiv(nk, blkk)
+    kept = ref.sla.lut_block_mask(lut, count, mk).contiguous()
+    full = kept.clone()
+    tail = torch.zeros_like(count)
+    if nk % blkk:
+        full[..., -1] = False
+        tail = kept[..., -1].to(torch.int32)
+    # indices padded to width Mk: older torch takes the number of key blocks from that width
+    full_idx = torch.sort(full.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
+    tail_idx = torch.full((b, h, mq, mk), mk - 1, dtype=torch.int32, device=lut.device)
+
+    def mask_mod(bi, hi, qi, ki):
+        return kept[bi, hi, qi // blkq, ki // blkk] & (ki < nk)
+
+    return BlockMask.from_kv_blocks(tail, tail_idx, full.sum(-1, dtype=torch.int32), full_idx,
+                                    BLOCK_SIZE=(blkq, blkk), mask_mod=mask_mod, seq_lengths=(nq, nk))
+
+
+def _sla_sparse_flex(q, k, v, lut, count, blkq, blkk, sm_scale):
+    """SLA's sparse branch on [B, H, N, D] via flex_attention (rows with no kept block give 0)."""
+    block_mask = sla_flex_block_mask(lut, count, q.shape[2], k.shape[2], blkq, blkk)
+    if not q.is_cuda:
+        with warnings.catch_warnings():  # the unfused path is meant here (small CPU runs, tests)
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return _flex_attention(False)(q, k, v, block_mask=block_mask, scale=sm_scale)
+    # kernel tiles that divide the sparse blocks (multiples of 64); torch < 2.14 does not shrink its defaults
+    tiles = {"BLOCK_M": 128 if blkq % 128 == 0 else 64, "BLOCK_N": 64}
+    return _flex_attention(True)(q, k, v, block_mask=block_mask, scale=sm_scale, kernel_options=tiles)
