@@ -334,7 +334,7 @@ def test_sla_bf16_path_close_to_fp32(device):
     assert out.dtype == torch.bfloat16 and rel_l1(out.cpu().float(), want) < 5e-3
 
 
-@pytest.mark.parametrize("case", SPARSE_CASES, ids=str)
+@pytest.mark.parametrize("case", SPARSE_CASES[:5], ids=str)  # 5 shapes: each compiles flex_attention on CUDA
 def test_sla_sparse_branch_flex_and_sdpa(device, case):
     """ops.sla's two sparse-branch paths, flex_attention (BlockMask from the LUT; compiled on CUDA, eager on
     CPU) and masked SDPA, against the fp32 masked reference: random shuffled LUTs with an out-of-range entry,
@@ -466,6 +466,7 @@ def test_sla_flex_long_cuda():
     q, k, v = _qkv(1, 2, 32757, 32757, 128, "NHD", torch.bfloat16, "cuda", family="bias")
     w, b = _proj(128, "cuda")
     lut, count = ops.sla_block_map(q, k, topk=0.1)
+    torch._dynamo.reset()  # the earlier tests' shapes may have used up the recompile limit (then: eager)
     ops.sla(q, k, v, w, b, 0.1)  # compiles
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

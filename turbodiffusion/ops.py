@@ -599,7 +599,8 @@ def _sla_sparse_sdpa(q, k, v, lut, count, blkq, blkk, sm_scale):
 
 @functools.cache
 def _flex_attention(compiled: bool):
-    """torch's flex_attention (compiled once per process for CUDA), or None where torch lacks it."""
+    """torch's flex_attention, compiled once per process (static shapes: one kernel per shape) or eager;
+    None where torch lacks it."""
     try:
         from torch.nn.attention.flex_attention import flex_attention
     except ImportError:
@@ -609,28 +610,22 @@ def _flex_attention(compiled: bool):
 
 def sla_flex_block_mask(lut, count, nq: int, nk: int, blkq: int, blkk: int):
     """flex_attention BlockMask of SLA's sparse branch: query block i attends to the key blocks in
-    lut[b, h, i, :count] (sla_block_map's semantics, invalid entries ignored). Every kept block is a full
-    block except a partial last key block (Nk % blkk != 0), which the mask_mod cuts at Nk. The mask_mod
-    also carries the block table itself, so the eager (unfused) flex_attention, which applies only the
-    mask_mod, gives the same result."""
+    lut[b, h, i, :count] (sla_block_map's semantics, invalid entries ignored), all as full blocks (no
+    mask_mod evaluated in the fused kernel). A partial last key block needs no mask: the kernel masks keys
+    at or past KV_LEN (k's length) in every block when KV_LEN is not a multiple of the block size. The
+    mask_mod carries the block table, so the eager (unfused) flex_attention, which applies only the
+    mask_mod over [Nq, Nk], gives the same result."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    b, h, mq, _ = lut.shape
-    mk = _cdiv(nk, blkk)
-    kept = ref.sla.lut_block_mask(lut, count, mk).contiguous()
-    full = kept.clone()
-    tail = torch.zeros_like(count)
-    if nk % blkk:
-        full[..., -1] = False
-        tail = kept[..., -1].to(torch.int32)
-    # indices padded to width Mk: older torch takes the number of key blocks from that width
-    full_idx = torch.sort(full.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
-    tail_idx = torch.full((b, h, mq, mk), mk - 1, dtype=torch.int32, device=lut.device)
+    kept = ref.sla.lut_block_mask(lut, count, _cdiv(nk, blkk)).contiguous()
+    none = torch.zeros_like(count)
+    # indices padded to width Mk: torch < 2.14 takes the number of key blocks from that width
+    idx = torch.sort(kept.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
 
-    def mask_mod(bi, hi, qi, ki):
-        return kept[bi, hi, qi // blkq, ki // blkk] & (ki < nk)
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kept[b, h, q_idx // blkq, kv_idx // blkk]
 
-    return BlockMask.from_kv_blocks(tail, tail_idx, full.sum(-1, dtype=torch.int32), full_idx,
+    return BlockMask.from_kv_blocks(none, torch.zeros_like(idx), kept.sum(-1, dtype=torch.int32), idx,
                                     BLOCK_SIZE=(blkq, blkk), mask_mod=mask_mod, seq_lengths=(nq, nk))
 
 
