@@ -34,8 +34,10 @@ from .harness import Row, commit, print_table, write_results
 CASES = [
     ("wan1.3b-480p", "wan2.1-t2v-1.3b", "480p", 81, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8"),
                                                       ("sage", "int8"), ("sagesla", "int8"), ("sla", "bf16")]),
-    ("wan1.3b-720p", "wan2.1-t2v-1.3b", "720p", 81, [("sdpa", "bf16"), ("sagesla", "int8")]),
-    ("wan14b-480p", "wan2.1-t2v-14b", "480p", 81, [("sdpa", "bf16"), ("sagesla", "int8")]),
+    ("wan1.3b-720p", "wan2.1-t2v-1.3b", "720p", 81, [("sdpa", "bf16"), ("sage", "int8"), ("sagesla", "int8"),
+                                                      ("sla", "bf16")]),
+    ("wan14b-480p", "wan2.1-t2v-14b", "480p", 81, [("sdpa", "bf16"), ("sage", "int8"), ("sagesla", "int8"),
+                                                    ("sla", "bf16")]),
     ("wan14b-720p", "wan2.1-t2v-14b", "720p", 81, [("sdpa", "bf16"), ("sdpa", "int8"), ("sage", "int8"),
                                                     ("sagesla", "int8"), ("sla", "bf16")]),
 ]
