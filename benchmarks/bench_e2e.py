@@ -116,7 +116,7 @@ def merge(rows: list[Row], path: str, notes: dict) -> list[Row]:
     """rows + the rows of result file `path` for shapes not in rows, grouped by shape in CASES order; sets
     notes["measured"]: per shape tag, the commit and date of its rows."""
     old = json.loads(pathlib.Path(path).read_text())
-    tag = lambda shape: shape.split(" ")[0]  # noqa: E731
+    tag = lambda shape: shape.split(" ")[0]
     now = f"commit {commit()}, {datetime.date.today().isoformat()}"
     measured = {tag(r.shape): now for r in rows}
     kept = [Row(**r) for r in old["rows"] if tag(r["shape"]) not in measured]
