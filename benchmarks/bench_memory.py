@@ -6,6 +6,8 @@ built on the meta device, materialised on the GPU with random values, then hande
   PYTHONPATH=$PWD python3 benchmarks/bench_memory.py --smoke      (tiny models on CPU: checks the script)
   PYTHONPATH=$PWD python3 benchmarks/bench_memory.py --estimate   (CPU, seconds: the DiT stage's peak from a
                                                                     forward on meta tensors, see estimate_dit_peak)
+  PYTHONPATH=$PWD python3 benchmarks/bench_memory.py --vae-decode (the VAE decode alone, untiled vs tiled:
+                                                                    <out>/vae-<card>.{json,md}; with --smoke on CPU)
 
 Memory policy under test (docs/wan.md, "Memory"): offload="model" (one model on the GPU at a time, the
 others in pinned CPU memory), DiT token_chunk, VAE decode tiles. The process is capped at --cap-gb
@@ -28,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from benchmarks.bench_e2e import randomize
-from benchmarks.harness import write_report
+from benchmarks.harness import Row, print_table, write_report, write_results
 from turbodiffusion.models.wan.config import get_config
 from turbodiffusion.models.wan.dit import WanDiT
 from turbodiffusion.models.wan.text_encoder import TINY, XXL, UMT5Encoder
@@ -247,6 +249,49 @@ def run(out_dir: str, steps: int, frames: int, cap_gb: float, smoke: bool) -> li
     return results
 
 
+def run_vae_decode(out_dir: str, frames: int, smoke: bool) -> list[Row]:
+    """What tiling costs: Wan VAE decode (bf16, random weights) of a `frames`-frame latent at 480p and 720p,
+    untiled and with the 24 GB plan's tiles (VAE_TILE), time and peak torch.cuda.max_memory_allocated (the
+    resident weights, the float32 latent and the float32 video included). One timed call per row, after an
+    untimed call of the same tiling on a 2-latent-frame input (cuDNN algorithm choice, allocator warm-up)."""
+    device = torch.device("cpu" if smoke else "cuda")
+    frames = 5 if smoke else frames
+    vae = materialize(lambda: WanVAE(dim=8) if smoke else WanVAE(), device, 2,
+                      torch.float32 if smoke else torch.bfloat16)
+    gen = torch.Generator(device).manual_seed(0)
+    rows = []
+    for resolution in ("480p", "720p"):
+        width, height = (64, 48) if smoke else video_size(resolution, "16:9")
+        shape = (1, 16, 1 + (frames - 1) // 4, height // 8, width // 8)
+        latent = torch.randn(shape, generator=gen, device=device)
+        base = None
+        for tile in (None, 4 if smoke else VAE_TILE):
+            with torch.no_grad():
+                vae.decode(latent[:, :, :2], tile=tile)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                video = vae.decode(latent, tile=tile)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                ms = 1e3 * (time.perf_counter() - start)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+            del video
+            base = base or ms
+            what = "untiled" if tile is None else f"tile {tile}"
+            rows.append(Row(f"VAE decode, {what} (peak {peak:.2f} GiB)", f"{resolution} latent {list(shape)}", ms,
+                            "untiled decode", base, base / ms, "GiB peak", peak))
+            print(f"VAE decode {resolution} {what}: {ms:.0f} ms, peak {peak:.2f} GiB", flush=True)
+    if smoke:
+        print_table(rows, "vae")
+    else:
+        write_results("vae", rows, out_dir, {"what": f"Wan VAE decode of a {frames}-frame latent (16:9), bf16, random "
+                                                    "weights, float32 latent in and video out; one call per row"})
+    return rows
+
+
 if __name__ == "__main__":
     # read when CUDA's allocator starts (first allocation): limits fragmentation as a 24 GB card would need
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -257,8 +302,11 @@ if __name__ == "__main__":
     p.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory cap while the pipelines run (GB, 1e9 B)")
     p.add_argument("--smoke", action="store_true", help="tiny models on CPU (checks the script, measures nothing)")
     p.add_argument("--estimate", action="store_true", help="print the DiT stage's estimated peak (CPU, meta tensors)")
+    p.add_argument("--vae-decode", action="store_true", help="only the VAE decode, untiled vs tiled, 480p and 720p")
     args = p.parse_args()
     if args.estimate:
         print_estimates(args.cap_gb)
+    elif args.vae_decode:
+        run_vae_decode(args.out, args.frames, args.smoke)
     else:
         run(args.out, args.steps, args.frames, args.cap_gb, args.smoke)

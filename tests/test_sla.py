@@ -334,6 +334,46 @@ def test_sla_bf16_path_close_to_fp32(device):
     assert out.dtype == torch.bfloat16 and rel_l1(out.cpu().float(), want) < 5e-3
 
 
+@pytest.mark.parametrize("case", SPARSE_CASES[:5], ids=str)  # 5 shapes: each compiles flex_attention on CUDA
+def test_sla_sparse_branch_flex_and_sdpa(device, case):
+    """ops.sla's two sparse-branch paths, flex_attention (BlockMask from the LUT; compiled on CUDA, eager on
+    CPU) and masked SDPA, against the fp32 masked reference: random shuffled LUTs with an out-of-range entry,
+    empty rows, partial last blocks, Nq != Nk."""
+    if ops._flex_attention(False) is None:
+        pytest.skip("torch has no flex_attention")
+    b, h, nq, nk, d, blkq, blkk = case
+    q, k, v = (to_bhnd(x, "NHD") for x in _qkv(b, h, nq, nk, d, "NHD", torch.bfloat16, device, seed=nq + nk))
+    mq, mk = -(-nq // blkq), -(-nk // blkk)
+    lut, count = _random_lut(b, h, mq, mk, 0.5, seed=nk, device=device, shuffle=True)
+    lut[..., -1] = mk  # out of range: ignored when within count
+    count[0, 0, 0] = 0
+    want, _ = ref.sla.sla_masked_attention(q.cpu(), k.cpu(), v.cpu(), lut.cpu(), count.cpu(), "HND", blkq, blkk)
+    empty = (count.cpu() == 0).repeat_interleave(blkq, 2)[..., :nq]
+    for path in (ops._sla_sparse_flex, ops._sla_sparse_sdpa):
+        out = path(q, k, v, lut, count, blkq, blkk, None).cpu().float()
+        msg = f"{path.__name__} {case}: rel L1 {rel_l1(out, want):.2e}"
+        assert out.shape == want.shape and torch.isfinite(out).all() and (out[empty] == 0).all(), msg
+        assert rel_l1(out, want) < 5e-3, msg
+
+
+@pytest.mark.parametrize("topk", [0.0, 0.3])
+def test_sla_flex_equals_sdpa(device, topk):
+    """The whole op both ways (odd Nq != Nk; top-k 0: every row empty, the output is the projected linear
+    branch alone)."""
+    if ops._flex_attention(False) is None:
+        pytest.skip("torch has no flex_attention")
+    q, _, _ = _qkv(1, 2, 333, 333, 64, "NHD", torch.bfloat16, device, family="bias", seed=5)
+    _, k, v = _qkv(1, 2, 271, 271, 64, "NHD", torch.bfloat16, device, family="bias", seed=6)
+    w, b = _proj(64, device)
+    flex = ops.sla(q, k, v, w, b, topk, blkk=128, backend="flex")
+    sdpa = ops.sla(q, k, v, w, b, topk, blkk=128, backend="sdpa")
+    want = ref.sla_attention(q.cpu(), k.cpu(), v.cpu(), w.cpu(), b.cpu(), topk, "NHD", 64, 128)
+    assert flex.dtype == sdpa.dtype == torch.bfloat16 and flex.shape == q.shape
+    assert rel_l1(flex.cpu().float(), want) < 5e-3 and rel_l1(sdpa.cpu().float(), want) < 5e-3, (
+        rel_l1(flex.cpu().float(), want), rel_l1(sdpa.cpu().float(), want))
+    assert rel_l1(flex.cpu().float(), sdpa.cpu().float()) < 5e-3
+
+
 # --------------------------------------------------------------------------------------------------
 # Attention kinds and the Wan DiT
 @pytest.mark.parametrize("kind", ["sagesla", "sla"])
@@ -390,6 +430,8 @@ def test_sage_sla_bad_input():
         ops.sage_sla(q, q, q, w, b, 0.1, blkk=32)
     with pytest.raises(ValueError, match="topk: expected a fraction in \\[0, 1\\], got -0.1"):
         ops.sla(q, q, q, w, b, -0.1)
+    with pytest.raises(ValueError, match="backend: expected one of \\('auto', 'flex', 'sdpa'\\), got 'cudnn'"):
+        ops.sla(q, q, q, w, b, 0.1, backend="cudnn")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -413,6 +455,31 @@ def test_sage_sla_long_cuda(d, blocks):
         c_min, rl1_max = SLA_BOUNDS[family]
         assert cos >= c_min and rl1 <= rl1_max, f"{family} d{d} {blocks}: cosine {cos:.6f} rel L1 {rl1:.4f}"
         del s, want
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+def test_sla_flex_long_cuda():
+    """ops.sla (flex_attention) at N = 32757 (1.3B-480p less 3: a partial last block), top-k 0.1, two heads:
+    against the fp32 SLA semantics with the op's own LUT, with no O(N^2) buffer (the masked-SDPA path's
+    boolean mask alone would be 1 GiB per head)."""
+    q, k, v = _qkv(1, 2, 32757, 32757, 128, "NHD", torch.bfloat16, "cuda", family="bias")
+    w, b = _proj(128, "cuda")
+    lut, count = ops.sla_block_map(q, k, topk=0.1)
+    torch._dynamo.reset()  # the earlier tests' shapes may have used up the recompile limit (then: eager)
+    ops.sla(q, k, v, w, b, 0.1)  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = ops.sla(q, k, v, w, b, 0.1)
+    extra = (torch.cuda.max_memory_allocated() - before) / 2**20
+    assert extra < 512, f"ops.sla used {extra:.0f} MiB beyond its inputs"
+    for h in range(2):
+        want = ref.sla_attention(q[:, :, h:h + 1], k[:, :, h:h + 1], v[:, :, h:h + 1], w, b, 0.1, "NHD", 64, 64,
+                                 lut=lut[:, h:h + 1], count=count[:, h:h + 1])
+        rl1 = rel_l1(out[:, :, h:h + 1].float(), want)
+        assert rl1 < 5e-3, f"head {h}: rel L1 {rl1:.2e}"
+        del want
         torch.cuda.empty_cache()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -557,22 +558,84 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     return (out, lse) if return_lse else out
 
 
+SLA_BACKENDS = ("auto", "flex", "sdpa")
+
+
 def sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, proj_bias: torch.Tensor,
-        topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None):
+        topk: float, *, blkq: int = 64, blkk: int = 64, layout: str = "NHD", sm_scale: float | None = None,
+        backend: str = "auto"):
     """SLA without quantization, for accuracy comparisons: the same block map (sla_block_map), the sparse
-    branch as masked softmax attention in the input dtype (torch SDPA with a boolean mask, one head at a
-    time: O(Nq Nk) memory per head, not a fast path), the linear branch and proj_l in float32.
-    Returns the output in q's layout and dtype."""
+    branch as exact softmax attention over the kept blocks in the input dtype, the linear branch and proj_l
+    in float32. Returns the output in q's layout and dtype.
+
+    backend of the sparse branch: "flex" (torch flex_attention with a BlockMask made from the block map;
+    compiled on CUDA, eager elsewhere), "sdpa" (torch SDPA with a dense boolean mask, one head at a time:
+    O(Nq Nk) memory per head), "auto" (flex on CUDA where torch has it, else sdpa)."""
     _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
+    if backend not in SLA_BACKENDS:
+        raise ValueError(f"backend: expected one of {SLA_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "flex" if q.is_cuda and _flex_attention(True) is not None else "sdpa"
     lut, count = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
     qb, kb, vb = (ref.sla._bhnd(x, layout) for x in (q, k, v))
-    nq, nk = qb.shape[2], kb.shape[2]
-    out = torch.empty(qb.shape, dtype=torch.float32, device=q.device)
-    for h in range(qb.shape[1]):
-        mask = ref.sla.lut_key_mask(lut[:, h:h + 1], count[:, h:h + 1], nq, nk, blkq, blkk)
-        o = torch.nn.functional.scaled_dot_product_attention(qb[:, h:h + 1], kb[:, h:h + 1], vb[:, h:h + 1],
-                                                             attn_mask=mask, scale=sm_scale)
-        out[:, h:h + 1] = torch.nan_to_num(o.float(), nan=0.0) * mask.any(-1, keepdim=True)  # empty rows: 0
-    o_l = ref.sla.sla_linear_branch(q, k, v, layout)
-    out = out + o_l @ proj_weight.T + proj_bias
+    sparse = _sla_sparse_flex if backend == "flex" else _sla_sparse_sdpa
+    out = ref.sla.sla_linear_branch(q, k, v, layout) @ proj_weight.T
+    out += proj_bias
+    out += sparse(qb, kb, vb, lut, count, blkq, blkk, sm_scale)
     return ref.sla._from_bhnd(out.to(q.dtype), layout)
+
+
+def _sla_sparse_sdpa(q, k, v, lut, count, blkq, blkk, sm_scale):
+    """SLA's sparse branch on [B, H, N, D] via SDPA with a dense boolean mask per head; empty rows give 0."""
+    nq, nk = q.shape[2], k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for h in range(q.shape[1]):
+        mask = ref.sla.lut_key_mask(lut[:, h:h + 1], count[:, h:h + 1], nq, nk, blkq, blkk)
+        o = torch.nn.functional.scaled_dot_product_attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1],
+                                                             attn_mask=mask, scale=sm_scale)
+        out[:, h:h + 1] = torch.nan_to_num(o, nan=0.0) * mask.any(-1, keepdim=True)
+    return out
+
+
+@functools.cache
+def _flex_attention(compiled: bool):
+    """torch's flex_attention, compiled once per process (static shapes: one kernel per shape) or eager;
+    None where torch lacks it."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def sla_flex_block_mask(lut, count, nq: int, nk: int, blkq: int, blkk: int):
+    """flex_attention BlockMask of SLA's sparse branch: query block i attends to the key blocks in
+    lut[b, h, i, :count] (sla_block_map's semantics, invalid entries ignored), all as full blocks (no
+    mask_mod evaluated in the fused kernel). A partial last key block needs no mask: the kernel masks keys
+    at or past KV_LEN (k's length) in every block when KV_LEN is not a multiple of the block size. The
+    mask_mod carries the block table, so the eager (unfused) flex_attention, which applies only the
+    mask_mod over [Nq, Nk], gives the same result."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    kept = ref.sla.lut_block_mask(lut, count, _cdiv(nk, blkk)).contiguous()
+    none = torch.zeros_like(count)
+    # indices padded to width Mk: torch < 2.14 takes the number of key blocks from that width
+    idx = torch.sort(kept.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kept[b, h, q_idx // blkq, kv_idx // blkk]
+
+    return BlockMask.from_kv_blocks(none, torch.zeros_like(idx), kept.sum(-1, dtype=torch.int32), idx,
+                                    BLOCK_SIZE=(blkq, blkk), mask_mod=mask_mod, seq_lengths=(nq, nk))
+
+
+def _sla_sparse_flex(q, k, v, lut, count, blkq, blkk, sm_scale):
+    """SLA's sparse branch on [B, H, N, D] via flex_attention (rows with no kept block give 0)."""
+    block_mask = sla_flex_block_mask(lut, count, q.shape[2], k.shape[2], blkq, blkk)
+    if not q.is_cuda:
+        with warnings.catch_warnings():  # the unfused path is meant here (small CPU runs, tests)
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return _flex_attention(False)(q, k, v, block_mask=block_mask, scale=sm_scale)
+    # kernel tiles that divide the sparse blocks (multiples of 64); torch < 2.14 does not shrink its defaults
+    tiles = {"BLOCK_M": 128 if blkq % 128 == 0 else 64, "BLOCK_N": 64}
+    return _flex_attention(True)(q, k, v, block_mask=block_mask, scale=sm_scale, kernel_options=tiles)

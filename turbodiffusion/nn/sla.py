@@ -2,8 +2,9 @@
 
 "sagesla": ops.sage_sla, block-sparse INT8/FP8 attention over the top-k key blocks plus SLA's linear
 branch (proj_l) fused in the kernel's epilogue. "sla": ops.sla, the same semantics without quantization
-(bf16 masked attention, fp32 linear branch), for accuracy comparisons. Both take Wan's [B, N, H, D] and
-the layer's `proj_l` (nn.Linear(D, D), float32, from attn_op.local_attn; TurboWan checkpoints carry it).
+(the sparse branch in bf16 by flex_attention on CUDA, masked SDPA on CPU; fp32 linear branch), for
+accuracy comparisons. Both take Wan's [B, N, H, D] and the layer's `proj_l` (nn.Linear(D, D), float32,
+from attn_op.local_attn; TurboWan checkpoints carry it).
 """
 from __future__ import annotations
 

@@ -67,15 +67,20 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk
     return lut.contiguous(), torch.full((b, h, mq), kept, dtype=torch.int32, device=q.device)
 
 
-def lut_key_mask(lut: torch.Tensor, count: torch.Tensor, nq: int, nk: int, blkq: int, blkk: int) -> torch.Tensor:
-    """Dense [B, H, Nq, Nk] bool mask of the keys each query attends to (entries past count ignored)."""
+def lut_block_mask(lut: torch.Tensor, count: torch.Tensor, mk: int) -> torch.Tensor:
+    """Dense [B, H, Mq, Mk] bool table of the kept key blocks of each query block (entries past count and
+    outside [0, Mk) ignored)."""
     b, h, mq, width = lut.shape
-    mk = (nk + blkk - 1) // blkk
     valid = torch.arange(width, device=lut.device) < count[..., None].long()
     blocks = torch.zeros(b, h, mq, mk + 1, dtype=torch.bool, device=lut.device)
     idx = torch.where(valid & (lut >= 0) & (lut < mk), lut.long(), torch.full_like(lut, mk, dtype=torch.long))
     blocks.scatter_(-1, idx, True)
-    blocks = blocks[..., :mk]
+    return blocks[..., :mk]
+
+
+def lut_key_mask(lut: torch.Tensor, count: torch.Tensor, nq: int, nk: int, blkq: int, blkk: int) -> torch.Tensor:
+    """Dense [B, H, Nq, Nk] bool mask of the keys each query attends to (entries past count ignored)."""
+    blocks = lut_block_mask(lut, count, (nk + blkk - 1) // blkk)
     return blocks.repeat_interleave(blkq, 2)[:, :, :nq].repeat_interleave(blkk, 3)[..., :nk]
 
 
