@@ -96,7 +96,6 @@ def run_case(config: str, shape, attention: str, linear: str, device: str, dtype
     else:
         steps = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
         peak = 0.0
-    del model
     return statistics.median(steps), peak
 
 
