@@ -30,7 +30,10 @@ from turbodiffusion.sampling.rcm import sample_rcm
 
 from .harness import Row, commit, print_table, write_results
 
-# (shape tag, config, resolution, frames, [(attention, linear), ...]); the first pair is the baseline.
+# (shape tag, config, resolution, frames, [(attention, linear[, token_chunk]), ...]); the first pair is the
+# baseline. A token_chunk pair measures what the 24 GB plan's chunking (bench_memory.TOKEN_CHUNK) costs
+# against the same pair unchunked, in the same run.
+TOKEN_CHUNK = 16384
 CASES = [
     ("wan1.3b-480p", "wan2.1-t2v-1.3b", "480p", 81, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8"),
                                                       ("sage", "int8"), ("sagesla", "int8"), ("sla", "bf16")]),
@@ -38,7 +41,8 @@ CASES = [
                                                       ("sla", "bf16")]),
     ("wan14b-480p", "wan2.1-t2v-14b", "480p", 81, [("sdpa", "bf16"), ("sage", "int8"), ("sagesla", "int8"),
                                                     ("sla", "bf16")]),
-    ("wan14b-720p", "wan2.1-t2v-14b", "720p", 81, [("sdpa", "bf16"), ("sdpa", "int8"), ("sage", "int8"),
+    ("wan14b-720p", "wan2.1-t2v-14b", "720p", 81, [("sdpa", "bf16"), ("sdpa", "int8"), ("sdpa", "int8", TOKEN_CHUNK),
+                                                    ("sage", "int8"),
                                                     ("sagesla", "int8"), ("sla", "bf16")]),
 ]
 SMOKE = [("tiny", "tiny-t2v", None, 5, [("sdpa", "bf16"), ("sage", "bf16"), ("sdpa", "int8"), ("sagesla", "int8"),
@@ -64,11 +68,12 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             b.normal_(0, 0.1, generator=gen)
 
 
-def run_case(config: str, shape, attention: str, linear: str, device: str, dtype) -> tuple[float, float]:
+def run_case(config: str, shape, attention: str, linear: str, device: str, dtype,
+             token_chunk: int | None = None) -> tuple[float, float]:
     """(median ms per step, peak GiB) of a 4-step rCM sample."""
     opts = {"topk": SLA_TOPK} if attention in ("sagesla", "sla") else None
     model = WanDiT(get_config(config), dtype=dtype, device=device, attention=attention, attention_opts=opts,
-                   linear=linear).eval()
+                   linear=linear, token_chunk=token_chunk).eval()
     randomize(model)
     cfg = model.config
     context = torch.randn(shape[0], 512 if device == "cuda" else 12, cfg.text_dim, dtype=dtype, device=device)
@@ -101,13 +106,13 @@ def run_case(config: str, shape, attention: str, linear: str, device: str, dtype
 
 def select(cases, tags: str | None, kinds: str | None):
     """The cases of the comma-separated shape `tags` (all if None), each with its pairs limited to the
-    comma-separated `kinds` ("attention/linear"; all if None) plus its baseline."""
+    comma-separated `kinds` ("attention/linear[/token_chunk]"; all if None) plus its baseline."""
     known = {c[0] for c in cases}
     wanted = set(tags.split(",")) if tags else known
-    pairs = {tuple(k.split("/")) for k in kinds.split(",")} if kinds else None
+    pairs = set(kinds.split(",")) if kinds else None
     if wanted - known:
         raise SystemExit(f"--cases: unknown {sorted(wanted - known)}; known: {[c[0] for c in cases]}")
-    return [(*c[:4], [p for i, p in enumerate(c[4]) if i == 0 or pairs is None or p in pairs])
+    return [(*c[:4], [p for i, p in enumerate(c[4]) if i == 0 or pairs is None or "/".join(map(str, p)) in pairs])
             for c in cases if c[0] in wanted]
 
 
@@ -142,20 +147,21 @@ def run(out_dir: str, smoke: bool = False, cases: str | None = None, kinds: str 
             width, height = video_size(resolution, "16:9")
             shape = latent_shape(frames, width, height)
         base_ms = None
-        for attention, linear in pairs:
+        for attention, linear, *chunk in pairs:
             try:
-                ms, peak = run_case(config, shape, attention, linear, device, dtype)
+                ms, peak = run_case(config, shape, attention, linear, device, dtype, *chunk)
             except Exception:  # noqa: BLE001 - the other pairs still run
                 traceback.print_exc()
-                print(f"{tag} {attention}/{linear}: FAILED", flush=True)
+                print(f"{tag} {attention}/{linear} {chunk}: FAILED", flush=True)
                 continue
             finally:
                 if device == "cuda":
                     torch.cuda.empty_cache()
             base_ms = base_ms or ms
-            rows.append(Row(f"DiT rCM step ({attention}, {linear}; peak {peak:.1f} GiB)", f"{tag} {list(shape)}", ms,
+            kind = f"{attention}, {linear}" + (f", token_chunk {chunk[0]}" if chunk else "")
+            rows.append(Row(f"DiT rCM step ({kind}; peak {peak:.1f} GiB)", f"{tag} {list(shape)}", ms,
                             "sdpa + bf16 step", base_ms, base_ms / ms, "GiB peak", peak))
-            print(f"{tag} {attention}/{linear}: {ms:.1f} ms per step, peak {peak:.2f} GiB", flush=True)
+            print(f"{tag} {kind}: {ms:.1f} ms per step, peak {peak:.2f} GiB", flush=True)
         if not smoke:
             write_results("e2e", merge(rows, merge_from, notes) if merge_from else rows, out_dir, notes)
     print_table(rows, "e2e")
@@ -167,7 +173,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU (checks the script, times nothing real)")
     p.add_argument("--cases", help=f"comma-separated shapes (default all: {','.join(c[0] for c in CASES)})")
-    p.add_argument("--kinds", help="comma-separated attention/linear pairs, e.g. sla/bf16 (default all)")
+    p.add_argument("--kinds", help="comma-separated attention/linear[/token_chunk] pairs, e.g. sla/bf16 (default all)")
     p.add_argument("--merge", dest="merge_from", help="result JSON whose rows of the shapes not run now are kept")
     args = p.parse_args()
     run(args.out, args.smoke, args.cases, args.kinds, args.merge_from)
