@@ -12,9 +12,11 @@
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,
 //                S_j and PV_{j-1} are issued together and the softmax of S_j starts as soon as S_j
-//                lands (its row-max phase overlaps PV_{j-1}); the two groups take turns issuing
-//                (named-barrier ping-pong), so one group's softmax (exp2 on the 16/clk/SM MUFU: as
-//                many cycles as the tile's MMAs) also overlaps the other's MMAs.
+//                lands (its row-max phase overlaps PV_{j-1}). The two groups run unsynchronized: the
+//                schedulers interleave one group's softmax with the other's softmax and MMAs. (A
+//                named-barrier ping-pong, which makes the groups take turns on the tensor cores, was
+//                slower on the H100 at every shape, 2-5%: it also keeps the two softmaxes apart, and
+//                the softmax, not the tensor cores, bounds the tile; docs/attention.md.)
 // Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
 //
 // Granularity: one Q scale per warp (16 rows, kBlkQ), one K scale per 16 keys (two n8 blocks of the S
@@ -57,8 +59,7 @@ struct alignas(1024) Smem {
 
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin; no ping-pong (the groups
-// walk different numbers of tiles).
+// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin.
 template <int D, bool kSparse>
 __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
@@ -69,7 +70,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   constexpr int BN = Cfg::kBN, S = Cfg::kStages;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
-  constexpr bool kPingPong = !kSparse;
   // Dense: the softmax's row-max phase overlaps the group's own PV of the previous tile. The sparse
   // kernel measured no gain from it (H100, 14B-720p 64x128: 20.9 vs 20.5 ms) and at D = 128 it made
   // ptxas keep two O registers in local memory, so it waits for both MMAs first.
@@ -148,15 +148,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   mbar_wait(&sm.q_full, 0);
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
-  // Ping-pong (dense): a consumer group issues its MMAs only between bar.sync on its named barrier
-  // and bar.arrive on the other's, so the groups take turns on the tensor cores and each one's
-  // softmax runs while the other's MMAs do. Group 0 goes first (group 1 pre-arrives on barrier 1).
-  constexpr int kPair = 2 * 128;
-  const int my_bar = 1 + cg, other_bar = 2 - cg;
-  auto turn_begin = [&] { if constexpr (kPingPong) named_bar_sync(my_bar, kPair); };
-  auto turn_end = [&] { if constexpr (kPingPong) named_bar_arrive(other_bar, kPair); };
-  if (kPingPong && cg == 1) named_bar_arrive(1, kPair);
-
   int32_t acc[NB][4];      // S of the current tile
   float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
@@ -227,26 +218,21 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       }
     });
   };
-  // Walk position i >= 1: S_i and PV_{i-1} are issued together in this group's turn (two commit
-  // groups, which complete in order); with kOverlapPv the softmax of S_i starts once S_i has landed,
-  // so PV_{i-1} and the other group's MMAs run under it.
+  // Walk position i >= 1: S_i and PV_{i-1} are issued together (two commit groups, which complete in
+  // order); with kOverlapPv the softmax of S_i starts once S_i has landed, so PV_{i-1} runs under it.
   Tiles tiles = tiles_of(cg);
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     float ks[NB / 2];
-    turn_begin();
     issue_qk(0);
-    turn_end();
     load_k_scales(tile, ks);
     wgmma_wait<0>();
     fence_operands(acc);
     softmax(0, tile, ks);
     int i = 1;
     for (int next; (next = tiles.next()) >= 0; ++i) {
-      turn_begin();
       issue_qk(i);
       issue_pv(i - 1);
-      turn_end();
       if constexpr (kOverlapPv) {
         load_k_scales(next, ks);
         wgmma_wait<1>();
@@ -258,13 +244,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       fence_operands(acc);
       softmax(i, next, ks);
     }
-    turn_begin();
     issue_pv(i - 1);
-    turn_end();
     wgmma_wait<0>();
     finish_pv(i - 1);
   }
-  if (kPingPong && cg == 0) named_bar_sync(my_bar, kPair);  // consume group 1's last arrival
   attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
