@@ -45,7 +45,9 @@ struct MmaAttnConfig {
 // lane, P is 16 registers (4 k32 steps), and a V tile row (one channel) is 128 bytes = one 128-byte
 // swizzle row. Registers per consumer lane at D = 128: O (64) + PV (64) + P (16) or S (64) + O (64)
 // + addressing: the producer group drops to kProducerRegs so the consumers can take kConsumerRegs
-// (128 x 40 + 256 x 232 <= 65536). Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
+// (launched at 168 per lane: 128 x (168 - producer) must cover 256 x (consumer - 168)). Dense: 24 / 240.
+// Sparse: 40 / 232, since the producer warps walk the LUT (the tile walker holds ~11 registers) and
+// at 24 ptxas spilled them. Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
 // 112 KB of shared memory.
 // Sparse (kSparse): one two-stage ring per consumer group instead (2 x 2 x 32 KB + Q 16 KB = 144 KB).
 template <int D, bool kSparse = false>
@@ -56,8 +58,9 @@ struct Sm90AttnConfig {
   static constexpr int kBN = 128;
   static constexpr int kRings = kSparse ? kConsumers : 1;
   static constexpr int kStages = kSparse ? 2 : 3;
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
+  static constexpr int kProducerRegs = kSparse ? 40 : 24;
+  static constexpr int kConsumerRegs = kSparse ? 232 : 240;
+  static_assert(128 * (168 - kProducerRegs) >= 256 * (kConsumerRegs - 168), "the consumers take what the producer frees");
 };
 
 }  // namespace attn

@@ -5,7 +5,8 @@
 //
 // CTA = 3 warpgroups, one CTA per (128 query rows, head, batch):
 //   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once, then K and V tiles
-//                into kStages ring slots (full[s]: bytes landed; empty[s]: all 8 consumer warps done).
+//                into kStages ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
+//                consumer warps done); another warp stages each tile's K scales in shared memory.
 //                The group gives its registers to the consumers (setmaxnreg).
 //   warpgroups 1, 2: consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
@@ -50,6 +51,7 @@ struct alignas(1024) Smem {
   uint8_t q[Cfg::kConsumers][64 * D];                    // [row][channel], one 64-row tile per group
   uint8_t k[Cfg::kRings][Cfg::kStages][Cfg::kBN * D];    // [key][channel]
   uint8_t v[Cfg::kRings][Cfg::kStages][D * Cfg::kBN];    // [channel][token] (quantize_v_fp8's layout)
+  float k_scale[Cfg::kRings][Cfg::kStages][Cfg::kBN / attn::kBlkK];  // the K tile's scales
   uint64_t q_full;
   uint64_t full[Cfg::kRings][Cfg::kStages];
   uint64_t empty[Cfg::kRings][Cfg::kStages];
@@ -95,7 +97,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     for (int r = 0; r < Cfg::kRings; ++r)
 #pragma unroll
       for (int s = 0; s < S; ++s) {
-        mbar_init(&sm.full[r][s], 1);
+        mbar_init(&sm.full[r][s], 2);  // the TMA thread (with the bytes) and the K-scale warp
         mbar_init(&sm.empty[r][s], Cfg::kConsumers / Cfg::kRings * 4);  // the consumer warps of the ring
       }
     fence_barrier_init();
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
       else tma_load_4d(dst, map, bar, 0, row, h, b);
     };
-    if (warp < Cfg::kRings && lane == 0) {  // warp r feeds ring r
+    if (warp < Cfg::kRings && lane == 0) {  // warp r feeds ring r with TMA loads
       const int r = warp;
       if (r == 0) {
         prefetch_tmap(&tm_q);
@@ -127,6 +129,22 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
         load_rows(&tm_k, sm.k[r][s], &sm.full[r][s], tile * BN);     // keys >= nk: zeros (masked below)
         tma_load_3d(sm.v[r][s], &tm_v, &sm.full[r][s], tile * BN, 0, static_cast<int>(slice));
       }
+    } else if (warp >= 2 && warp - 2 < Cfg::kRings) {
+      // Warp 2 + r stages the K scales of ring r's tiles (clamped past the last block: those keys are
+      // masked), one per lane, so that the consumers read them from shared memory instead of waiting
+      // on global loads; its arrival on full[r][s] (the warp barrier orders the lanes' stores before
+      // lane 0's release) is the slot's second.
+      const int r = warp - 2;
+      const float* ks_g = p.k_scale + slice * p.k_blocks;
+      Tiles tiles = tiles_of(r);
+      for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
+        const int s = i % S;
+        if (i >= S) mbar_wait(&sm.empty[r][s], ((i / S) - 1) & 1);
+        if (lane < BN / attn::kBlkK)
+          sm.k_scale[r][s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&sm.full[r][s]);
+      }
     }
     return;
   }
@@ -138,7 +156,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
   const int qblk = static_cast<int>(row0 / attn::kBlkQ);
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
-  const float* ks_g = p.k_scale + slice * p.k_blocks;
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   float o[NO][4];
@@ -194,23 +211,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   };
   // Softmax of S (walk position i) into pa. kOverlapPv and i >= 1: PV_{i-1} is still in flight; the
   // row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa.
-  // The K scales of a tile (clamped past the last block: masked scores). Dense: loaded before the wait
-  // for its S, so that their latency (an L2 round trip; ncu showed the softmax stalled on it) hides
-  // under the MMAs.
-  auto load_k_scales = [&](int tile, float (&ks)[NB / 2]) {
-    const int kb0 = tile * (BN / attn::kBlkK);
-    if (kb0 + BN / attn::kBlkK <= p.k_blocks) {
+  auto softmax = [&](int i, int tile) {
+    float sc[NB / 2];  // q scale x the tile's K scales (staged by the producer with the K tile)
 #pragma unroll
-      for (int j = 0; j < NB / 2; ++j) ks[j] = __ldg(ks_g + kb0 + j);
-    } else {
-#pragma unroll
-      for (int j = 0; j < NB / 2; ++j) ks[j] = __ldg(ks_g + min(kb0 + j, p.k_blocks - 1));
-    }
-  };
-  auto softmax = [&](int i, int tile, const float (&ks)[NB / 2]) {
-    float sc[NB / 2];  // q scale x the tile's K scales
-#pragma unroll
-    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * ks[j];
+    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring][i % S][j];
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
       if (kOverlapPv && i > 0) {
         wgmma_wait<0>();
@@ -223,26 +227,22 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   Tiles tiles = tiles_of(cg);
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
-    float ks[NB / 2];
     issue_qk(0);
-    load_k_scales(tile, ks);
     wgmma_wait<0>();
     fence_operands(acc);
-    softmax(0, tile, ks);
+    softmax(0, tile);
     int i = 1;
     for (int next; (next = tiles.next()) >= 0; ++i) {
       issue_qk(i);
       issue_pv(i - 1);
       if constexpr (kOverlapPv) {
-        load_k_scales(next, ks);
         wgmma_wait<1>();
-      } else {  // (loading the K scales first made ptxas spill at D = 128)
+      } else {
         wgmma_wait<0>();
         finish_pv(i - 1);
-        load_k_scales(next, ks);
       }
       fence_operands(acc);
-      softmax(i, next, ks);
+      softmax(i, next);
     }
     issue_pv(i - 1);
     wgmma_wait<0>();
