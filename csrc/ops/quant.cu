@@ -52,10 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   at::Tensor q_scale = at::empty({sq.b, sq.h, (sq.n + blk_q - 1) / blk_q}, f32);
   at::Tensor k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
   at::Tensor k_mean = at::empty({sk.b, sk.h, sk.d}, f32);
-  // Running channel sums (kReplicas copies per slice), the slice barrier counters, then the counter of
-  // Q tiles handed out (all unsigned, zero-initialised).
+  // Running channel sums (kReplicas copies per slice), then the slice barrier counters (unsigned).
   const int64_t slices = sk.b * sk.h;
-  at::Tensor workspace = at::zeros({slices * (quant::kReplicas * sk.d + 1) + 1}, f32);
+  at::Tensor workspace = at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   QuantQKParams pq{};
@@ -70,7 +69,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   pq.log2_blk = __builtin_ctz(pq.blk);
   pq.num_blocks = static_cast<int>(q_scale.size(2));
   pq.scale_factor = static_cast<float>(q_scale_factor);
-  pq.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * (quant::kReplicas * sk.d + 1));
 
   QuantQKParams pk = pq;
   pk.x = k.data_ptr();
@@ -89,7 +87,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
 
   const int sms = num_sms(q);
   TD_DISPATCH_HALF(q.scalar_type() == at::kBFloat16, T, [&] {
-    TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_quantize_qk_int8<T, D>(pq, pk, sms, stream); });
+    TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
+      launch_quantize_q_int8<T, D>(pq, stream);
+      launch_quantize_k_int8_smooth<T, D>(pk, sms, stream);
+    });
   });
   return {q_i8, q_scale, k_i8, k_scale, k_mean};
 }

@@ -42,25 +42,20 @@ int ctas_per_sm(Kernel kernel, int threads) {
 
 // Sizes the co-resident grid of a slice-grouped kernel (slice_groups.cuh) and launches it
 // cooperatively, which fails loudly instead of deadlocking if the grid could not be co-resident.
-// `fill`: launch every co-resident CTA, not only the groups' (the kernel gives the spare CTAs other
-// work); with no slices or no tiles there are no groups.
 template <typename Kernel, typename... Args>
 void launch_slice_groups(Kernel kernel, int threads, int num_sms, int slices, int tiles_per_slice,
-                         unsigned* arrived, bool fill, cudaStream_t stream, Args... args) {
+                         unsigned* arrived, cudaStream_t stream, Args... args) {
   const int resident = std::max(1, ctas_per_sm(kernel, threads) * num_sms);
-  SliceGroups g{0, 1, arrived};
-  if (slices > 0 && tiles_per_slice > 0) {
-    g.group_size = static_cast<int>(std::min<int64_t>(tiles_per_slice, resident));
-    // As many groups as fit, then as few as give the same number of rounds: 16 slices on 10 groups
-    // would run a second round 60% full; on 8 groups both rounds are full.
-    const int max_groups = std::max(1, std::min(slices, resident / g.group_size));
-    const int rounds = static_cast<int>(cdiv(slices, max_groups));
-    g.num_groups = static_cast<int>(cdiv(slices, rounds));
-  }
-  const int grid = fill ? resident : g.num_groups * g.group_size;
-  if (grid == 0) return;
+  SliceGroups g;
+  g.group_size = static_cast<int>(std::min<int64_t>(tiles_per_slice, resident));
+  // As many groups as fit, then as few as give the same number of rounds: 16 slices on 10 groups
+  // would run a second round 60% full; on 8 groups both rounds are full.
+  const int max_groups = std::max(1, std::min(slices, resident / g.group_size));
+  const int rounds = static_cast<int>(cdiv(slices, max_groups));
+  g.num_groups = static_cast<int>(cdiv(slices, rounds));
+  g.arrived = arrived;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
+  cfg.gridDim = dim3(g.num_groups * g.group_size);
   cfg.blockDim = dim3(threads);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];

@@ -42,17 +42,12 @@ __device__ __forceinline__ void slice_wait(const SliceGroups& g, int slice) {
   __syncthreads();
 }
 
-// Runs phase1(slice), the group barrier, then phase2(slice) for each of this CTA's slices. Between
-// its arrival and the wait, a CTA calls prefetch(its next slice): its next tile then streams into L2
-// while the group waits and quantizes (the barrier otherwise leaves HBM without reads until every
-// CTA of the group has finished phase 2 and started its next load).
-template <typename Phase1, typename Prefetch, typename Phase2>
-__device__ __forceinline__ void run_slices(const SliceGroups& g, int num_slices, Phase1&& phase1, Prefetch&& prefetch,
-                                           Phase2&& phase2) {
+// Runs phase1(slice), the group barrier, then phase2(slice) for each of this CTA's slices.
+template <typename Phase1, typename Phase2>
+__device__ __forceinline__ void run_slices(const SliceGroups& g, int num_slices, Phase1&& phase1, Phase2&& phase2) {
   for (int s = blockIdx.x / g.group_size; s < num_slices; s += g.num_groups) {
     phase1(s);
     slice_arrive(g, s);
-    if (s + g.num_groups < num_slices) prefetch(s + g.num_groups);
     slice_wait(g, s);
     phase2(s);
   }

@@ -19,32 +19,6 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool 
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
   cp_async_16(smem_u32(dst), src, valid);
 }
-
-// An L2 policy that marks the lines it touches first in line for eviction: for data read once into
-// shared memory (or written once), so that it does not push out lines prefetched for later use.
-__device__ __forceinline__ uint64_t l2_evict_first_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-// cp_async_16 with an L2 cache policy (l2_evict_first_policy).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0), "l"(policy)
-               : "memory");
-}
-
-// Asks L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) from global memory and returns at
-// once, holding no registers or shared memory for the data: sm_90's bulk prefetch is one instruction
-// per call, older archs prefetch each 128-byte line.
-__device__ __forceinline__ void prefetch_l2(const void* src, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-#else
-  for (int o = 0; o < bytes; o += 128)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(src) + o) : "memory");
-#endif
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>

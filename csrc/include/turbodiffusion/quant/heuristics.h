@@ -18,15 +18,7 @@ constexpr int kTileVectorsPerThread = 8;
 // barrier, so the co-resident CTA count bounds the tokens per slice they can hold (5 x 132 x 128 =
 // 84k, above Wan-14B-720p's 75,600) and how many slices proceed at once. ncu at 4 CTAs per SM
 // (62 registers): Wan-14B-720p K fell back to re-reading tiles and reached 33% of DRAM bandwidth.
-//
-// Shared memory is the binding limit on sm_120 (consumer Blackwell: 100 KB per SM, 2 tiles), where the
-// 48-register cap would buy no occupancy and costs spills (the V kernel's L2 prefetch), so the
-// register budget there is the one of 2 CTAs per SM.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1200
-constexpr int kTileMinBlocksPerSM = 2;
-#else
 constexpr int kTileMinBlocksPerSM = 5;
-#endif
 
 // Per-slice channel reductions (K's sums, V's amax) are combined with global atomics by every CTA of a
 // slice group (hundreds). Into one [D] array that serialises ~250 atomics per address in L2; spread

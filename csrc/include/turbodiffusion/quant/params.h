@@ -25,7 +25,7 @@ struct QuantQKParams {
   float* scale;           // [B*H, num_blocks]
   float* mean;            // k only: [B*H, D] output mean; nullptr for q
   float* workspace;       // k only: [B*H, kReplicas, D] zero-initialised running sums
-  unsigned* arrived;      // k: [B*H] zero-initialised barrier counters; q: the zero-initialised tile counter
+  unsigned* arrived;      // k only: [B*H] zero-initialised barrier counters
   int slices;             // B*H
   int64_t n;              // tokens
   int blk;                // tokens per scale (a power of two)

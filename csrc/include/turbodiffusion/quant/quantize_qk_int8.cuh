@@ -4,10 +4,6 @@
 //   k:  km = mean_N(k) per (b, h); the same per-block recipe on k - km.
 // K smoothing removes the per-channel bias that would otherwise set the INT8 range; softmax is
 // unchanged by it because q . km is the same for every key of a row.
-//
-// One persistent, cooperative launch does both: CTAs in slice groups smooth K (slice_groups.cuh), and
-// Q's tiles, which need no reduction, go to whichever CTA is free: the CTAs that no K group uses from
-// the start, then every CTA once its K slices are done.
 #pragma once
 #include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/quant/heuristics.h"
@@ -56,100 +52,87 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
       const float v = SMOOTH ? __fsub_rn(x.get(j), mu[j]) : x.get(j);
       w[j / 4] |= uint32_t(uint8_t(quant_int8(v, inv))) << (8 * (j % 4));
     }
-    // Codes are not read again here: streaming stores (evict-first in L2).
-    __stcs(reinterpret_cast<uint2*>(out + int64_t(i) * Tile::STEP * p.out.stride_n), make_uint2(w[0], w[1]));
+    *reinterpret_cast<uint2*>(out + int64_t(i) * Tile::STEP * p.out.stride_n) = make_uint2(w[0], w[1]);
     if (t.col == 0 && (local & ((1 << p.log2_blk) - 1)) == 0)
       scale[(int64_t(tile) * Tile::ROWS + local) >> p.log2_blk] = __fmul_rn(__fdiv_rn(amax, 127.f), p.scale_factor);
   }
   __syncthreads();  // blk_amax is reused by the next tile
 }
 
-// Q's tiles, handed out in tile-major order (CTAs running together read the same tokens of every
-// head, i.e. whole contiguous rows of an NHD tensor: DRAM page locality) by the counter *pq.arrived.
-// A CTA claims its next tile before loading the current one and asks L2 for it while quantizing.
+// Q: one CTA per tile, single pass. Tile-major block order: CTAs running together read the same
+// tokens of every head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
 template <typename T, int D>
-__device__ void quantize_q_tiles(const QuantQKParams& pq, int tiles_per_slice, void* stage, float* blk_amax,
-                                 int* claimed) {
+__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM) quantize_q_int8_kernel(QuantQKParams p, int tiles_per_slice) {
+  __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
+  __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
+  const int slice = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
+  QKTile<T, D> t(stage);
+  t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
   const float zero[8] = {};
-  const int total = pq.slices * tiles_per_slice;
-  const T* x = static_cast<const T*>(pq.x);
-  if (threadIdx.x == 0) *claimed = static_cast<int>(atomicAdd(pq.arrived, 1u));
-  __syncthreads();
-  int t = *claimed;
-  while (t < total) {
-    __syncthreads();  // every thread has read *claimed
-    if (threadIdx.x == 0) *claimed = static_cast<int>(atomicAdd(pq.arrived, 1u));
-    QKTile<T, D> tile(stage);
-    tile.load(x, pq.in, t % pq.slices, t / pq.slices, pq.n, true);
-    __syncthreads();
-    const int next = *claimed;
-    if (next < total) tile.prefetch(x, pq.in, next % pq.slices, next / pq.slices, pq.n);
-    quantize_tile_int8<T, D, false>(tile, pq, t % pq.slices, t / pq.slices, zero, blk_amax);
-    t = next;
-  }
+  quantize_tile_int8<T, D, false>(t, p, slice, tile, zero, blk_amax);
 }
 
-// K smoothing on the CTAs of the slice groups (phase 1 sums channels into p.workspace, phase 2
-// subtracts the mean and quantizes the tile still in shared memory), then Q tiles on every CTA.
+// K: persistent, slice-grouped (slice_groups.cuh). Phase 1 sums channels into p.workspace;
+// phase 2 subtracts the mean and quantizes the tile still in shared memory.
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
-    quantize_qk_int8_kernel(QuantQKParams pq, int q_tiles_per_slice, QuantQKParams p, int tiles_per_slice,
-                            SliceGroups g) {
+    quantize_k_int8_smooth_kernel(QuantQKParams p, int tiles_per_slice, SliceGroups g) {
   using Tile = QKTile<T, D>;
   __shared__ float red[Tile::WARPS * D];
   __shared__ float chan[D];
   __shared__ float blk_amax[Tile::ROWS / 16];
-  __shared__ int claimed;
   __shared__ __align__(16) uint8_t stage[Tile::SMEM_BYTES];
   const int rank = blockIdx.x % g.group_size;
   const bool resident = tiles_per_slice <= g.group_size;  // one tile per CTA: it stays in shared memory
   const T* x = static_cast<const T*>(p.x);
-  if (blockIdx.x < g.num_groups * g.group_size) {
-    run_slices(
-        g, p.slices,
-        [&](int s) {
-          float acc[8] = {};
-          for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
-            Tile t(stage);
-            t.load(x, p.in, s, tile, p.n, resident);
-#pragma unroll
-            for (int i = 0; i < Tile::VECS; ++i)
-#pragma unroll
-              for (int j = 0; j < 8; ++j) acc[j] += t.vec(i).get(j);
-          }
-          reduce_channels_to_global<D, quant::kTileThreads, false>(
-              acc, red, [&](int c, float v) {
-                atomicAdd(&p.workspace[(int64_t(s) * quant::kReplicas + rank % quant::kReplicas) * D + c], v);
-              });
-        },
-        [&](int next) {
-          if (resident) Tile(stage).prefetch(x, p.in, next, rank, p.n);
-        },
-        [&](int s) {
+  run_slices(
+      g, p.slices,
+      [&](int s) {
+        float acc[8] = {};
+        for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
           Tile t(stage);
-          float mu[8];
-          const float n = static_cast<float>(p.n);
-          combine_replicas<D, false>(p.workspace + int64_t(s) * quant::kReplicas * D, chan);
+          t.load(x, p.in, s, tile, p.n);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) mu[j] = __fdiv_rn(chan[t.col + j], n);
-          if (rank == 0 && threadIdx.x < D) p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(chan[threadIdx.x], n);
-          for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
-            if (!resident) t.load(x, p.in, s, tile, p.n, false);
-            quantize_tile_int8<T, D, true>(t, p, s, tile, mu, blk_amax);
-          }
-        });
-  }
-  quantize_q_tiles<T, D>(pq, q_tiles_per_slice, stage, blk_amax, &claimed);
+          for (int i = 0; i < Tile::VECS; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[j] += t.vec(i).get(j);
+        }
+        reduce_channels_to_global<D, quant::kTileThreads, false>(
+            acc, red, [&](int c, float v) {
+              atomicAdd(&p.workspace[(int64_t(s) * quant::kReplicas + rank % quant::kReplicas) * D + c], v);
+            });
+      },
+      [&](int s) {
+        Tile t(stage);
+        float mu[8];
+        const float n = static_cast<float>(p.n);
+        combine_replicas<D, false>(p.workspace + int64_t(s) * quant::kReplicas * D, chan);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) mu[j] = __fdiv_rn(chan[t.col + j], n);
+        if (rank == 0 && threadIdx.x < D) p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(chan[threadIdx.x], n);
+        for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
+          if (!resident) t.load(x, p.in, s, tile, p.n);
+          quantize_tile_int8<T, D, true>(t, p, s, tile, mu, blk_amax);
+        }
+      });
 }
 
-// pq: Q (pq.arrived: the zero-initialised tile counter); pk: K (workspace, mean, barrier counters).
 template <typename T, int D>
-void launch_quantize_qk_int8(const QuantQKParams& pq, const QuantQKParams& pk, int num_sms, cudaStream_t stream) {
-  const int q_tiles = static_cast<int>(cdiv(pq.n, QKTile<T, D>::ROWS));
-  const int k_tiles = static_cast<int>(cdiv(pk.n, QKTile<T, D>::ROWS));
-  if (pq.slices == 0 || (q_tiles == 0 && k_tiles == 0)) return;
-  launch_slice_groups(quantize_qk_int8_kernel<T, D>, quant::kTileThreads, num_sms, pk.slices, k_tiles, pk.arrived,
-                      /*fill=*/true, stream, pq, q_tiles, pk, k_tiles);
+void launch_quantize_q_int8(const QuantQKParams& p, cudaStream_t stream) {
+  const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
+  if (p.slices == 0 || tiles == 0) return;
+  static const bool carveout_set = (prefer_shared_memory(quantize_q_int8_kernel<T, D>), true);  // once
+  (void)carveout_set;
+  quantize_q_int8_kernel<T, D><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
+  TD_CHECK_LAUNCH();
+}
+
+template <typename T, int D>
+void launch_quantize_k_int8_smooth(const QuantQKParams& p, int num_sms, cudaStream_t stream) {
+  const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
+  if (p.slices == 0 || tiles == 0) return;
+  launch_slice_groups(quantize_k_int8_smooth_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles,
+                      p.arrived, stream, p, tiles);
 }
 
 }  // namespace td

@@ -33,36 +33,17 @@ struct TokenTile {
   __device__ int64_t row(int tile, int i) const { return int64_t(tile) * ROWS + row0 + i * STEP; }
 
   // Issues every copy of the tile, then waits for this thread's own; rows >= n read as 0. Addresses
-  // advance by a constant per vector (no per-vector 64-bit index arithmetic). `read_once`: the tile
-  // is not read from global memory again, so its L2 lines are marked evict-first (they would
-  // otherwise push out lines prefetched for the next tile).
-  __device__ void load(const T* base, const SliceView& view, int slice, int tile, int64_t n, bool read_once) {
+  // advance by a constant per vector (no per-vector 64-bit index arithmetic).
+  __device__ void load(const T* base, const SliceView& view, int slice, int tile, int64_t n) {
     const T* src = base + view.slice_offset(slice) + row(tile, 0) * view.stride_n + col;
     const int64_t step = int64_t(STEP) * view.stride_n;
     const int64_t valid_rows = n - row(tile, 0);  // vector i is valid iff i * STEP < valid_rows
-    if (read_once) {
-      const uint64_t policy = l2_evict_first_policy();
 #pragma unroll
-      for (int i = 0; i < VPT; ++i) {
-        const bool valid = int64_t(i) * STEP < valid_rows;
-        cp_async_16(&stage[threadIdx.x + i * THREADS], valid ? src + i * step : base, valid, policy);
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < VPT; ++i) {
-        const bool valid = int64_t(i) * STEP < valid_rows;
-        cp_async_16(&stage[threadIdx.x + i * THREADS], valid ? src + i * step : base, valid);
-      }
+    for (int i = 0; i < VPT; ++i) {
+      const bool valid = int64_t(i) * STEP < valid_rows;
+      cp_async_16(&stage[threadIdx.x + i * THREADS], valid ? src + i * step : base, valid);
     }
     cp_async_wait_all();
-  }
-  // Asks L2 for a tile's rows (one D-element row per thread; rows >= n skipped) and returns at once:
-  // a later load() of that tile reads L2 instead of waiting for HBM.
-  __device__ void prefetch(const T* base, const SliceView& view, int slice, int tile, int64_t n) const {
-    for (int r = threadIdx.x; r < ROWS; r += THREADS) {
-      const int64_t token = int64_t(tile) * ROWS + r;
-      if (token < n) prefetch_l2(base + view.slice_offset(slice) + token * view.stride_n, D * int(sizeof(T)));
-    }
   }
   __device__ Vec<T, 8> vec(int i) const { return stage[threadIdx.x + i * THREADS]; }
 };
