@@ -133,7 +133,7 @@ def test_quantize_v_fp8_layout_semantics(device):
 
 # --------------------------------------------------------------------------------------------------
 # quantize_per_token_int8
-@pytest.mark.parametrize("shape", [(1, 8), (7, 1536), (3, 5, 200), (4, 13824), (2, 20000), (5, 77)],
+@pytest.mark.parametrize("shape", [(1, 8), (7, 1536), (3, 5, 200), (3, 8960), (4, 13824), (2, 20000), (5, 77)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 def test_quantize_per_token_int8_matches_reference(device, shape, dtype):
