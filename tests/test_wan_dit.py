@@ -157,3 +157,19 @@ def test_token_chunking_gives_the_same_velocity(model_type, chunk):
 def test_token_chunk_must_be_positive():
     with pytest.raises(ValueError, match="token_chunk: expected None or a positive number of tokens, got 0"):
         WanDiT(get_config("tiny-t2v"), device="meta", token_chunk=0)
+
+
+@pytest.mark.parametrize("kind,opts,chunk", [("sage", {}, 20), ("sagesla", {"topk": 0.5, "blkq": 64, "blkk": 64}, 80)])
+def test_token_chunking_keeps_quantized_and_sparse_attention(kind, opts, chunk):
+    """Chunks are rounded down to the kind's query block (16 rows of an INT8 Q scale, blkq of the block map),
+    so chunked attention quantizes and pools the same query blocks as unchunked attention."""
+    model = WanDiT.tiny("t2v", seed=5, attention=kind, attention_opts=opts)
+    assert model.blocks[0].self_attn.attn_op.query_block == (16 if kind == "sage" else 64)
+    g = torch.Generator().manual_seed(2)
+    x, ctx = torch.randn(1, 16, 2, 12, 16, generator=g), torch.randn(1, 7, 64, generator=g)  # 96 tokens
+    t = torch.tensor([700.0])
+    with torch.no_grad():
+        ref = model(x, t, ctx)
+        model.token_chunk = chunk
+        out = model(x, t, ctx)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)

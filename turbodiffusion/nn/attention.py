@@ -123,5 +123,18 @@ class AttentionOp(nn.Module):
             return attention(q, k, v, kind=self.kind, proj_l=self.local_attn.proj_l, **self.opts)
         return attention(q, k, v, kind=self.kind, **self.opts)
 
+    @property
+    def query_block(self) -> int:
+        """Query rows the kind quantizes or pools together (sage: one INT8 scale per 16 rows; sla, sagesla:
+        the block map's query blocks of blkq rows; others: 1). Attention run on query chunks equals the
+        unchunked attention when every chunk starts at a multiple of it."""
+        if self.kind == "sage":
+            return 16
+        if self.kind in SLA_KINDS:
+            from .sla import DEFAULT_BLKQ
+
+            return int(self.opts.get("blkq", DEFAULT_BLKQ))
+        return 1
+
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, opts={self.opts}"

@@ -116,7 +116,9 @@ class WanBlock(nn.Module):
     computes k, v of all tokens, then the self-attention n queries at a time, frees k, v, then runs the
     cross-attention and FFN n tokens at a time in place on the output: activation memory is x, the output
     (and k, v during the self-attention) plus one chunk's temporaries (the FFN hidden layer, the float32
-    AdaLN) instead of those temporaries for the whole sequence. The result is the same.
+    AdaLN) instead of those temporaries for the whole sequence. The result is the same: n is rounded down
+    to a multiple of the attention kind's query block (AttentionOp.query_block: 16 for sage, blkq for
+    sla/sagesla), so chunk boundaries never split a query scale block or a block-map query block.
     """
 
     def __init__(self, cfg: WanConfig, *, linear: str, attention_kind: str, attention_opts: dict,
@@ -137,6 +139,9 @@ class WanBlock(nn.Module):
                 sin: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
         # [B, 6, C] in the wide dtype -> six [B, 1, C] chunks
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation + e0).unsqueeze(2).unbind(1)
+        if chunk is not None:
+            qb = self.self_attn.attn_op.query_block
+            chunk = max(qb, chunk // qb * qb)
         spans = token_spans(x.shape[1], chunk)
         k = x.new_empty(*x.shape[:2], *self.self_attn.heads)
         v = torch.empty_like(k)
