@@ -49,6 +49,7 @@ void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, co
 struct QuantizedAttention {
   AttnInt8Fp8Params p{};
   at::Tensor out, lse;
+  at::Tensor lin_frag;  // sparse with SLA's linear state: lin in B-fragment order (kept alive to the launch)
   BHND sq, sk;
 };
 
@@ -214,7 +215,13 @@ void set_sparse_args(QuantizedAttention& a, const at::Tensor& lut, const at::Ten
                       "lin: expected a contiguous tensor of shape ", dims_str({sq.b, sq.h, sq.d + 8, sq.d}),
                       " (sla_linear_state), got shape ", dims_str(lin->sizes()));
     check_f32(*lin_bias, "lin_bias", {sq.d}, device);
-    p.lin = reinterpret_cast<const __half*>(lin->data_ptr());
+    TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
+      a.lin_frag = at::empty({sq.b * sq.h * sla_detail::LinFragments<D>::kPerSlice * 4}, lin->options().dtype(c10::kInt));
+      sla_detail::launch_lin_fragments<D>(reinterpret_cast<const __half*>(lin->data_ptr()),
+                                          reinterpret_cast<uint4*>(a.lin_frag.data_ptr()), sq.b * sq.h,
+                                          at::cuda::getCurrentCUDAStream());
+    });
+    p.lin_frag = reinterpret_cast<const uint4*>(a.lin_frag.data_ptr());
     p.lin_bias = lin_bias->data_ptr<float>();
   }
 }

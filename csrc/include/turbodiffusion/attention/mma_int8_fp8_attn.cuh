@@ -59,7 +59,7 @@ __device__ __forceinline__ int chunk_offset(int row, int chunk) {
 //
 // kSparse: the block-sparse variant (ARCHITECTURE §4.2): the CTA's 64 rows lie in one query block and
 // walk only the KV tiles of the key blocks its LUT row lists (sla_detail::SparseTiles); a row with no
-// kept block writes 0 and LSE -inf. With p.lin it adds SLA's projected linear branch in the epilogue
+// kept block writes 0 and LSE -inf. With p.lin_frag it adds SLA's projected linear branch in the epilogue
 // (sla_detail::LinearTerm). Everything else is the dense kernel's code.
 template <int D, bool kSparse = false>
 __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,

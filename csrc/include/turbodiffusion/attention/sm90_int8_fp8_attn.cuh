@@ -61,7 +61,7 @@ struct alignas(1024) Smem {
 
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin.
+// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag.
 template <int D, bool kSparse>
 __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,

@@ -159,7 +159,7 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
 // with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
 // constant per row: it cancels in the softmax, not in the LSE). m and l are per lane (rows g, g+8);
 // l holds the lane's partial sum, added over the quad here. Rows >= nq are not written. kSparse: a
-// row that kept no key block (l = 0) gets 0 and LSE -inf, and with p.lin SLA's projected linear
+// row that kept no key block (l = 0) gets 0 and LSE -inf, and with p.lin_frag SLA's projected linear
 // branch is added (sla_detail::LinearTerm).
 template <int D, bool kSparse = false>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
@@ -212,7 +212,7 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
   // SLA: the linear term of the warp's rows, one n8 block of channels at a time.
   bool linear = false;
   sla_detail::LinearTerm<D> lin;
-  if constexpr (kSparse) linear = p.lin != nullptr;
+  if constexpr (kSparse) linear = p.lin_frag != nullptr;
   if (linear) {
     const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
     const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;

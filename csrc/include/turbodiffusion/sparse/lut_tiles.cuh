@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "turbodiffusion/attention/params.h"
+#include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/common/sm80_primitives.cuh"
 #include "turbodiffusion/common/vec.cuh"
 
@@ -80,10 +81,45 @@ struct SparseTiles {
 
 // SLA's linear term for a warp's 16 query rows, evaluated with tensor cores in the epilogue:
 //   phi(q) (H W^T) / (1e-5 + phi(q) . z) + b  =  (e . G) / (eps sum(e) / nk + e . zeta) + b
-// with e = exp(q - max q) (phi(q) = e / sum e: the 1 / sum e cancels), G = p.lin rows < D (H W^T / nk)
-// and zeta = p.lin row D (z / nk). e is rounded to fp16 ((0, 1]: 11-bit mantissa) to be the A operand
+// with e = exp(q - max q) (phi(q) = e / sum e: the 1 / sum e cancels), G = lin rows < D (H W^T / nk)
+// and zeta = lin row D (z / nk). e is rounded to fp16 ((0, 1]: 11-bit mantissa) to be the A operand
 // of mma.sync m16n8k16; the products accumulate in fp32. Lane (g, t) holds the A fragment of rows g and
 // g + 8: channels 16 s + 2 t + {0, 1, 8, 9} for every k16 step s, which the lane reads from q itself.
+// B comes from p.lin_frag, lin rearranged by lin_fragments_kernel so that a warp reads the B fragments
+// of two k16 steps as 512 contiguous bytes (16 per lane): read straight from lin's rows, each 4-byte
+// fragment piece touched 8 rows, and the epilogue was bound by L1 wavefronts (14B-720p: 1.6 ms of 22).
+template <int D>
+struct LinFragments {
+  static constexpr int kBlocks = D / 8 + 1;  // n8 blocks of lin's D + 8 rows
+  static constexpr int kPairs = D / 32;      // pairs of k16 steps
+  static constexpr int64_t kPerSlice = int64_t(kBlocks) * kPairs * 32;  // uint4 per (b, h)
+};
+
+// lin [slices, D + 8, D] fp16 -> frag [slices, D / 8 + 1, D / 32, 32 lanes] uint4: lane (g, t) of n8 block
+// n, step pair u holds row 8 n + g, channels 32 u + 2 t + {0, 1 | 8, 9 | 16, 17 | 24, 25}, i.e. the
+// (b0, b1) B registers of k16 steps 2 u and 2 u + 1.
+template <int D>
+__global__ void lin_fragments_kernel(const __half* __restrict__ lin, uint4* __restrict__ frag, int64_t total) {
+  using F = LinFragments<D>;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int lane = static_cast<int>(i % 32), g = lane / 4, t = lane % 4;
+  const int u = static_cast<int>((i / 32) % F::kPairs), n = static_cast<int>((i / (32 * F::kPairs)) % F::kBlocks);
+  const int64_t slice = i / F::kPerSlice;
+  const uint32_t* row = reinterpret_cast<const uint32_t*>(lin + (slice * (D + 8) + 8 * n + g) * D + 32 * u + 2 * t);
+  frag[i] = make_uint4(__ldg(row), __ldg(row + 4), __ldg(row + 8), __ldg(row + 12));
+}
+
+// Host launcher: frag (LinFragments<D>::kPerSlice uint4 per slice) from lin, on `stream`.
+template <int D>
+void launch_lin_fragments(const __half* lin, uint4* frag, int64_t slices, cudaStream_t stream) {
+  const int64_t total = slices * LinFragments<D>::kPerSlice;
+  if (total == 0) return;
+  constexpr int kThreads = 256;
+  lin_fragments_kernel<D><<<static_cast<unsigned>(cdiv(total, kThreads)), kThreads, 0, stream>>>(lin, frag, total);
+  TD_CHECK_LAUNCH();
+}
+
 template <int D>
 struct LinearTerm {
   static constexpr int kSteps = D / 16;
@@ -143,15 +179,16 @@ struct LinearTerm {
   }
 
   // c = e . lin[8 n .. 8 n + 7]^T for the lane's rows (C fragment of n8 block n).
-  __device__ __forceinline__ void product(const AttnInt8Fp8Params& p, int64_t slice, int n, int g, float (&c)[4]) const {
-    const int t = threadIdx.x % 4;
-    const __half* col = p.lin + (slice * (D + 8) + 8 * n + g) * D + 2 * t;
+  __device__ __forceinline__ void product(const AttnInt8Fp8Params& p, int64_t slice, int n, int /*g*/,
+                                          float (&c)[4]) const {
+    using F = LinFragments<D>;
+    const uint4* f = p.lin_frag + slice * F::kPerSlice + int64_t(n) * F::kPairs * 32 + threadIdx.x % 32;
     c[0] = c[1] = c[2] = c[3] = 0.f;
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      const uint32_t b0 = __ldg(reinterpret_cast<const unsigned int*>(col + 16 * s));
-      const uint32_t b1 = __ldg(reinterpret_cast<const unsigned int*>(col + 16 * s + 8));
-      mma_16bit<false>(c, a[s], b0, b1);
+    for (int u = 0; u < F::kPairs; ++u) {
+      const uint4 b = __ldg(f + 32 * u);
+      mma_16bit<false>(c, a[2 * u], b.x, b.y);
+      mma_16bit<false>(c, a[2 * u + 1], b.z, b.w);
     }
   }
 };
