@@ -1,5 +1,7 @@
 """Fails (exit 1) when a kernel in a build log spills registers to local memory, unless its source
-explains why that is acceptable with a comment `TD_SPILL_OK(<kernel name>): <reason>` in csrc/.
+explains why that is acceptable with a comment `TD_SPILL_OK(<kernel name>): <reason>` in csrc/, and when
+ptxas serialized a kernel's wgmma instructions (C7510 / C7511 "Potential Performance Loss": e.g. a call,
+such as a device assert, inside the wgmma pipeline, or too few registers for it), which has no excuse.
 
 The build passes `-Xptxas=-warn-spills --resource-usage`, so ptxas reports, per function:
   ptxas info    : Function properties for <mangled name>
@@ -69,9 +71,13 @@ def main(path: str) -> int:
         print(f"check_spills: {name}: {stores} B spill stores, {loads} B spill loads ({status})")
         if kernel not in allowed:
             bad.append(kernel)
+    serialized = sorted(set(re.findall(r"wgmma\.mma_async instructions are serialized due to ([^']*?) in the "
+                                       r"function '(\S+)'", log)))
+    for why, mangled in serialized:
+        print(f"check_spills: {unqualified_name(demangle(mangled))}: wgmma serialized ({why.strip()})")
     n = log.count("Function properties for")
-    print(f"check_spills: {n} function reports, {len(bad)} unexplained spills")
-    return 1 if bad else 0
+    print(f"check_spills: {n} function reports, {len(bad)} unexplained spills, {len(serialized)} wgmma-serialized")
+    return 1 if bad or serialized else 0
 
 
 if __name__ == "__main__":
