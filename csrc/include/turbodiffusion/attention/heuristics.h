@@ -45,7 +45,7 @@ struct MmaAttnConfig {
 // lane, P is 16 registers (4 k32 steps), and a V tile row (one channel) is 128 bytes = one 128-byte
 // swizzle row. Registers per consumer lane at D = 128: O (64) + PV (64) + P (16) or S (64) + O (64)
 // + addressing: the producer group drops to kProducerRegs so the consumers can take kConsumerRegs
-// (launched at 168 per lane: 128 x (168 - producer) must cover 256 x (consumer - 168)). Dense: 24 / 240.
+// (launched at kLaunchRegs = 168 per lane: 128 x (168 - producer) must cover 256 x (consumer - 168)). Dense: 24 / 240.
 // Sparse: 40 / 232, since the producer warps walk the LUT (the tile walker holds ~11 registers) and
 // at 24 ptxas spilled them. Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
 // 112 KB of shared memory.
@@ -60,7 +60,9 @@ struct Sm90AttnConfig {
   static constexpr int kStages = kSparse ? 2 : 3;
   static constexpr int kProducerRegs = kSparse ? 40 : 24;
   static constexpr int kConsumerRegs = kSparse ? 232 : 240;
-  static_assert(128 * (168 - kProducerRegs) >= 256 * (kConsumerRegs - 168), "the consumers take what the producer frees");
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // __launch_bounds__(kThreads, 1): 168
+  static_assert(128 * (kLaunchRegs - kProducerRegs) >= 256 * (kConsumerRegs - kLaunchRegs),
+                "the consumers take what the producer frees");
 };
 
 }  // namespace attn
