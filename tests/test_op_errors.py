@@ -179,9 +179,11 @@ def _sla_cases(device):
         (lambda: sp(lin=torch.zeros(1, 2, 72, 64, dtype=torch.float16, device=device)), ValueError, ["lin_bias"]),
         (lambda: sp(lin=torch.zeros(1, 2, 64, 64, dtype=torch.float16, device=device),
                     lin_bias=torch.zeros(64, device=device)), ValueError, ["lin", "[1, 2, 72, 64]"]),
+        (lambda: sp(lin=torch.zeros(2 * 72 * 64 + 1, dtype=torch.float16, device=device)[1:].view(1, 2, 72, 64),
+                    lin_bias=torch.zeros(64, device=device)), ValueError, ["lin", "4-byte aligned", "offset 1"]),
     ]
 
 
-@pytest.mark.parametrize("index", range(14))
+@pytest.mark.parametrize("index", range(15))
 def test_sla_bad_input_names_the_argument(device, index):
     _expect_error(*_sla_cases(device)[index])

@@ -215,7 +215,7 @@ void set_sparse_args(QuantizedAttention& a, const at::Tensor& lut, const at::Ten
                       "lin: expected a contiguous tensor of shape ", dims_str({sq.b, sq.h, sq.d + 8, sq.d}),
                       " (sla_linear_state), got shape ", dims_str(lin->sizes()));
     TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(lin->data_ptr()) % 4 == 0,
-                      "lin: expected a 4-byte aligned base address (the kernel reads pairs of float16), got a view "
+                      "lin: expected a 4-byte aligned base address (the kernels read pairs of float16), got a view "
                       "at element offset ", num(lin->storage_offset()));
     check_f32(*lin_bias, "lin_bias", {sq.d}, device);
     TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
