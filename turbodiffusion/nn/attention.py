@@ -129,7 +129,9 @@ class AttentionOp(nn.Module):
         the block map's query blocks of blkq rows; others: 1). Attention run on query chunks equals the
         unchunked attention when every chunk starts at a multiple of it."""
         if self.kind == "sage":
-            return 16
+            from ..ops import ATTN_MMA_BLK_Q  # the rows sage_attention quantizes with one scale
+
+            return ATTN_MMA_BLK_Q
         if self.kind in SLA_KINDS:
             from .sla import DEFAULT_BLKQ
 
