@@ -40,8 +40,9 @@ for suite in $SUITES; do
   python3 -m "benchmarks.bench_$suite" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
-# Logs travel as one archive (the lent GPU machine returns at most 8 files).
-tar czf "$OUT/logs.tgz" -C "$OUT" device.txt build.log tests.log sanitizer.log bench.log 2>/dev/null \
-  && rm -f "$OUT"/{device.txt,build.log,tests.log,sanitizer.log,bench.log}
+# Logs and the markdown tables travel as one archive (the lent GPU machine returns at most 8 files); the
+# JSON tables stay beside it.
+(cd "$OUT" && tar czf logs.tgz device.txt build.log tests.log sanitizer.log bench.log ./*.md 2>/dev/null \
+  && rm -f device.txt build.log tests.log sanitizer.log bench.log ./*.md)
 echo "=== done, status $status"
 exit $status
