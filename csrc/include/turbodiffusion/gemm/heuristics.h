@@ -89,14 +89,17 @@ struct Sm90Choice {
   int swizzle = 1;              // CUTLASS max_swizzle_size: 1/2/4/8 rows (columns) of tiles walked together
 };
 
-// THE heuristics table, from one `bench_gemm.py --sweep` on an H100 80GB HBM3 (2026-11-26, torch
-// 2.11.0+cu130, CUDA 13.0; benchmarks/results/gemm-sweep-h100.{md,json}). One row per (N, K) of Wan's
-// linear layers: the winning {tile, raster_along_m, swizzle} of each input type at the standard
-// token count M (benchmarks/metrics.py GEMM_SHAPES). Ratios: vs torch.matmul bf16 (INT8) and
-// torch._scaled_mm row-wise, bf16 out (FP8); "next" = the runner-up setting of the same tile.
-// Noise: the run timed the previous rule's configuration twice per shape (its heuristics row and its
-// sweep row): up to 7% (INT8) and 23% (FP8, 75600 x 5120 x 5120) apart, so winners within ~3% of the
-// next are ties; the table takes the measured winner (docs/gemm.md, "Sweep").
+// THE heuristics table. One row per (N, K) of Wan's linear layers: the winning {tile, raster_along_m,
+// swizzle} of each input type at the standard token count M (benchmarks/metrics.py GEMM_SHAPES), from
+// `bench_gemm.py --sweep` on an H100 80GB HBM3 (torch 2.11.0+cu130, CUDA 13.0). First sweep: commit
+// 86e3353, on kernels whose wgmma ptxas had serialized (CUTLASS device asserts, built without NDEBUG);
+// re-swept with NDEBUG at 2f47834 (2026-11-26, benchmarks/results/gemm-sweep-h100.{md,json}), which
+// moved two INT8 rows to raster N / swizzle 1 (32760 x 1536 x 8960: 0.869 -> 0.742 ms; 75600 x 5120 x
+// 5120: 2.96 -> 2.81 ms) and confirmed the rest within noise. Ratios below are that sweep's: vs
+// torch.matmul bf16 (INT8) and torch._scaled_mm row-wise, bf16 out (FP8); "next" = the runner-up
+// setting of the same tile. Noise: the sweep times the table's configuration twice per shape (its
+// heuristics row and its sweep row): up to 10% apart for INT8 and 18% for FP8, so close winners are
+// ties; FP8 rows were kept where the new sweep's winner was within that noise (docs/gemm.md, "Sweep").
 struct Sm90TableRow {
   int64_t n, k;
   Sm90Choice int8, fp8;
@@ -104,17 +107,17 @@ struct Sm90TableRow {
 inline constexpr Sm90TableRow kSm90Table[] = {
     //  N      K      INT8 t0              FP8 t1                  measured at M; layer
     {1536, 1536, {0, false, 2}, {1, false, 8}},    // 32760; Wan 1.3B 480p self-attention q/k/v/o
-                                                   //   int8 1.50x (next N/1 1.49x), fp8 0.94x (N/1 0.93x)
-    {8960, 1536, {0, true, 4}, {1, false, 1}},     // 32760; 1.3B FFN up
-                                                   //   int8 1.50x (N/4 1.46x), fp8 0.76x (N/2 0.76x)
+                                                   //   int8 1.61x (next N/1 1.60x), fp8 1.00x (N/1 1.04x)
+    {8960, 1536, {0, false, 1}, {1, false, 1}},    // 32760; 1.3B FFN up
+                                                   //   int8 1.56x (N/2 1.52x), fp8 0.74x (M/8 0.84x)
     {1536, 8960, {0, true, 2}, {1, false, 2}},     // 32760; 1.3B FFN down
-                                                   //   int8 1.77x (N/2 1.64x), fp8 0.93x (N/1 0.92x)
-    {5120, 5120, {0, false, 4}, {1, false, 1}},    // 75600; Wan 14B 720p self-attention q/k/v/o
-                                                   //   int8 1.81x (M/4 1.80x), fp8 0.99x (N/4 0.97x)
+                                                   //   int8 1.83x (N/2 1.71x), fp8 1.06x (M/8 1.04x)
+    {5120, 5120, {0, false, 1}, {1, false, 1}},    // 75600; Wan 14B 720p self-attention q/k/v/o
+                                                   //   int8 2.04x (N/2 1.99x), fp8 1.13x (N/4 1.12x)
     {13824, 5120, {0, true, 8}, {1, true, 8}},     // 75600; 14B FFN up
-                                                   //   int8 1.84x (N/2 1.81x), fp8 1.01x (N/8 1.01x)
+                                                   //   int8 1.93x (N/8 1.91x), fp8 1.21x (N/8 1.20x)
     {5120, 13824, {0, false, 1}, {1, false, 1}},   // 75600; 14B FFN down
-                                                   //   int8 1.86x (N/2 1.84x), fp8 1.03x (N/4 1.03x)
+                                                   //   int8 1.99x (M/4 2.00x), fp8 1.23x (N/4 1.21x)
 };
 // A table row applies from this M up. The sweep measured one M per (N, K); raster and swizzle act on
 // how a wave of 132 persistent CTAs walks the tile grid and on what of a and w stays in L2, which
