@@ -49,15 +49,15 @@ struct MmaAttnConfig {
 // Sparse: 40 / 232, since the producer warps walk the LUT (the tile walker holds ~11 registers) and
 // at 24 ptxas spilled them. Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
 // 112 KB of shared memory.
-// Sparse (kSparse): one two-stage ring per consumer group instead (2 x 2 x 32 KB + Q 16 KB = 144 KB).
+// Sparse (kSparse): four K/V slots (4 x 32 KB + Q 16 KB = 144 KB), as one two-stage ring per consumer
+// group when blkq = 64 (the groups walk different LUT rows) or one four-stage ring shared by both.
 template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = 128;
-  static constexpr int kRings = kSparse ? kConsumers : 1;
-  static constexpr int kStages = kSparse ? 2 : 3;
+  static constexpr int kSlots = kSparse ? 4 : 3;
   static constexpr int kProducerRegs = kSparse ? 40 : 24;
   static constexpr int kConsumerRegs = kSparse ? 232 : 240;
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // __launch_bounds__(kThreads, 1): 168

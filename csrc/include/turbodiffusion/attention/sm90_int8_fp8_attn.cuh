@@ -5,7 +5,7 @@
 //
 // CTA = 3 warpgroups, one CTA per (128 query rows, head, batch):
 //   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once, then K and V tiles
-//                into kStages ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
+//                into the ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
 //                consumer warps done); another warp stages each tile's K scales in shared memory.
 //                The group gives its registers to the consumers (setmaxnreg).
 //   warpgroups 1, 2: consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
@@ -42,34 +42,41 @@ namespace td {
 namespace sm90_attn {
 
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
-// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. Dense: one K/V
-// ring read by both consumer groups. Sparse: one ring per consumer group (each group walks the LUT row
-// of its own 64 query rows, which may differ when blkq = 64), fed by its own producer thread.
+// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kSlots K/V slots,
+// used as one ring read by both consumer groups (dense; sparse when the CTA's 128 rows lie in one query
+// block, blkq % 128 == 0) or as one ring per consumer group (sparse with blkq = 64: each group walks the
+// LUT row of its own 64 query rows, fed by its own producer thread): ring r, stage s = slot r * S + s.
 template <int D, bool kSparse>
 struct alignas(1024) Smem {
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  uint8_t q[Cfg::kConsumers][64 * D];                    // [row][channel], one 64-row tile per group
-  uint8_t k[Cfg::kRings][Cfg::kStages][Cfg::kBN * D];    // [key][channel]
-  uint8_t v[Cfg::kRings][Cfg::kStages][D * Cfg::kBN];    // [channel][token] (quantize_v_fp8's layout)
-  float k_scale[Cfg::kRings][Cfg::kStages][Cfg::kBN / attn::kBlkK];  // the K tile's scales
+  uint8_t q[Cfg::kConsumers][64 * D];           // [row][channel], one 64-row tile per group
+  uint8_t k[Cfg::kSlots][Cfg::kBN * D];         // [key][channel]
+  uint8_t v[Cfg::kSlots][D * Cfg::kBN];         // [channel][token] (quantize_v_fp8's layout)
+  float k_scale[Cfg::kSlots][Cfg::kBN / attn::kBlkK];  // the K tile's scales
   uint64_t q_full;
-  uint64_t full[Cfg::kRings][Cfg::kStages];
-  uint64_t empty[Cfg::kRings][Cfg::kStages];
+  uint64_t full[Cfg::kSlots];
+  uint64_t empty[Cfg::kSlots];
 };
 
 }  // namespace sm90_attn
 
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag.
-template <int D, bool kSparse>
+// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag. kGroupRings (sparse
+// only, required when p.blkq % 128 != 0): one K/V ring per consumer group instead of one shared ring.
+template <int D, bool kSparse, bool kGroupRings>
 __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const AttnInt8Fp8Params p, const int tma_nhd) {
 #ifdef TD_SM90A_ENABLED
   using namespace sm90;
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  constexpr int BN = Cfg::kBN, S = Cfg::kStages;
+  static_assert(kSparse || !kGroupRings, "dense CTAs share one ring");
+  // Rings in use and stages per ring: the slots split between the groups, or one ring of all of them
+  // (sparse with a shared ring: twice the stages of a group ring, and each K/V tile loaded once per CTA
+  // instead of once per group, which halves the L2 -> SM traffic; docs/sla.md).
+  constexpr int kRings = kGroupRings ? Cfg::kConsumers : 1;
+  constexpr int BN = Cfg::kBN, S = Cfg::kSlots / kRings;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
   // Dense: the softmax's row-max phase overlaps the group's own PV of the previous tile. The sparse
@@ -94,12 +101,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
 #pragma unroll
-    for (int r = 0; r < Cfg::kRings; ++r)
-#pragma unroll
-      for (int s = 0; s < S; ++s) {
-        mbar_init(&sm.full[r][s], 2);  // the TMA thread (with the bytes) and the K-scale warp
-        mbar_init(&sm.empty[r][s], Cfg::kConsumers / Cfg::kRings * 4);  // the consumer warps of the ring
-      }
+    for (int s = 0; s < Cfg::kSlots; ++s) {
+      mbar_init(&sm.full[s], 2);                              // the TMA thread (with the bytes) and the K-scale warp
+      mbar_init(&sm.empty[s], Cfg::kConsumers / kRings * 4);  // the consumer warps of the ring
+    }
     fence_barrier_init();
   }
   __syncthreads();
@@ -111,7 +116,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
       else tma_load_4d(dst, map, bar, 0, row, h, b);
     };
-    if (warp < Cfg::kRings && lane == 0) {  // warp r feeds ring r with TMA loads
+    if (warp < kRings && lane == 0) {  // warp r feeds ring r with TMA loads
       const int r = warp;
       if (r == 0) {
         prefetch_tmap(&tm_q);
@@ -123,13 +128,13 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       }
       Tiles tiles = tiles_of(r);
       for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
-        const int s = i % S;
-        if (i >= S) mbar_wait(&sm.empty[r][s], ((i / S) - 1) & 1);  // its previous use released
-        mbar_arrive_expect_tx(&sm.full[r][s], 2 * BN * D);
-        load_rows(&tm_k, sm.k[r][s], &sm.full[r][s], tile * BN);     // keys >= nk: zeros (masked below)
-        tma_load_3d(sm.v[r][s], &tm_v, &sm.full[r][s], tile * BN, 0, static_cast<int>(slice));
+        const int s = r * S + i % S;
+        if (i >= S) mbar_wait(&sm.empty[s], ((i / S) - 1) & 1);  // its previous use released
+        mbar_arrive_expect_tx(&sm.full[s], 2 * BN * D);
+        load_rows(&tm_k, sm.k[s], &sm.full[s], tile * BN);     // keys >= nk: zeros (masked below)
+        tma_load_3d(sm.v[s], &tm_v, &sm.full[s], tile * BN, 0, static_cast<int>(slice));
       }
-    } else if (warp >= 2 && warp - 2 < Cfg::kRings) {
+    } else if (warp >= 2 && warp - 2 < kRings) {
       // Warp 2 + r stages the K scales of ring r's tiles (clamped past the last block: those keys are
       // masked), one per lane, so that the consumers read them from shared memory instead of waiting
       // on global loads; its arrival on full[r][s] (the warp barrier orders the lanes' stores before
@@ -138,12 +143,12 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
       const float* ks_g = p.k_scale + slice * p.k_blocks;
       Tiles tiles = tiles_of(r);
       for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
-        const int s = i % S;
-        if (i >= S) mbar_wait(&sm.empty[r][s], ((i / S) - 1) & 1);
+        const int s = r * S + i % S;
+        if (i >= S) mbar_wait(&sm.empty[s], ((i / S) - 1) & 1);
         if (lane < BN / attn::kBlkK)
-          sm.k_scale[r][s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
+          sm.k_scale[s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
         __syncwarp();
-        if (lane == 0) mbar_arrive(&sm.full[r][s]);
+        if (lane == 0) mbar_arrive(&sm.full[s]);
       }
     }
     return;
@@ -152,7 +157,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   // ---------------- consumers ----------------
   regs_alloc<Cfg::kConsumerRegs>();
   const int cg = wg - 1;
-  const int ring = kSparse ? cg : 0;
+  const int ring_base = kGroupRings ? cg * S : 0;  // slot of the group's ring's stage 0
   const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
   const int qblk = static_cast<int>(row0 / attn::kBlkQ);
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
@@ -170,11 +175,11 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
   float alpha[2];           // its rescale factor of O
 
-  // i: the tile's position in this group's walk (ring slot i % S, phase i / S).
+  // i: the tile's position in this group's walk (ring stage i % S, phase i / S).
   auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact); one commit group
-    const int s = i % S;
-    mbar_wait(&sm.full[ring][s], (i / S) & 1);
-    const uint64_t desc_k = kmajor_desc<D>(sm.k[ring][s]);
+    const int s = ring_base + i % S;
+    mbar_wait(&sm.full[s], (i / S) & 1);
+    const uint64_t desc_k = kmajor_desc<D>(sm.k[s]);
     wgmma_fence();
     wgmma_m64n128k32_s8<false>(acc, desc_q, desc_k);
 #pragma unroll
@@ -183,7 +188,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     wgmma_commit();
   };
   auto issue_pv = [&](int i) {  // PV = P V_tile (fp32); one commit group
-    const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring][i % S]);
+    const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring_base + i % S]);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < BN / 32; ++ks) {
@@ -203,7 +208,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   auto finish_pv = [&](int i) {
     fence_operands(pv);
     fence_operands(pa);
-    if (lane == 0) mbar_arrive(&sm.empty[ring][i % S]);  // this warp no longer reads the slot
+    if (lane == 0) mbar_arrive(&sm.empty[ring_base + i % S]);  // this warp no longer reads the slot
 #pragma unroll
     for (int n = 0; n < NO; ++n)
 #pragma unroll
@@ -214,7 +219,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   auto softmax = [&](int i, int tile) {
     float sc[NB / 2];  // q scale x the tile's K scales (staged by the producer with the K tile)
 #pragma unroll
-    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring][i % S][j];
+    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring_base + i % S][j];
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
       if (kOverlapPv && i > 0) {
         wgmma_wait<0>();
@@ -261,21 +266,33 @@ constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
 
 // Host launcher: one CTA per (128 query rows, head, batch), on `stream`. The tensor maps are built by
 // the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of Sm90AttnConfig.
-template <int D, bool kSparse = false>
-void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
-                               const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
+// Sparse: one ring per consumer group when a CTA's two 64-row groups may lie in different query blocks
+// (blkq % 128 != 0), else one shared ring.
+template <int D, bool kSparse, bool kGroupRings>
+void launch_sm90_int8_fp8_attn_variant(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
+                                       const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  if (p.nq == 0 || batch == 0 || p.heads == 0) return;
   constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
   static const bool configured = [] {
-    TD_CUDA_CHECK(cudaFuncSetAttribute(sm90_int8_fp8_attn_kernel<D, kSparse>,
+    TD_CUDA_CHECK(cudaFuncSetAttribute(sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  sm90_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
+  sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>
+      <<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
   TD_CHECK_LAUNCH();
+}
+
+template <int D, bool kSparse = false>
+void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
+                               const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
+  if (p.nq == 0 || batch == 0 || p.heads == 0) return;
+  if (kSparse && p.blkq % attn::Sm90AttnConfig<D, kSparse>::kRowsPerCta != 0)
+    launch_sm90_int8_fp8_attn_variant<D, kSparse, kSparse>(tm_q, tm_k, tm_v, p, tma_nhd, batch, stream);
+  else
+    launch_sm90_int8_fp8_attn_variant<D, kSparse, false>(tm_q, tm_k, tm_v, p, tma_nhd, batch, stream);
 }
 
 }  // namespace td
