@@ -45,10 +45,11 @@ struct MmaAttnConfig {
 // lane, P is 16 registers (4 k32 steps), and a V tile row (one channel) is 128 bytes = one 128-byte
 // swizzle row. Registers per consumer lane at D = 128: O (64) + PV (64) + P (16) or S (64) + O (64)
 // + addressing: the producer group drops to kProducerRegs so the consumers can take kConsumerRegs
-// (launched at kLaunchRegs = 168 per lane: 128 x (168 - producer) must cover 256 x (consumer - 168)). Dense: 24 / 240.
-// Sparse: 40 / 232, since the producer warps walk the LUT (the tile walker holds ~11 registers) and
-// at 24 ptxas spilled them. Three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB):
-// 112 KB of shared memory.
+// (launched at kLaunchRegs = 168 per lane: 128 x (168 - producer) must cover 256 x (consumer - 168)): 24 / 240,
+// dense and sparse alike (sparse D 128 spills a few bytes there, see the kernel's TD_SPILL_OK; 40 / 232
+// kept the sparse producers' LUT walkers in registers but left no room for the PV overlap, and measured
+// 2-4% slower). Dense: three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB): 112 KB of
+// shared memory.
 // Sparse (kSparse): four K/V slots (4 x 32 KB + Q 16 KB = 144 KB), as one two-stage ring per consumer
 // group when blkq = 64 (the groups walk different LUT rows) or one four-stage ring shared by both.
 template <int D, bool kSparse = false>
@@ -58,8 +59,8 @@ struct Sm90AttnConfig {
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = 128;
   static constexpr int kSlots = kSparse ? 4 : 3;
-  static constexpr int kProducerRegs = kSparse ? 40 : 24;
-  static constexpr int kConsumerRegs = kSparse ? 232 : 240;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // __launch_bounds__(kThreads, 1): 168
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 256 * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");

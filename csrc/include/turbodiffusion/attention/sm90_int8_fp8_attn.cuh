@@ -60,6 +60,13 @@ struct alignas(1024) Smem {
 
 }  // namespace sm90_attn
 
+// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): the block-sparse variant at D = 128 runs the dense
+// kernel's schedule (row-max phase under the group's own PV) in the dense register split, 24 / 240, and
+// ptxas (nvcc 13.0) keeps one to a few loop-carried registers in local memory: 24 B with the shared ring,
+// 72 B with per-group rings (one L1-resident store and load per tile in the consumer loop). Measured on
+// the H100 against the spill-free 40 / 232 split without the overlap (2026-11-26): SageSLA 14B-720p
+// 128x128 24.3 vs 25.3 ms, 64x128 26.8 vs 27.4 ms; 1.3B-480p 1.99 vs 2.05 and 2.09 vs 2.13 ms. The dense
+// variants and D = 64 must not spill.
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
 // p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag. kGroupRings (sparse
@@ -79,10 +86,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   constexpr int BN = Cfg::kBN, S = Cfg::kSlots / kRings;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
-  // Dense: the softmax's row-max phase overlaps the group's own PV of the previous tile. The sparse
-  // kernel measured no gain from it (H100, 14B-720p 64x128: 20.9 vs 20.5 ms) and at D = 128 it made
-  // ptxas keep two O registers in local memory, so it waits for both MMAs first.
-  constexpr bool kOverlapPv = !kSparse;
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   static_assert(BN == 128, "V rows of one tile are 128 bytes: the 128-byte swizzle of the PV descriptor");
 
@@ -214,21 +217,21 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
   };
-  // Softmax of S (walk position i) into pa. kOverlapPv and i >= 1: PV_{i-1} is still in flight; the
+  // Softmax of S (walk position i) into pa. For i >= 1, PV_{i-1} is still in flight; the
   // row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa.
   auto softmax = [&](int i, int tile) {
     float sc[NB / 2];  // q scale x the tile's K scales (staged by the producer with the K tile)
 #pragma unroll
     for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring_base + i % S][j];
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
-      if (kOverlapPv && i > 0) {
+      if (i > 0) {
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
       }
     });
   };
   // Walk position i >= 1: S_i and PV_{i-1} are issued together (two commit groups, which complete in
-  // order); with kOverlapPv the softmax of S_i starts once S_i has landed, so PV_{i-1} runs under it.
+  // order); the softmax of S_i starts once S_i has landed, so PV_{i-1} runs under it.
   Tiles tiles = tiles_of(cg);
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
@@ -240,12 +243,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     for (int next; (next = tiles.next()) >= 0; ++i) {
       issue_qk(i);
       issue_pv(i - 1);
-      if constexpr (kOverlapPv) {
-        wgmma_wait<1>();
-      } else {
-        wgmma_wait<0>();
-        finish_pv(i - 1);
-      }
+      wgmma_wait<1>();
       fence_operands(acc);
       softmax(i, next);
     }
