@@ -1,6 +1,6 @@
 """Accuracy study of SLA block sizes (docs/sla.md): relative L1 of SLA outputs against the fp32 SLA
 semantics with 64x64 blocks (the block size the released checkpoints were tuned with), top-k 0.1, on
-the three standard input families (and "smooth", a stand-in with the locality of video tokens), for block sizes 64x64, 128x64 and 64x128:
+the three standard input families (and "smooth", a stand-in with the locality of video tokens), for block sizes 64x64, 128x64, 64x128 and 128x128:
   * "fp32 blocks": the fp32 semantics at that block size (the effect of the block granularity alone);
   * "sagesla": ops.sage_sla at that block size (granularity + INT8/FP8 quantization);
   * "sla bf16": ops.sla at that block size (granularity + bf16);
@@ -26,7 +26,7 @@ from _util import attention_inputs, rel_l1  # noqa: E402
 from turbodiffusion import ops  # noqa: E402
 from turbodiffusion import reference as ref  # noqa: E402
 
-BLOCKS = [(64, 64), (128, 64), (64, 128)]
+BLOCKS = [(64, 64), (128, 64), (64, 128), (128, 128)]
 FAMILIES = ["gaussian", "bias", "peaky", "smooth"]
 
 
