@@ -173,6 +173,16 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   mbar_wait(&sm.q_full, 0);
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
+  // Exp turns: the two groups take turns on the softmax's exp phase (bar.sync on the group's named
+  // barrier before it, bar.arrive on the other's after it; group 0 first). Both exp phases at once
+  // share the SM sub-partitions' MUFU (ex2 at 16 per clock per SM) and issue slots, and stretch to
+  // ~1100 cycles each; taking turns, each runs alone in ~900 while the other group waits on its MMAs
+  // or runs its row-max phase (clock64 phase stamps, H100; docs/attention.md). Needs both groups to
+  // walk the same number of tiles: dense, and sparse with a shared ring.
+  constexpr bool kExpTurns = !kGroupRings;
+  constexpr int kTurnThreads = 2 * 128;
+  const int my_bar = 1 + cg, other_bar = 2 - cg;
+
   int32_t acc[NB][4];      // S of the current tile
   float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
@@ -228,13 +238,16 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
       }
+      if constexpr (kExpTurns) named_bar_sync(my_bar, kTurnThreads);  // this group's exp turn
     });
+    if constexpr (kExpTurns) named_bar_arrive(other_bar, kTurnThreads);  // the other group's turn
   };
   // Walk position i >= 1: S_i and PV_{i-1} are issued together (two commit groups, which complete in
   // order); the softmax of S_i starts once S_i has landed, so PV_{i-1} runs under it.
   Tiles tiles = tiles_of(cg);
   int tile = tiles.next();
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
+    if (kExpTurns && cg == 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
     issue_qk(0);
     wgmma_wait<0>();
     fence_operands(acc);
@@ -250,6 +263,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     issue_pv(i - 1);
     wgmma_wait<0>();
     finish_pv(i - 1);
+    if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume group 1's last arrival
   }
   attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
 #else
