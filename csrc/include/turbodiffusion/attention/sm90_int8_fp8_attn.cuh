@@ -13,7 +13,8 @@
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,
 //                S_j and PV_{j-1} are issued together and the softmax of S_j starts as soon as S_j
-//                lands (its row-max phase overlaps PV_{j-1}). The two groups run unsynchronized: the
+//                lands (its row-max phase overlaps PV_{j-1}). The two groups run unsynchronized
+//                except that at D 64 they take turns on the softmax's exp phase (kExpTurns below); the
 //                schedulers interleave one group's softmax with the other's softmax and MMAs. (A
 //                named-barrier ping-pong, which makes the groups take turns on the tensor cores, was
 //                slower on the H100 at every shape, 2-5%: it also keeps the two softmaxes apart, and
