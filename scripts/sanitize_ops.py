@@ -29,7 +29,7 @@ def main() -> None:
                 ops.sage_attention(q.half(), kv.half(), kv.half(), layout=layout, backend=backend)
     for d in (64, 128):  # SLA: block map, linear state, sparse kernel (empty rows, partial blocks, linear epilogue)
         for layout, (nq, nk), (blkq, blkk) in (("NHD", (77, 130), (64, 64)), ("HND", (200, 1000), (128, 64)),
-                                               ("NHD", (65, 1), (64, 128))):
+                                               ("NHD", (65, 1), (64, 128)), ("HND", (300, 700), (128, 128))):
             shp = (lambda n: (2, n, 3, d)) if layout == "NHD" else (lambda n: (2, 3, n, d))
             q = torch.randn(shp(nq), dtype=torch.bfloat16, device="cuda")
             kv = torch.randn(shp(nk), dtype=torch.bfloat16, device="cuda")
