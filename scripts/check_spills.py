@@ -43,9 +43,13 @@ def unqualified_name(name: str) -> str:
 
 
 def _instantiation_allowed(name: str, entry: str) -> bool:
-    """Whether the demangled `name` instantiates `entry` = kernel<leading template arguments>."""
-    m = re.search(r"(?:^|[\s:])(" + re.escape(entry[:-1]) + r")[,>]", name)
-    return m is not None
+    """Whether the demangled `name` is an instantiation of entry = kernel<leading template arguments>: the
+    function's own template argument list (spaces ignored) starts with those arguments."""
+    base, args = entry.split("<", 1)
+    args = re.sub(r"\s+", "", args)[:-1]  # drop the closing '>'
+    head = re.sub(r"\s+", "", re.sub(r"^void ", "", name).split("(")[0])
+    m = re.match(r"(?:\w+::)*" + re.escape(base) + r"<(.*)>$", head)
+    return m is not None and (m.group(1) + ",").startswith(args + ",")
 
 
 def spilling_functions(log: str) -> dict[str, tuple[int, int]]:

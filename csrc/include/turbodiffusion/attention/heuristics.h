@@ -51,7 +51,8 @@ struct MmaAttnConfig {
 // 2-4% slower). Dense: three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB): 112 KB of
 // shared memory.
 // Sparse (kSparse): four K/V slots (4 x 32 KB + Q 16 KB = 144 KB), as one two-stage ring per consumer
-// group when blkq = 64 (the groups walk different LUT rows) or one four-stage ring shared by both.
+// group when blkq % 128 != 0 (the groups may walk different LUT rows) or one four-stage ring shared by
+// both.
 template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
   static constexpr int kConsumers = 2;

@@ -45,8 +45,9 @@ namespace sm90_attn {
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
 // swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kSlots K/V slots,
 // used as one ring read by both consumer groups (dense; sparse when the CTA's 128 rows lie in one query
-// block, blkq % 128 == 0) or as one ring per consumer group (sparse with blkq = 64: each group walks the
-// LUT row of its own 64 query rows, fed by its own producer thread): ring r, stage s = slot r * S + s.
+// block, blkq % 128 == 0) or as one ring per consumer group (sparse with blkq % 128 != 0: each group
+// walks the LUT row of its own 64 query rows, fed by its own producer thread): ring r, stage s = slot
+// r * S + s.
 template <int D, bool kSparse>
 struct alignas(1024) Smem {
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
@@ -280,18 +281,13 @@ constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
 // Host launcher: one CTA per (128 query rows, head, batch), on `stream`. The tensor maps are built by
 // the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of Sm90AttnConfig.
 // Sparse: one ring per consumer group when a CTA's two 64-row groups may lie in different query blocks
-// (blkq % 128 != 0), else one shared ring.
+// (blkq % 128 != 0, e.g. 64 or 192), else one shared ring.
 template <int D, bool kSparse, bool kGroupRings>
 void launch_sm90_int8_fp8_attn_variant(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
                                        const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
   constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
-  static const bool configured = [] {
-    TD_CUDA_CHECK(cudaFuncSetAttribute(sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    return true;
-  }();
-  (void)configured;
+  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>, static_cast<int>(smem));
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
   sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>
       <<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);

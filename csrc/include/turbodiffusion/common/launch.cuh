@@ -4,8 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <utility>
 
 #include "turbodiffusion/common/cuda_check.h"
 #include "turbodiffusion/common/slice_groups.cuh"
@@ -13,6 +14,15 @@
 namespace td {
 
 constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Function attributes (cudaFuncSetAttribute) belong to the current device's context: a process that
+// drives several GPUs must set them on each. Both helpers below keep what they did per (kernel, device),
+// so the driver calls run once per device instead of on every launch.
+inline int current_device() {
+  int device = 0;
+  TD_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
 
 // Asks for the largest shared-memory carveout (the rest of the 256 KB stays L1): kernels that stage
 // tiles in shared memory are otherwise limited to fewer CTAs per SM than their registers allow.
@@ -22,15 +32,27 @@ void prefer_shared_memory(Kernel kernel) {
                                      cudaSharedmemCarveoutMaxShared));
 }
 
-// CTAs of `kernel` (with `threads` threads) that fit on one SM, after asking for the largest shared
-// carveout. Both driver calls cost host microseconds on every launch, so the answer is kept per
-// kernel (a process is assumed to drive GPUs of one architecture).
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (above 48 KB this
+// must be asked for explicitly).
+template <typename Kernel>
+void allow_dynamic_shared_memory(Kernel kernel, int bytes) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> allowed;  // (kernel, device) -> bytes
+  const std::lock_guard<std::mutex> lock(mutex);
+  int& done = allowed[{reinterpret_cast<const void*>(kernel), current_device()}];
+  if (done >= bytes) return;
+  TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done = bytes;
+}
+
+// CTAs of `kernel` (with `threads` threads) that fit on one SM of the current device, after asking for
+// the largest shared carveout.
 template <typename Kernel>
 int ctas_per_sm(Kernel kernel, int threads) {
   static std::mutex mutex;
-  static std::unordered_map<const void*, int> cache;
+  static std::map<std::pair<const void*, int>, int> cache;  // (kernel, device) -> CTAs per SM
   const std::lock_guard<std::mutex> lock(mutex);
-  const void* key = reinterpret_cast<const void*>(kernel);
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), current_device()};
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   prefer_shared_memory(kernel);

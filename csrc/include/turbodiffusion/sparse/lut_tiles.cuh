@@ -29,8 +29,9 @@ struct DenseTiles {
 // Sparse: for each LUT entry (in LUT order, the partial last block moved last) the tiles of that key
 // block that hold at least one key (< nk), so no tile is entirely masked and the first one gives every
 // row a finite max. Entries outside [0, Mk) are skipped (never read out of bounds); count 0 walks
-// nothing. Every thread of the CTA holds the same state (the query block is the CTA's), so the loop
-// stays uniform.
+// nothing, and so does a query block past the last (q_block >= sparse_q_blocks: the sm90 kernel's
+// second group when the CTA's last 64 rows lie past nq). Every thread that walks a query block holds
+// the same state, so the loop stays uniform.
 // The tile size is a template parameter and the key count is kept as a tile count, so the walker holds
 // as few registers as possible (the sm90 kernel at D = 128 has none to spare).
 template <int kTileKeys>
@@ -43,8 +44,10 @@ struct SparseTiles {
   __device__ SparseTiles(const AttnInt8Fp8Params& p, int q_block)
       : lut(p.lut + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks * p.lut_width +
             int64_t(q_block) * p.lut_width),
-        count(min(p.lut_width, __ldg(p.count + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks +
-                                     q_block))),
+        count(q_block < p.sparse_q_blocks  // past the last block: rows >= nq (an sm90 group's), nothing to walk
+                  ? min(p.lut_width, __ldg(p.count + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks +
+                                           q_block))
+                  : 0),
         e(0), j(0), tiles_per_block(p.blkk / kTileKeys), k_blocks(static_cast<int>((p.nk + p.blkk - 1) / p.blkk)),
         partial_block(p.nk % p.blkk ? static_cast<int>(p.nk / p.blkk) : -1), deferred(0),
         key_tiles(static_cast<int>((p.nk + kTileKeys - 1) / kTileKeys)) {}

@@ -238,12 +238,7 @@ void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaS
   TD_CHECK_LAUNCH();
   sla_kmean_kernel<<<batch * p.heads, D, 0, stream>>>(p.k_sums, p.mk, p.k.n, D, p.k_mean);
   TD_CHECK_LAUNCH();
-  static const bool attr_set = [&] {  // once per process (one GPU architecture assumed, like ctas_per_sm)
-    TD_CUDA_CHECK(cudaFuncSetAttribute(sla_score_topk_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(max_smem)));
-    return true;
-  }();
-  (void)attr_set;
+  allow_dynamic_shared_memory(sla_score_topk_kernel<D>, static_cast<int>(max_smem));
   const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk);
   const dim3 grid(static_cast<unsigned>(cdiv(p.mq, p.rows_per_cta)), p.heads, batch);
   sla_score_topk_kernel<D><<<grid, sla::kScoreThreads, smem, stream>>>(p);
