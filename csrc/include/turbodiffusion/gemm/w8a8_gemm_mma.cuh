@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/common/sm80_primitives.cuh"
 #include "turbodiffusion/common/vec.cuh"
 #include "turbodiffusion/gemm/heuristics.h"
@@ -189,7 +190,7 @@ inline void launch_w8a8_gemm_mma(const W8A8GemmParams& p, cudaStream_t stream) {
   using namespace mma_gemm;
   const int64_t tiles = ((p.m + BM - 1) / BM) * ((p.n + BN - 1) / BN);
   if (tiles > 0x7fffffff) throw std::invalid_argument("w8a8_gemm_mma: too many tiles");
-  TD_CUDA_CHECK(cudaFuncSetAttribute(w8a8_gemm_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
+  allow_dynamic_shared_memory(w8a8_gemm_mma_kernel, SMEM_BYTES);  // once per (kernel, device)
   w8a8_gemm_mma_kernel<<<static_cast<unsigned>(tiles), THREADS, SMEM_BYTES, stream>>>(p);
   TD_CHECK_LAUNCH();
 }

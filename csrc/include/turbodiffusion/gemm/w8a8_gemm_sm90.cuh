@@ -30,6 +30,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 #include "turbodiffusion/common/cuda_check.h"
+#include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/gemm/heuristics.h"
 #include "turbodiffusion/gemm/params.h"
 
@@ -195,7 +196,7 @@ void launch_w8a8_gemm_sm90(const W8A8GemmParams& p, cudaStream_t stream) {
   } else {
     kernel = reinterpret_cast<const void*>(&sm90_gemm::w8a8_gemm_sm90_candidate_kernel<GemmKernel>);
   }
-  TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  allow_dynamic_shared_memory(kernel, smem);  // once per (kernel, device)
   void* kernel_params[] = {&params};
   sm90_gemm::check_cutlass(cutlass::ClusterLauncher::launch(grid, cluster, block, smem, stream, kernel, kernel_params),
                            "cluster launch");
