@@ -194,7 +194,9 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
     __syncthreads();  // every warp is done with `stage` before the next iteration refills it
   }
 
-  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
+  attn::store_warp_rows<D, kSparse>(
+      p, slice, b, h, row0, o, m, l,
+      p.lin_frag ? p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice : nullptr);
 }
 
 // Host launcher: one CTA per (rows-per-CTA query rows, head, batch), on `stream`.

@@ -55,7 +55,11 @@ struct alignas(1024) Smem {
   uint8_t k[Cfg::kSlots][Cfg::kBN * D];         // [key][channel]
   uint8_t v[Cfg::kSlots][D * Cfg::kBN];         // [channel][token] (quantize_v_fp8's layout)
   float k_scale[Cfg::kSlots][Cfg::kBN / attn::kBlkK];  // the K tile's scales
+  // Sparse: the slice's SLA linear-term fragments (p.lin_frag), read by every warp's epilogue (loaded
+  // once per CTA instead of once per warp from L2: 35 KB at D = 128).
+  uint4 lin[kSparse ? sla_detail::LinFragments<D>::kPerSlice : 1];
   uint64_t q_full;
+  uint64_t lin_full;
   uint64_t full[Cfg::kSlots];
   uint64_t empty[Cfg::kSlots];
 };
@@ -105,6 +109,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
+    mbar_init(&sm.lin_full, 1);
 #pragma unroll
     for (int s = 0; s < Cfg::kSlots; ++s) {
       mbar_init(&sm.full[s], 2);                              // the TMA thread (with the bytes) and the K-scale warp
@@ -130,6 +135,11 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
         mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
 #pragma unroll
         for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
+        if (kSparse && p.lin_frag) {
+          constexpr uint32_t kLinBytes = sizeof(sm.lin);
+          mbar_arrive_expect_tx(&sm.lin_full, kLinBytes);
+          bulk_load(sm.lin, p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice, kLinBytes, &sm.lin_full);
+        }
       }
       Tiles tiles = tiles_of(r);
       for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
@@ -267,7 +277,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     finish_pv(i - 1);
     if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume group 1's last arrival
   }
-  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l);
+  const bool linear = kSparse && p.lin_frag;
+  if (linear) mbar_wait(&sm.lin_full, 0);
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, linear ? sm.lin : nullptr);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif

@@ -159,17 +159,31 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
 // with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
 // constant per row: it cancels in the softmax, not in the LSE). m and l are per lane (rows g, g+8);
 // l holds the lane's partial sum, added over the quad here. Rows >= nq are not written. kSparse: a
-// row that kept no key block (l = 0) gets 0 and LSE -inf, and with p.lin_frag SLA's projected linear
-// branch is added (sla_detail::LinearTerm).
+// row that kept no key block (l = 0) gets 0 and LSE -inf, and with lin_frag (the slice's p.lin_frag, in
+// global or shared memory) SLA's projected linear branch is added (sla_detail::LinearTerm).
 template <int D, bool kSparse = false>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
                                                 int64_t row0, const float (&o)[D / 8][4], const float (&m)[2],
-                                                float (&l)[2]) {
+                                                float (&l)[2], const uint4* lin_frag = nullptr) {
   constexpr int KSTEPS = D / 32, NO = D / 8;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  // Lane t reads the channels 32s + 16hf + 4t + {0..3}: a quarter of each row, the quad covers it.
+  // SLA: the projected linear term of the warp's rows (sla_detail::LinearTerm); its load reads q once for
+  // both phi(q) and q . k_mean.
+  bool linear = false;
+  sla_detail::LinearTerm<D> lin;
+  if constexpr (kSparse) linear = lin_frag != nullptr;
   float qkm[2] = {0.f, 0.f};
-  {
+  if (linear) {
+    const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
+    const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
+    const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
+    const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
+    if (p.out_bf16)
+      lin.template load<true>(q_lo, q_hi, p, slice, lin_frag, g, t, lane, qkm);
+    else
+      lin.template load<false>(q_lo, q_hi, p, slice, lin_frag, g, t, lane, qkm);
+  } else {
+    // Lane t reads the channels 32s + 16hf + 4t + {0..3}: a quarter of each row, the quad covers it.
     const float* km = p.k_mean + slice * D;
     const uint16_t* qo = static_cast<const uint16_t*>(p.q_orig) + b * p.qo_stride_b + h * p.qo_stride_h;
 #pragma unroll
@@ -209,25 +223,11 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
     }
   }
   const float* vs = p.v_scale + slice * D;
-  // SLA: the linear term of the warp's rows, one n8 block of channels at a time.
-  bool linear = false;
-  sla_detail::LinearTerm<D> lin;
-  if constexpr (kSparse) linear = p.lin_frag != nullptr;
-  if (linear) {
-    const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
-    const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
-    const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
-    const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
-    if (p.out_bf16)
-      lin.template load<true>(q_lo, q_hi, p, slice, g, t, lane);
-    else
-      lin.template load<false>(q_lo, q_hi, p, slice, g, t, lane);
-  }
 #pragma unroll
   for (int n = 0; n < NO; ++n) {
     float y[4] = {0.f, 0.f, 0.f, 0.f};
     if (linear) {
-      lin.product(p, slice, n, g, y);
+      lin.product(lin_frag, n, y);
 #pragma unroll
       for (int e = 0; e < 4; ++e) y[e] = fmaf(y[e], lin.inv_den[e >> 1], __ldg(p.lin_bias + 8 * n + 2 * t + (e & 1)));
     }

@@ -129,21 +129,36 @@ struct LinearTerm {
   uint32_t a[kSteps][4];
   float inv_den[2];
 
-  // q_row(r): pointer to the unquantized row g + 8 r of the warp (nullptr past nq: those rows get e = 1
-  // and are never stored).
+  // q_lo / q_hi: the unquantized rows g and g + 8 of the warp (nullptr past nq: those rows get e = 1 and are
+  // never stored). Each row is read once, 4 bytes at a time (channels 16 s + 2 t + {0, 1, 8, 9}, the A
+  // fragments' layout), and also gives the lane's part of q . k_mean (qkm; the caller sums the quad).
   template <bool kBf16>
   __device__ __forceinline__ void load(const void* q_lo, const void* q_hi, const AttnInt8Fp8Params& p, int64_t slice,
-                                       int g, int t, int lane) {
+                                       const uint4* frag, int g, int t, int lane, float (&qkm)[2]) {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
     const T* rows[2] = {static_cast<const T*>(q_lo), static_cast<const T*>(q_hi)};
-    auto value = [&](int r, int c) { return rows[r] ? to_float(rows[r][c]) : 0.f; };
+    const float* km = p.k_mean + slice * D;
+    float x[2][kSteps][4];  // x[r][s][2 hf + e]: channel 16 s + 2 t + 8 hf + e of row g + 8 r
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
+    for (int r = 0; r < 2; ++r) {
+      qkm[r] = 0.f;
 #pragma unroll
       for (int s = 0; s < kSteps; ++s)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) m[r] = fmaxf(m[r], value(r, 16 * s + 2 * t + (i & 1) + 8 * (i >> 1)));
+        for (int hf = 0; hf < 2; ++hf) {
+          const int c = 16 * s + 2 * t + 8 * hf;
+          uint32_t w = 0u;
+          if (rows[r]) w = __ldg(reinterpret_cast<const unsigned int*>(rows[r] + c));
+          const T* pair = reinterpret_cast<const T*>(&w);
+          x[r][s][2 * hf] = to_float(pair[0]);
+          x[r][s][2 * hf + 1] = to_float(pair[1]);
+          const float2 kmc = __ldg(reinterpret_cast<const float2*>(km + c));
+          qkm[r] = __fmaf_rn(x[r][s][2 * hf], kmc.x, qkm[r]);
+          qkm[r] = __fmaf_rn(x[r][s][2 * hf + 1], kmc.y, qkm[r]);
+          m[r] = fmaxf(m[r], fmaxf(x[r][s][2 * hf], x[r][s][2 * hf + 1]));
+        }
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
@@ -156,8 +171,7 @@ struct LinearTerm {
       for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          const int c = 16 * s + 2 * t + 8 * hf;
-          const float e0 = __expf(value(r, c) - m[r]), e1 = __expf(value(r, c + 1) - m[r]);
+          const float e0 = __expf(x[r][s][2 * hf] - m[r]), e1 = __expf(x[r][s][2 * hf + 1] - m[r]);
           sum[r] += e0 + e1;
           h[r][hf] = __floats2half2_rn(e0, e1);
         }
@@ -173,7 +187,7 @@ struct LinearTerm {
     }
     // e . zeta: the n8 block of rows D..D+7 of lin; its column 0 (zeta) lands in lane t = 0 of the quad.
     float c[4];
-    product(p, slice, D / 8, g, c);
+    product(frag, D / 8, c);
     const int src = lane & ~3;
     const float ez[2] = {__shfl_sync(0xffffffffu, c[0], src), __shfl_sync(0xffffffffu, c[2], src)};
     const float eps = 1e-5f / static_cast<float>(p.nk);
@@ -181,15 +195,15 @@ struct LinearTerm {
     for (int r = 0; r < 2; ++r) inv_den[r] = 1.f / fmaf(eps, sum[r], ez[r]);
   }
 
-  // c = e . lin[8 n .. 8 n + 7]^T for the lane's rows (C fragment of n8 block n).
-  __device__ __forceinline__ void product(const AttnInt8Fp8Params& p, int64_t slice, int n, int /*g*/,
-                                          float (&c)[4]) const {
+  // c = e . lin[8 n .. 8 n + 7]^T for the lane's rows (C fragment of n8 block n); frag: the slice's
+  // LinFragments, in shared memory (sm90 kernel) or global memory (generic loads serve both).
+  __device__ __forceinline__ void product(const uint4* frag, int n, float (&c)[4]) const {
     using F = LinFragments<D>;
-    const uint4* f = p.lin_frag + slice * F::kPerSlice + int64_t(n) * F::kPairs * 32 + threadIdx.x % 32;
+    const uint4* f = frag + n * F::kPairs * 32 + threadIdx.x % 32;
     c[0] = c[1] = c[2] = c[3] = 0.f;
 #pragma unroll
     for (int u = 0; u < F::kPairs; ++u) {
-      const uint4 b = __ldg(f + 32 * u);
+      const uint4 b = f[32 * u];
       mma_16bit<false>(c, a[2 * u], b.x, b.y);
       mma_16bit<false>(c, a[2 * u + 1], b.z, b.w);
     }
