@@ -107,7 +107,11 @@ at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const
   const c10::cuda::CUDAGuard guard(k.device());
   const int num_sms = at::cuda::getDeviceProperties(k.device().index())->multiProcessorCount;
   const int64_t tiles = (sk.n + sla::kLinTile - 1) / sla::kLinTile;
-  const int64_t target = std::max<int64_t>(1, (int64_t(sla::kLinCtasPerSm) * num_sms + sk.b * sk.h - 1) / (sk.b * sk.h));
+  int resident = 0;  // co-resident CTAs of the partial kernel
+  TD_DISPATCH_HEAD_DIM(sk.d, D, [&] { resident = sla_linear_resident_ctas<D>(k.scalar_type() == c10::kBFloat16, num_sms); });
+  // Whole waves: at most kLinWaves x resident CTAs in all (rounding the split count up would start a
+  // nearly empty extra wave).
+  const int64_t target = std::max<int64_t>(1, int64_t(sla::kLinWaves) * resident / (sk.b * sk.h));
   const int64_t per_split = std::max<int64_t>(sla::kLinMinTiles, (tiles + target - 1) / target);
   const int64_t splits = (tiles + per_split - 1) / per_split;
   at::Tensor lin = at::empty({sk.b, sk.h, sk.d + 8, sk.d}, k.options().dtype(at::kHalf));

@@ -24,9 +24,10 @@ constexpr int kRadixBins = 256;   // 8-bit digits: the top-k threshold is found 
 // own 16 rows (channels d) of H each: D / 16 warps; a warp's accumulator is 16 x (D + 8) fp32 = 68
 // registers per lane at D = 128 (the +8 is the all-ones column that yields z).
 constexpr int kLinTile = 32;
-// N is split so that the grid has about kLinCtasPerSm CTAs per SM; a split is at least kLinMinTiles
-// tiles, so its fixed cost (the partial write, D x (D + 8) fp32) stays small next to its k/v reads.
-constexpr int kLinCtasPerSm = 4;
+// N is split so that the grid fills kLinWaves whole waves of co-resident CTAs (2 per SM at D = 128: 128
+// registers x 256 threads); a split is at least kLinMinTiles tiles, so its fixed cost (the partial write,
+// D x (D + 8) fp32) stays small next to its k/v reads.
+constexpr int kLinWaves = 4;
 constexpr int kLinMinTiles = 16;
 
 }  // namespace sla

@@ -1,6 +1,7 @@
 // SLA block map (ARCHITECTURE §4.3) in three launches, emitting the LUT of §4.2 directly:
 //   1. sla_pool_kernel (q, then k): fp32 sums of every block of tokens (the last block is partial);
-//   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), deterministic order);
+//   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), deterministic order), and the
+//      centred key-block means in place of the sums;
 //   3. sla_score_topk_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a group of query
 //      blocks against all key blocks (fp32 CUDA-core FMAs, scores kept in shared memory), then per row a
 //      warp finds the kept-th largest score by MSB radix select (4 passes of 8-bit histograms over the
@@ -138,13 +139,20 @@ __global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnT
   }
 }
 
-// mean_N k [B*H, D] from the block sums. Grid (B*H), D threads.
-__global__ void sla_kmean_kernel(const float* k_sums, int mk, int64_t nk, int d, float* k_mean) {
+// mean_N k [B*H, D] from the block sums, then the block sums turned in place into centred block means
+// (sum / len - mean_N k, the two roundings the score kernel used to do per CTA). Grid (B*H), D threads.
+__global__ void sla_kmean_kernel(float* k_sums, int mk, int blkk, int64_t nk, int d, float* k_mean) {
   const int64_t slice = blockIdx.x;
   const int c = threadIdx.x;
+  float* col = k_sums + slice * mk * d + c;
   float s = 0.f;
-  for (int j = 0; j < mk; ++j) s += k_sums[(slice * mk + j) * d + c];
-  k_mean[slice * d + c] = s / static_cast<float>(nk);
+  for (int j = 0; j < mk; ++j) s += col[int64_t(j) * d];
+  const float km = s / static_cast<float>(nk);
+  k_mean[slice * d + c] = km;
+  for (int j = 0; j < mk; ++j) {
+    const int64_t len = std::min<int64_t>(blkk, nk - int64_t(j) * blkk);
+    col[int64_t(j) * d] = __fsub_rn(col[int64_t(j) * d] / static_cast<float>(len), km);
+  }
 }
 
 // Shared memory of the score/top-k kernel for `rows` query blocks per CTA.
@@ -181,18 +189,18 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
     }
     pq[i] = v;
   }
-  const float* km = p.k_mean + slice * D;
   const int r = tid / (KT / 4), c4 = tid % (KT / 4);
   for (int kt0 = 0; kt0 < mk; kt0 += KT) {
     __syncthreads();  // pq written / the previous tile consumed
-    for (int i = tid; i < KT * D; i += sla::kScoreThreads) {
+    // Centred key-block means (sla_kmean_kernel), 4 channels per load, transposed into pkt.
+    for (int i = 4 * tid; i < KT * D; i += 4 * sla::kScoreThreads) {
       const int c = i / D, d = i % D, kb = kt0 + c;
-      float v = 0.f;
-      if (kb < mk) {
-        const int64_t len = std::min<int64_t>(p.blkk, p.k.n - int64_t(kb) * p.blkk);
-        v = __fsub_rn(p.k_sums[(slice * mk + kb) * D + d] / static_cast<float>(len), km[d]);
-      }
-      pkt[d * KTP + c] = v;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (kb < mk) v = *reinterpret_cast<const float4*>(p.k_sums + (slice * mk + kb) * D + d);
+      pkt[d * KTP + c] = v.x;
+      pkt[(d + 1) * KTP + c] = v.y;
+      pkt[(d + 2) * KTP + c] = v.z;
+      pkt[(d + 3) * KTP + c] = v.w;
     }
     __syncthreads();
     if (r < rows) {
@@ -236,7 +244,7 @@ void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaS
     sla_pool_kernel<D, __half><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
   }
   TD_CHECK_LAUNCH();
-  sla_kmean_kernel<<<batch * p.heads, D, 0, stream>>>(p.k_sums, p.mk, p.k.n, D, p.k_mean);
+  sla_kmean_kernel<<<batch * p.heads, D, 0, stream>>>(p.k_sums, p.mk, p.blkk, p.k.n, D, p.k_mean);
   TD_CHECK_LAUNCH();
   allow_dynamic_shared_memory(sla_score_topk_kernel<D>, static_cast<int>(max_smem));
   const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk);

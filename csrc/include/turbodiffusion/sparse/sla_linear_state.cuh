@@ -44,8 +44,10 @@ __global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const
   using sla_detail::swz;
   constexpr int kWarps = D / 16, kThreads = 32 * kWarps, BN = sla::kLinTile, CH = D / 8, NB = D / 8 + 1;
   constexpr int kElems = D / 32;  // elements of a token row per lane in the softmax
+  constexpr int kRowsPerWarp = BN / kWarps;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(BN % 16 == 0 && (BN * CH) % kThreads == 0, "k16 steps, whole cp.async rounds");
+  static_assert(BN % kWarps == 0, "whole rows per warp in the softmax");
   // bf16 / fp16 1.0 twice: the all-ones B fragment whose product with phi(k)^T is z.
   constexpr uint32_t kOnes = kBf16 ? 0x3F803F80u : 0x3C003C00u;
   __shared__ __align__(128) T sK[2][BN * D];
@@ -83,27 +85,44 @@ __global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const
     cp_async_wait<1>();
     __syncthreads();
 
-    // phi(k) in place: a warp per token row, kElems consecutive channels per lane (within one chunk).
-    for (int r = warp; r < BN; r += kWarps) {
-      T* row = &sK[st][swz<D>(r, kElems * lane)];
-      float x[kElems];
+    // phi(k) in place: a warp per token row, kElems consecutive channels per lane (within one chunk); each
+    // warp takes its kRowsPerWarp rows together, so their shuffle reductions overlap instead of queueing.
+    {
+      float x[kRowsPerWarp][kElems], m[kRowsPerWarp], sum[kRowsPerWarp];
 #pragma unroll
-      for (int i = 0; i < kElems; ++i) x[i] = to_float(row[i]);
-      float m = x[0];
+      for (int j = 0; j < kRowsPerWarp; ++j) {
+        const T* row = &sK[st][swz<D>(warp + j * kWarps, kElems * lane)];
 #pragma unroll
-      for (int i = 1; i < kElems; ++i) m = fmaxf(m, x[i]);
-      m = warp_max(m);
-      float s = 0.f;
+        for (int i = 0; i < kElems; ++i) x[j][i] = to_float(row[i]);
+        m[j] = x[j][0];
 #pragma unroll
-      for (int i = 0; i < kElems; ++i) {
-        x[i] = __expf(x[i] - m);
-        s += x[i];
+        for (int i = 1; i < kElems; ++i) m[j] = fmaxf(m[j], x[j][i]);
       }
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      const float inv = tile * BN + r < n ? 1.f / s : 0.f;  // padded tokens contribute nothing to z
+      for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-      for (int i = 0; i < kElems; ++i) row[i] = T(x[i] * inv);
+        for (int j = 0; j < kRowsPerWarp; ++j) m[j] = fmaxf(m[j], __shfl_xor_sync(0xffffffffu, m[j], o));
+#pragma unroll
+      for (int j = 0; j < kRowsPerWarp; ++j) {
+        sum[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < kElems; ++i) {
+          x[j][i] = __expf(x[j][i] - m[j]);
+          sum[j] += x[j][i];
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < kRowsPerWarp; ++j) sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], o);
+#pragma unroll
+      for (int j = 0; j < kRowsPerWarp; ++j) {
+        const int r = warp + j * kWarps;
+        const float inv = tile * BN + r < n ? 1.f / sum[j] : 0.f;  // padded tokens contribute nothing to z
+        T* row = &sK[st][swz<D>(r, kElems * lane)];
+#pragma unroll
+        for (int i = 0; i < kElems; ++i) row[i] = T(x[j][i] * inv);
+      }
     }
     __syncthreads();
 
@@ -172,6 +191,15 @@ __global__ void __launch_bounds__(D) sla_linear_fold_kernel(const SlaLinearParam
 #pragma unroll
     for (int r = 0; r < RD; ++r)
       lin[(D + c) * D + d0 + r] = __half_as_ushort(__float2half_rn(c == 0 ? hs[r][D] / nk : 0.f));
+}
+
+// Co-resident CTAs of the partial kernel on the current device (the launcher sizes the N split by it).
+template <int D>
+int sla_linear_resident_ctas(bool bf16, int num_sms) {
+  constexpr int kThreads = 32 * (D / 16);
+  const int per_sm = bf16 ? ctas_per_sm(sla_linear_partial_kernel<D, true>, kThreads)
+                          : ctas_per_sm(sla_linear_partial_kernel<D, false>, kThreads);
+  return std::max(1, per_sm) * num_sms;
 }
 
 template <int D>
