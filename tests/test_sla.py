@@ -258,6 +258,43 @@ def test_sparse_random_lut(device, kernel, case, density):
     torch.testing.assert_close(lse.cpu()[~empty], e_lse[~empty], rtol=0, atol=0.05, msg=msg)
 
 
+LINEAR_EPILOGUE_CASES = [  # (b, h, nq, nk, d, blkq, blkk, layout, dtype)
+    (1, 2, 333, 700, 128, 64, 128, "NHD", torch.float16),
+    (2, 1, 300, 260, 64, 128, 128, "HND", torch.bfloat16),
+    (1, 2, 257, 300, 64, 64, 128, "NHD", torch.float16),
+    (1, 1, 200, 500, 128, 128, 128, "HND", torch.float16),
+]
+
+
+@pytest.mark.parametrize("case", LINEAR_EPILOGUE_CASES, ids=lambda c: "q{}k{}d{}_{}x{}_{}_{}".format(*c[2:8], _ids(c[8])))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sparse_linear_epilogue(device, kernel, case):
+    """The kernels' linear epilogue (phi(q) from the unquantized q, lin read as B fragments: from shared
+    memory in the sm90 kernel) against the emulation, both input dtypes, odd N, an empty row."""
+    b, h, nq, nk, d, blkq, blkk, layout, dtype = case
+    op, emulation = _sparse_kernel(device, kernel, blkk)
+    q, k, v = _qkv(b, h, nq, nk, d, layout, dtype, device, family="bias")
+    w, bias = _proj(d, device, seed=nq)
+    sm = d ** -0.5
+    args = _quantized(q, k, v, layout, sm)
+    lin = ops.sla_linear_state(k, v, w, layout=layout)
+    mq, mk = -(-nq // blkq), -(-nk // blkk)
+    lut, count = _random_lut(b, h, mq, mk, 0.5, seed=nq + nk, device=device, shuffle=True)
+    count[0, 0, 0] = 0  # an empty row: the linear term alone
+    poison_allocator(device)
+    out, lse = op(*args, lut, count, lin, bias, layout, sm, blkq, blkk)
+    cpu = [t.cpu() for t in args]
+    r_out, r_lse = emulation(*cpu, lut.cpu(), count.cpu(), lin.cpu(), bias.cpu(), layout, sm, blkq, blkk)
+    o, r = out.cpu().float(), r_out.float()
+    msg = f"{case} {kernel}"
+    assert out.dtype == dtype and torch.isfinite(o).all(), msg
+    # The epilogue's fp16 MMAs and exp differ from the emulation's float32 by rounding only; the attention
+    # part is the random-LUT test's (an occasional flipped E4M3 rounding of P).
+    assert rel_l1(o, r) < 2e-3, (msg, rel_l1(o, r))
+    assert ((o - r).abs() <= 2 ** -4 * r.abs().max()).all(), msg
+    torch.testing.assert_close(lse.cpu(), r_lse, rtol=0, atol=1e-4, msg=msg)
+
+
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_sparse_all_rows_empty_with_linear_term(device, kernel, d):
