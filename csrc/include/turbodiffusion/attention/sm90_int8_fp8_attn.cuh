@@ -4,7 +4,8 @@
 // turbodiffusion/reference/attention.py:attention_int8_fp8_mma(kv_tile=128)).
 //
 // CTA = 3 warpgroups, one CTA per (128 query rows, head, batch):
-//   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once, then K and V tiles
+//   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once (sparse with SLA's linear
+//                term: also a bulk copy of the slice's lin fragments, lin_full), then K and V tiles
 //                into the ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
 //                consumer warps done); another warp stages each tile's K scales in shared memory.
 //                The group gives its registers to the consumers (setmaxnreg).

@@ -88,7 +88,8 @@ struct SparseTiles {
 // and zeta = lin row D (z / nk). e is rounded to fp16 ((0, 1]: 11-bit mantissa) to be the A operand
 // of mma.sync m16n8k16; the products accumulate in fp32. Lane (g, t) holds the A fragment of rows g and
 // g + 8: channels 16 s + 2 t + {0, 1, 8, 9} for every k16 step s, which the lane reads from q itself.
-// B comes from p.lin_frag, lin rearranged by lin_fragments_kernel so that a warp reads the B fragments
+// B comes from the slice's part of p.lin_frag (global memory; staged in shared memory by the sm90
+// kernel), lin rearranged by lin_fragments_kernel so that a warp reads the B fragments
 // of two k16 steps as 512 contiguous bytes (16 per lane): read straight from lin's rows, each 4-byte
 // fragment piece touched 8 rows, and the epilogue was bound by L1 wavefronts (14B-720p: 1.6 ms of 22).
 template <int D>
@@ -131,7 +132,9 @@ struct LinearTerm {
 
   // q_lo / q_hi: the unquantized rows g and g + 8 of the warp (nullptr past nq: those rows get e = 1 and are
   // never stored). Each row is read once, 4 bytes at a time (channels 16 s + 2 t + {0, 1, 8, 9}, the A
-  // fragments' layout), and also gives the lane's part of q . k_mean (qkm; the caller sums the quad).
+  // fragments' layout), and also gives the lane's part of q . k_mean (qkm; the caller sums the quad). That
+  // sum runs over other channels per lane than store_warp_rows' path without lin, so the LSE with lin
+  // differs from the LSE without it by float32 rounding (out does not).
   template <bool kBf16>
   __device__ __forceinline__ void load(const void* q_lo, const void* q_hi, const AttnInt8Fp8Params& p, int64_t slice,
                                        const uint4* frag, int g, int t, int lane, float (&qkm)[2]) {
@@ -153,9 +156,9 @@ struct LinearTerm {
           const T* pair = reinterpret_cast<const T*>(&w);
           x[r][s][2 * hf] = to_float(pair[0]);
           x[r][s][2 * hf + 1] = to_float(pair[1]);
-          const float2 kmc = __ldg(reinterpret_cast<const float2*>(km + c));
-          qkm[r] = __fmaf_rn(x[r][s][2 * hf], kmc.x, qkm[r]);
-          qkm[r] = __fmaf_rn(x[r][s][2 * hf + 1], kmc.y, qkm[r]);
+          // (scalar loads: k_mean is only required contiguous, not 8-byte aligned)
+          qkm[r] = __fmaf_rn(x[r][s][2 * hf], __ldg(km + c), qkm[r]);
+          qkm[r] = __fmaf_rn(x[r][s][2 * hf + 1], __ldg(km + c + 1), qkm[r]);
           m[r] = fmaxf(m[r], fmaxf(x[r][s][2 * hf], x[r][s][2 * hf + 1]));
         }
     }

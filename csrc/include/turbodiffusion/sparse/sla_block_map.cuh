@@ -165,7 +165,7 @@ inline size_t sla_score_smem_bytes(int d, int rows, int mk) {
 // (ceil(mq / rows_per_cta), H, B).
 template <int D>
 __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(const SlaBlockMapParams p) {
-  constexpr int KT = sla::kKeyTile, KTP = KT + 4;  // +4: transposed-store bank spread, float4-aligned rows
+  constexpr int KT = sla::kKeyTile, KTP = KT + 4;  // float4-aligned rows (the float4 staging's transposed stores still meet 16-way bank conflicts at D 128: see docs/sla.md)
   static_assert(KT / 4 * sla::kMaxRowsPerCta == sla::kScoreThreads, "1 x 4 scores per thread");
   extern __shared__ __align__(16) float smem[];
   const int rows_max = p.rows_per_cta;
