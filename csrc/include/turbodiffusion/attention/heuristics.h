@@ -40,30 +40,37 @@ struct MmaAttnConfig {
 
 // ---- wgmma INT8-QK / FP8-PV kernel (sm90_int8_fp8_attn.cuh; sm_90a only) ----
 //
-// Two consumer warpgroups of 64 query rows (the M of wgmma) and one producer warpgroup: 128 query
-// rows per CTA, one CTA per SM. KV tiles of 128 keys: the S accumulator of m64n128 is 64 int32 per
-// lane, P is 16 registers (4 k32 steps), and a V tile row (one channel) is 128 bytes = one 128-byte
-// swizzle row. Registers per consumer lane at D = 128: O (64) + PV (64) + P (16) or S (64) + O (64)
-// + addressing: the producer group drops to kProducerRegs so the consumers can take kConsumerRegs
-// (launched at kLaunchRegs = 168 per lane: 128 x (168 - producer) must cover 256 x (consumer - 168)): 24 / 240,
-// dense and sparse alike (sparse D 128 spills a few bytes there, see the kernel's TD_SPILL_OK; 40 / 232
-// kept the sparse producers' LUT walkers in registers but left no room for the PV overlap, and measured
-// 2-4% slower). Dense: three stages of K + V (32 KB per stage at D = 128) plus Q (16 KB): 112 KB of
-// shared memory.
-// Sparse (kSparse): four K/V slots (4 x 32 KB + Q 16 KB = 144 KB), as one two-stage ring per consumer
-// group when blkq % 128 != 0 (the groups may walk different LUT rows) or one four-stage ring shared by
-// both.
+// Consumer warpgroups of 64 query rows (the M of wgmma) and one producer warpgroup. KV tiles of 128
+// keys: the S accumulator of m64n128 is 64 int32 per lane, P is 16 registers (4 k32 steps), and a V
+// tile row (one channel) is 128 bytes = one 128-byte swizzle row. Registers per consumer lane at D =
+// 128: O (64) + PV (64) + P (16) or S (64) + O (64) + addressing: the producer group drops to
+// kProducerRegs so the consumers can take kConsumerRegs (launched at kLaunchRegs per lane; the
+// producer's 128 x (kLaunchRegs - producer) must cover the consumers' 128 x groups x (consumer -
+// kLaunchRegs)).
+//  Dense: two consumer groups (128 query rows per CTA) share every K/V tile, one CTA per SM (a CTA walks
+//         all tiles, so its prologue and epilogue are ~1% of it): 24 / 240 registers, three stages of
+//         K + V (32 KB per stage at D = 128) plus Q (16 KB): 112 KB of shared memory.
+//  Sparse (kSparse): one consumer group (64 rows: every LUT row's CTA, whatever blkq) per CTA and two
+//         CTAs per SM: 24 / 232 registers (launched at 128), two stages of K + V, Q (8 KB) and the SLA
+//         linear-term fragments (35 KB at D = 128): 108 KB each. A CTA walks only its query block's kept
+//         tiles (25 at Wan-1.3B-480p, top-k 0.1), so its fixed part (Q and first K/V loads, the epilogue)
+//         matters, and two independent CTAs keep the SM busy through each other's. Measured on the H100
+//         (2026-11-26, kernel only, same machine start) against two groups per CTA with a ring each (one
+//         CTA per SM): 1.3B-480p 64x128 1.07 vs 1.24 ms, with a full LUT 9.30 vs 12.28 ms (dense 8.11 ms);
+//         14B-720p 64x128 19.1 vs 21.3 ms with the linear epilogue. (The old two-group CTA shared one ring
+//         when blkq % 128 == 0: 14B-720p 128x128 18.8 ms then, 19.6 now.)
 template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
-  static constexpr int kConsumers = 2;
+  static constexpr int kConsumers = kSparse ? 1 : 2;
+  static constexpr int kCtasPerSm = kSparse ? 2 : 1;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = 128;
-  static constexpr int kSlots = kSparse ? 4 : 3;
+  static constexpr int kSlots = kSparse ? 2 : 3;
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
-  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // __launch_bounds__(kThreads, 1): 168
-  static_assert(128 * (kLaunchRegs - kProducerRegs) >= 256 * (kConsumerRegs - kLaunchRegs),
+  static constexpr int kConsumerRegs = kSparse ? 232 : 240;
+  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 168 dense, 128 sparse
+  static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");
 };
 

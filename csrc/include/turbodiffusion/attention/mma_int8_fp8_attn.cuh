@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
   const int8_t* kg = p.k + b * p.k_stride_b + h * p.k_stride_h;
   const uint8_t* vg = p.v + slice * D * p.v_n_pad;
   using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles<BK>, sla_detail::DenseTiles<BK>>;
-  Tiles tiles(p, kSparse ? static_cast<int>(int64_t(blockIdx.x) * Cfg::kRowsPerCta / p.blkq) : 0);
+  Tiles tiles(p, slice, kSparse ? static_cast<int>(int64_t(blockIdx.x) * Cfg::kRowsPerCta / p.blkq) : 0);
 
   // K tile: BK keys x D bytes; V tile: D channels x BK token positions (already permuted and padded
   // to a multiple of BK by quantize_v_fp8, so always in bounds). Keys >= nk are zero-filled.

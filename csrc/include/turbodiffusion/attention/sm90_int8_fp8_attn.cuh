@@ -3,18 +3,20 @@
 // Same numerics as the mma.sync kernel with 128-key tiles (emulated op for op by
 // turbodiffusion/reference/attention.py:attention_int8_fp8_mma(kv_tile=128)).
 //
-// CTA = 3 warpgroups, one CTA per (128 query rows, head, batch):
+// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 2, one CTA per SM; sparse:
+// 1, two CTAs per SM; heuristics.h Sm90AttnConfig says why), one CTA per (query rows, head, batch):
 //   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once (sparse with SLA's linear
 //                term: also a bulk copy of the slice's lin fragments, lin_full), then K and V tiles
 //                into the ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
-//                consumer warps done); another warp stages each tile's K scales in shared memory.
-//                The group gives its registers to the consumers (setmaxnreg).
-//   warpgroups 1, 2: consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
+//                consumer warps done); another warp stages each tile's K scales in shared memory
+//                (sparse: also the tile's index, and -1 in the slot after the last: the consumers
+//                never walk the LUT). The group gives its registers to the consumers (setmaxnreg).
+//   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,
 //                S_j and PV_{j-1} are issued together and the softmax of S_j starts as soon as S_j
-//                lands (its row-max phase overlaps PV_{j-1}). The two groups run unsynchronized
+//                lands (its row-max phase overlaps PV_{j-1}). Dense: the two groups run unsynchronized
 //                except that at D 64 they take turns on the softmax's exp phase (kExpTurns below); the
 //                schedulers interleave one group's softmax with the other's softmax and MMAs. (A
 //                named-barrier ping-pong, which makes the groups take turns on the tensor cores, was
@@ -43,12 +45,18 @@
 namespace td {
 namespace sm90_attn {
 
+// q scale x the K scales of a ring slot's tile (staged by the producer with the K tile), read from shared
+// memory at each use: the softmax's two phases each read them, and holding them in between cost 8
+// registers at the kernel's peak (O, PV, S and P live at once).
+struct SlotScales {
+  const float* ks;
+  float qs;
+  __device__ __forceinline__ float operator[](int j) const { return __fmul_rn(qs, ks[j]); }
+};
+
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
-// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kSlots K/V slots,
-// used as one ring read by both consumer groups (dense; sparse when the CTA's 128 rows lie in one query
-// block, blkq % 128 == 0) or as one ring per consumer group (sparse with blkq % 128 != 0: each group
-// walks the LUT row of its own 64 query rows, fed by its own producer thread): ring r, stage s = slot
-// r * S + s.
+// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kSlots K/V slots
+// form one ring read by every consumer group.
 template <int D, bool kSparse>
 struct alignas(1024) Smem {
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
@@ -56,6 +64,7 @@ struct alignas(1024) Smem {
   uint8_t k[Cfg::kSlots][Cfg::kBN * D];         // [key][channel]
   uint8_t v[Cfg::kSlots][D * Cfg::kBN];         // [channel][token] (quantize_v_fp8's layout)
   float k_scale[Cfg::kSlots][Cfg::kBN / attn::kBlkK];  // the K tile's scales
+  int tile[Cfg::kSlots];  // sparse: the slot's KV tile (position in units of kBN keys), -1 past the walk
   // Sparse: the slice's SLA linear-term fragments (p.lin_frag), read by every warp's epilogue (loaded
   // once per CTA instead of once per warp from L2: 35 KB at D = 128).
   uint4 lin[kSparse ? sla_detail::LinFragments<D>::kPerSlice : 1];
@@ -67,30 +76,23 @@ struct alignas(1024) Smem {
 
 }  // namespace sm90_attn
 
-// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): the block-sparse variant at D = 128 runs the dense
-// kernel's schedule (row-max phase under the group's own PV) in the dense register split, 24 / 240, and
-// ptxas (nvcc 13.0) keeps one to a few loop-carried registers in local memory: 24 B with the shared ring,
-// 72 B with per-group rings (one L1-resident store and load per tile in the consumer loop). Measured on
-// the H100 against the spill-free 40 / 232 split without the overlap (2026-11-26): SageSLA 14B-720p
-// 128x128 24.3 vs 25.3 ms, 64x128 26.8 vs 27.4 ms; 1.3B-480p 1.99 vs 2.05 and 2.09 vs 2.13 ms. The dense
-// variants and D = 64 must not spill.
+// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): the block-sparse variant runs two CTAs per SM, so
+// its consumers get 232 registers (dense: 240; heuristics.h), and ptxas (nvcc 13.0) keeps the shared
+// memory base and three loop-carried values in local memory (52 B stored, 96 B loaded: about eight
+// L1-resident accesses per tile).
+// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
+// registers, keeps one pointer in local memory (one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag. kGroupRings (sparse
-// only, required when p.blkq % 128 != 0): one K/V ring per consumer group instead of one shared ring.
-template <int D, bool kSparse, bool kGroupRings>
-__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
+// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag.
+template <int D, bool kSparse>
+__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, attn::Sm90AttnConfig<D, kSparse>::kCtasPerSm)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const AttnInt8Fp8Params p, const int tma_nhd) {
 #ifdef TD_SM90A_ENABLED
   using namespace sm90;
   using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  static_assert(kSparse || !kGroupRings, "dense CTAs share one ring");
-  // Rings in use and stages per ring: the slots split between the groups, or one ring of all of them
-  // (sparse with a shared ring: twice the stages of a group ring, and each K/V tile loaded once per CTA
-  // instead of once per group, which halves the L2 -> SM traffic; docs/sla.md).
-  constexpr int kRings = kGroupRings ? Cfg::kConsumers : 1;
-  constexpr int BN = Cfg::kBN, S = Cfg::kSlots / kRings;
+  constexpr int BN = Cfg::kBN, S = Cfg::kSlots;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
@@ -104,65 +106,71 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   const int h = blockIdx.y, b = blockIdx.z;
   const int64_t slice = int64_t(b) * p.heads + h;
   const int q_row0 = blockIdx.x * Cfg::kRowsPerCta;
-  // The KV tiles consumer group c (and the producer of its ring) walks: all, or its LUT row's.
+  // The KV tiles the CTA walks: all, or its query block's LUT row's (a sparse CTA's 64 rows lie in one block).
   using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles<BN>, sla_detail::DenseTiles<BN>>;
-  auto tiles_of = [&](int c) { return Tiles(p, kSparse ? (q_row0 + 64 * c) / p.blkq : 0); };
+  auto walk = [&] { return Tiles(p, slice, kSparse ? q_row0 / p.blkq : 0); };
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
     mbar_init(&sm.lin_full, 1);
 #pragma unroll
     for (int s = 0; s < Cfg::kSlots; ++s) {
-      mbar_init(&sm.full[s], 2);                              // the TMA thread (with the bytes) and the K-scale warp
-      mbar_init(&sm.empty[s], Cfg::kConsumers / kRings * 4);  // the consumer warps of the ring
+      mbar_init(&sm.full[s], 2);                   // the TMA thread (with the bytes) and the K-scale warp
+      mbar_init(&sm.empty[s], Cfg::kConsumers * 4);  // the consumer warps
     }
     fence_barrier_init();
   }
   __syncthreads();
 
+  // A sparse walk ends with one ring position whose slot carries no bytes and tile -1 (both producers
+  // arrive on full[s]): the consumers learn the walk's end from the ring.
   if (wg == 0) {  // ---------------- producer ----------------
     regs_dealloc<Cfg::kProducerRegs>();
-    // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
-    auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
-      if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
-      else tma_load_4d(dst, map, bar, 0, row, h, b);
-    };
-    if (warp < kRings && lane == 0) {  // warp r feeds ring r with TMA loads
-      const int r = warp;
-      if (r == 0) {
-        prefetch_tmap(&tm_q);
-        prefetch_tmap(&tm_k);
-        prefetch_tmap(&tm_v);
-        mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
+    if (warp == 0 && lane == 0) {  // TMA loads
+      // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
+      auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
+        if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
+        else tma_load_4d(dst, map, bar, 0, row, h, b);
+      };
+      prefetch_tmap(&tm_q);
+      prefetch_tmap(&tm_k);
+      prefetch_tmap(&tm_v);
+      mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
 #pragma unroll
-        for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
-        if (kSparse && p.lin_frag) {
-          constexpr uint32_t kLinBytes = sizeof(sm.lin);
-          mbar_arrive_expect_tx(&sm.lin_full, kLinBytes);
-          bulk_load(sm.lin, p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice, kLinBytes, &sm.lin_full);
-        }
+      for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
+      if (kSparse && p.lin_frag) {
+        constexpr uint32_t kLinBytes = sizeof(sm.lin);
+        mbar_arrive_expect_tx(&sm.lin_full, kLinBytes);
+        bulk_load(sm.lin, p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice, kLinBytes, &sm.lin_full);
       }
-      Tiles tiles = tiles_of(r);
-      for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
-        const int s = r * S + i % S;
+      Tiles tiles = walk();
+      int i = 0;
+      for (int tile; (tile = tiles.next()) >= 0; ++i) {
+        const int s = i % S;
         if (i >= S) mbar_wait(&sm.empty[s], ((i / S) - 1) & 1);  // its previous use released
         mbar_arrive_expect_tx(&sm.full[s], 2 * BN * D);
         load_rows(&tm_k, sm.k[s], &sm.full[s], tile * BN);     // keys >= nk: zeros (masked below)
         tma_load_3d(sm.v[s], &tm_v, &sm.full[s], tile * BN, 0, static_cast<int>(slice));
       }
-    } else if (warp >= 2 && warp - 2 < kRings) {
-      // Warp 2 + r stages the K scales of ring r's tiles (clamped past the last block: those keys are
-      // masked), one per lane, so that the consumers read them from shared memory instead of waiting
-      // on global loads; its arrival on full[r][s] (the warp barrier orders the lanes' stores before
-      // lane 0's release) is the slot's second.
-      const int r = warp - 2;
+      if constexpr (kSparse) {  // the end of the walk
+        if (i >= S) mbar_wait(&sm.empty[i % S], ((i / S) - 1) & 1);
+        mbar_arrive(&sm.full[i % S]);
+      }
+    } else if (warp == 2) {
+      // Stages the K scales of each tile (clamped past the last block: those keys are masked), one per
+      // lane, so that the consumers read them from shared memory instead of waiting on global loads;
+      // sparse: also the tile's index, and -1 at the end of the walk. Its arrival on full[s] (the warp
+      // barrier orders the lanes' stores before lane 0's release) is the slot's second.
       const float* ks_g = p.k_scale + slice * p.k_blocks;
-      Tiles tiles = tiles_of(r);
-      for (int i = 0, tile; (tile = tiles.next()) >= 0; ++i) {
-        const int s = r * S + i % S;
+      Tiles tiles = walk();
+      for (int i = 0, tile = 0; tile >= 0; ++i) {
+        tile = tiles.next();
+        if (!kSparse && tile < 0) break;
+        const int s = i % S;
         if (i >= S) mbar_wait(&sm.empty[s], ((i / S) - 1) & 1);
-        if (lane < BN / attn::kBlkK)
+        if (tile >= 0 && lane < BN / attn::kBlkK)
           sm.k_scale[s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
+        if (kSparse && lane == 0) sm.tile[s] = tile;
         __syncwarp();
         if (lane == 0) mbar_arrive(&sm.full[s]);
       }
@@ -173,7 +181,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   // ---------------- consumers ----------------
   regs_alloc<Cfg::kConsumerRegs>();
   const int cg = wg - 1;
-  const int ring_base = kGroupRings ? cg * S : 0;  // slot of the group's ring's stage 0
   const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
   const int qblk = static_cast<int>(row0 / attn::kBlkQ);
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
@@ -201,11 +208,21 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
   float alpha[2];           // its rescale factor of O
 
-  // i: the tile's position in this group's walk (ring stage i % S, phase i / S).
+  // i: the tile's position in the walk (ring stage i % S, phase i / S).
+  // The tile at walk position i (-1: the walk has ended). Sparse: published in the slot by the K-scale
+  // warp (so the consumers hold no LUT walker and load no LUT entries), read once the slot is full.
+  sla_detail::DenseTiles<BN> dense_tiles(p, slice, 0);
+  auto next_tile = [&](int i) {
+    if constexpr (kSparse) {
+      mbar_wait(&sm.full[i % S], (i / S) & 1);
+      return sm.tile[i % S];
+    } else {
+      return dense_tiles.next();
+    }
+  };
   auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact); one commit group
-    const int s = ring_base + i % S;
-    mbar_wait(&sm.full[s], (i / S) & 1);
-    const uint64_t desc_k = kmajor_desc<D>(sm.k[s]);
+    if constexpr (!kSparse) mbar_wait(&sm.full[i % S], (i / S) & 1);  // (sparse: next_tile waited)
+    const uint64_t desc_k = kmajor_desc<D>(sm.k[i % S]);
     wgmma_fence();
     wgmma_m64n128k32_s8<false>(acc, desc_q, desc_k);
 #pragma unroll
@@ -214,7 +231,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     wgmma_commit();
   };
   auto issue_pv = [&](int i) {  // PV = P V_tile (fp32); one commit group
-    const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring_base + i % S]);
+    const uint64_t desc_v = kmajor_desc<BN>(sm.v[i % S]);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < BN / 32; ++ks) {
@@ -234,18 +251,17 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
   auto finish_pv = [&](int i) {
     fence_operands(pv);
     fence_operands(pa);
-    if (lane == 0) mbar_arrive(&sm.empty[ring_base + i % S]);  // this warp no longer reads the slot
+    if (lane == 0) mbar_arrive(&sm.empty[i % S]);  // this warp no longer reads the slot
 #pragma unroll
     for (int n = 0; n < NO; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
   };
-  // Softmax of S (walk position i) into pa. For i >= 1, PV_{i-1} is still in flight; the
-  // row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa.
-  auto softmax = [&](int i, int tile) {
-    float sc[NB / 2];  // q scale x the tile's K scales (staged by the producer with the K tile)
-#pragma unroll
-    for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring_base + i % S][j];
+  // Softmax of S (walk position i) into pa. For i >= 1, PV_{i-1} is still in flight; the row-max phase
+  // overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa. sc: q scale
+  // x the tile's K scales (staged by the producer with the K tile), held in registers (dense) or read
+  // from shared memory at each use (sparse: sm90_attn::SlotScales).
+  auto softmax_scaled = [&](int i, int tile, const auto& sc) {
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
       if (i > 0) {
         wgmma_wait<0>();
@@ -255,10 +271,19 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     });
     if constexpr (kExpTurns) named_bar_arrive(other_bar, kTurnThreads);  // the other group's turn
   };
+  auto softmax = [&](int i, int tile) {
+    if constexpr (kSparse) {
+      softmax_scaled(i, tile, sm90_attn::SlotScales{sm.k_scale[i % S], qs});
+    } else {
+      float sc[NB / 2];
+#pragma unroll
+      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[i % S][j];
+      softmax_scaled(i, tile, sc);
+    }
+  };
   // Walk position i >= 1: S_i and PV_{i-1} are issued together (two commit groups, which complete in
   // order); the softmax of S_i starts once S_i has landed, so PV_{i-1} runs under it.
-  Tiles tiles = tiles_of(cg);
-  int tile = tiles.next();
+  const int tile = next_tile(0);
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     if (kExpTurns && cg == 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
     issue_qk(0);
@@ -266,7 +291,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, 1)
     fence_operands(acc);
     softmax(0, tile);
     int i = 1;
-    for (int next; (next = tiles.next()) >= 0; ++i) {
+    for (int next; (next = next_tile(i)) >= 0; ++i) {
       issue_qk(i);
       issue_pv(i - 1);
       wgmma_wait<1>();
@@ -291,30 +316,22 @@ constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
   return sizeof(sm90_attn::Smem<D, kSparse>) + 1024;  // + alignment slack of the dynamic shared memory base
 }
 
-// Host launcher: one CTA per (128 query rows, head, batch), on `stream`. The tensor maps are built by
-// the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of Sm90AttnConfig.
-// Sparse: one ring per consumer group when a CTA's two 64-row groups may lie in different query blocks
-// (blkq % 128 != 0, e.g. 64 or 192), else one shared ring.
-template <int D, bool kSparse, bool kGroupRings>
-void launch_sm90_int8_fp8_attn_variant(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
-                                       const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
-  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
-  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>, static_cast<int>(smem));
-  const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  sm90_int8_fp8_attn_kernel<D, kSparse, kGroupRings>
-      <<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
-  TD_CHECK_LAUNCH();
-}
-
+// Host launcher: one CTA per (kRowsPerCta query rows, head, batch), on `stream`. The tensor maps are
+// built by the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of
+// Sm90AttnConfig.
 template <int D, bool kSparse = false>
 void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
                                const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
   if (p.nq == 0 || batch == 0 || p.heads == 0) return;
-  if (kSparse && p.blkq % attn::Sm90AttnConfig<D, kSparse>::kRowsPerCta != 0)
-    launch_sm90_int8_fp8_attn_variant<D, kSparse, kSparse>(tm_q, tm_k, tm_v, p, tma_nhd, batch, stream);
-  else
-    launch_sm90_int8_fp8_attn_variant<D, kSparse, false>(tm_q, tm_k, tm_v, p, tma_nhd, batch, stream);
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
+  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
+  static_assert(Cfg::kCtasPerSm * (smem + 1024) <= 228 * 1024,
+                "kCtasPerSm CTAs fit an sm_90 SM's 228 KB of shared memory (the driver reserves 1 KB per CTA)");
+  // Several CTAs per SM (sparse) need the largest shared-memory carveout.
+  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse>, static_cast<int>(smem), Cfg::kCtasPerSm > 1);
+  const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
+  sm90_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
+  TD_CHECK_LAUNCH();
 }
 
 }  // namespace td

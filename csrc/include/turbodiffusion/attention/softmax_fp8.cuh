@@ -63,8 +63,8 @@ __device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2fl
 //   softmax_tile_exp: alpha and m_off from m and mn, then P, l, E4M3 packing.
 // kPartial: the tile reaches past nk (only the last tile of a row: the mask code is compiled only
 // into that variant; in the others it cost a compare and a select per score).
-template <int NB, bool kPartial>
-__device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const float (&sc)[NB / 2], int64_t key0,
+template <int NB, bool kPartial, typename Scales>
+__device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const Scales& sc, int64_t key0,
                                                  int64_t nk, const float (&m)[2], float (&mn)[2]) {
   constexpr int32_t kMasked = INT32_MIN;  // below every dot product of INT8 codes
   const int t = threadIdx.x % 4;
@@ -93,8 +93,8 @@ __device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const fl
   }
 }
 
-template <int NB, bool kPartial>
-__device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], const float (&sc)[NB / 2],
+template <int NB, bool kPartial, typename Scales>
+__device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], const Scales& sc,
                                                  const float (&mn)[2], float (&m)[2], float (&alpha)[2],
                                                  float (&l)[2], uint32_t (&pa)[NB / 4][4]) {
   constexpr int32_t kMasked = INT32_MIN;
@@ -131,8 +131,8 @@ __device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], co
 // Both phases of one tile, each in the variant chosen by whether the tile reaches past nk; `between`
 // runs after the first, while alpha still holds the previous tile's factor (the sm90 kernel takes its
 // previous P V there; the mma.sync kernel nothing).
-template <int NB, typename Between>
-__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2], int64_t key0,
+template <int NB, typename Scales, typename Between>
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, int64_t key0,
                                                     int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                     uint32_t (&pa)[NB / 4][4], Between between) {
   float mn[2];
@@ -147,8 +147,8 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
   }
 }
 
-template <int NB>
-__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const float (&sc)[NB / 2], int64_t key0,
+template <int NB, typename Scales>
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, int64_t key0,
                                                     int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                     uint32_t (&pa)[NB / 4][4]) {
   softmax_tile_to_fp8<NB>(acc, sc, key0, nk, m, l, alpha, pa, [] {});

@@ -33,14 +33,16 @@ void prefer_shared_memory(Kernel kernel) {
 }
 
 // Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (above 48 KB this
-// must be asked for explicitly).
+// must be asked for explicitly); max_carveout also asks for the largest carveout (several such CTAs
+// per SM).
 template <typename Kernel>
-void allow_dynamic_shared_memory(Kernel kernel, int bytes) {
+void allow_dynamic_shared_memory(Kernel kernel, int bytes, bool max_carveout = false) {
   static std::mutex mutex;
   static std::map<std::pair<const void*, int>, int> allowed;  // (kernel, device) -> bytes
   const std::lock_guard<std::mutex> lock(mutex);
   int& done = allowed[{reinterpret_cast<const void*>(kernel), current_device()}];
   if (done >= bytes) return;
+  if (max_carveout) prefer_shared_memory(kernel);
   TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   done = bytes;
 }

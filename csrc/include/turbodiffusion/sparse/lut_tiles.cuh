@@ -21,7 +21,7 @@ namespace sla_detail {
 template <int kTileKeys>
 struct DenseTiles {
   int i, num_tiles;
-  __device__ DenseTiles(const AttnInt8Fp8Params& p, int /*q_block*/)
+  __device__ DenseTiles(const AttnInt8Fp8Params& p, int64_t /*slice*/, int /*q_block*/)
       : i(0), num_tiles(static_cast<int>((p.nk + kTileKeys - 1) / kTileKeys)) {}
   __device__ __forceinline__ int next() { return i < num_tiles ? i++ : -1; }
 };
@@ -29,9 +29,9 @@ struct DenseTiles {
 // Sparse: for each LUT entry (in LUT order, the partial last block moved last) the tiles of that key
 // block that hold at least one key (< nk), so no tile is entirely masked and the first one gives every
 // row a finite max. Entries outside [0, Mk) are skipped (never read out of bounds); count 0 walks
-// nothing, and so does a query block past the last (q_block >= sparse_q_blocks: the sm90 kernel's
-// second group when the CTA's last 64 rows lie past nq). Every thread that walks a query block holds
-// the same state, so the loop stays uniform.
+// nothing, and so does a query block past the last (q_block >= sparse_q_blocks, rows >= nq: never
+// asked for by the kernels, which take query rows < nq only). Every thread that walks a query block holds
+// the same state, so the loop stays uniform. slice = b * heads + h.
 // The tile size is a template parameter and the key count is kept as a tile count, so the walker holds
 // as few registers as possible (the sm90 kernel at D = 128 has none to spare).
 template <int kTileKeys>
@@ -41,12 +41,10 @@ struct SparseTiles {
   int partial_block;  // the last key block when nk is not a multiple of blkk (its tiles go last), else -1
   int deferred;       // LUT entries naming partial_block, walked after all others
   int key_tiles;      // tiles holding at least one key < nk
-  __device__ SparseTiles(const AttnInt8Fp8Params& p, int q_block)
-      : lut(p.lut + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks * p.lut_width +
-            int64_t(q_block) * p.lut_width),
-        count(q_block < p.sparse_q_blocks  // past the last block: rows >= nq (an sm90 group's), nothing to walk
-                  ? min(p.lut_width, __ldg(p.count + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * p.sparse_q_blocks +
-                                           q_block))
+  __device__ SparseTiles(const AttnInt8Fp8Params& p, int64_t slice, int q_block)
+      : lut(p.lut + (slice * p.sparse_q_blocks + q_block) * p.lut_width),
+        count(q_block < p.sparse_q_blocks  // past the last block: rows >= nq, nothing to walk
+                  ? min(p.lut_width, __ldg(p.count + slice * p.sparse_q_blocks + q_block))
                   : 0),
         e(0), j(0), tiles_per_block(p.blkk / kTileKeys), k_blocks(static_cast<int>((p.nk + p.blkk - 1) / p.blkk)),
         partial_block(p.nk % p.blkk ? static_cast<int>(p.nk / p.blkk) : -1), deferred(0),
@@ -142,7 +140,10 @@ struct LinearTerm {
     float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
     const T* rows[2] = {static_cast<const T*>(q_lo), static_cast<const T*>(q_hi)};
     const float* km = p.k_mean + slice * D;
-    float x[2][kSteps][4];  // x[r][s][2 hf + e]: channel 16 s + 2 t + 8 hf + e of row g + 8 r
+    // w[r][s][hf]: channels 16 s + 2 t + 8 hf + {0, 1} of row g + 8 r, kept as the raw pair (half the
+    // registers of floats; the exact conversion is redone in the exp pass).
+    uint32_t w[2][kSteps][2];
+    auto pair = [](uint32_t word, int e) { return to_float(reinterpret_cast<const T*>(&word)[e]); };
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       qkm[r] = 0.f;
@@ -151,15 +152,12 @@ struct LinearTerm {
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int c = 16 * s + 2 * t + 8 * hf;
-          uint32_t w = 0u;
-          if (rows[r]) w = __ldg(reinterpret_cast<const unsigned int*>(rows[r] + c));
-          const T* pair = reinterpret_cast<const T*>(&w);
-          x[r][s][2 * hf] = to_float(pair[0]);
-          x[r][s][2 * hf + 1] = to_float(pair[1]);
+          w[r][s][hf] = rows[r] ? __ldg(reinterpret_cast<const unsigned int*>(rows[r] + c)) : 0u;
+          const float x0 = pair(w[r][s][hf], 0), x1 = pair(w[r][s][hf], 1);
           // (scalar loads: k_mean is only required contiguous, not 8-byte aligned)
-          qkm[r] = __fmaf_rn(x[r][s][2 * hf], __ldg(km + c), qkm[r]);
-          qkm[r] = __fmaf_rn(x[r][s][2 * hf + 1], __ldg(km + c + 1), qkm[r]);
-          m[r] = fmaxf(m[r], fmaxf(x[r][s][2 * hf], x[r][s][2 * hf + 1]));
+          qkm[r] = __fmaf_rn(x0, __ldg(km + c), qkm[r]);
+          qkm[r] = __fmaf_rn(x1, __ldg(km + c + 1), qkm[r]);
+          m[r] = fmaxf(m[r], fmaxf(x0, x1));
         }
     }
 #pragma unroll
@@ -174,7 +172,7 @@ struct LinearTerm {
       for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          const float e0 = __expf(x[r][s][2 * hf] - m[r]), e1 = __expf(x[r][s][2 * hf + 1] - m[r]);
+          const float e0 = __expf(pair(w[r][s][hf], 0) - m[r]), e1 = __expf(pair(w[r][s][hf], 1) - m[r]);
           sum[r] += e0 + e1;
           h[r][hf] = __floats2half2_rn(e0, e1);
         }
