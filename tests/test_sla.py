@@ -293,6 +293,9 @@ def test_sparse_linear_epilogue(device, kernel, case):
     assert rel_l1(o, r) < 2e-3, (msg, rel_l1(o, r))
     assert ((o - r).abs() <= 2 ** -4 * r.abs().max()).all(), msg
     torch.testing.assert_close(lse.cpu(), r_lse, rtol=0, atol=1e-4, msg=msg)
+    # The LSE is the sparse branch's alone: the same bits with and without the linear term.
+    _, lse_plain = op(*args, lut, count, None, None, layout, sm, blkq, blkk)
+    assert torch.equal(lse, lse_plain), msg
 
 
 @pytest.mark.parametrize("d", [64, 128])

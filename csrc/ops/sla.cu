@@ -71,7 +71,6 @@ std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const
   at::Tensor count = at::empty({sq.b, sq.h, mq}, q.options().dtype(at::kInt));
   at::Tensor q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
   at::Tensor k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
-  at::Tensor k_mean = at::empty({sq.b * sq.h * sq.d}, f32);
   SlaBlockMapParams p{};
   p.q = view_of(q, sq, layout);
   p.k = view_of(k, sk, layout);
@@ -84,7 +83,6 @@ std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const
   p.rows_per_cta = rows;
   p.q_sums = q_sums.data_ptr<float>();
   p.k_sums = k_sums.data_ptr<float>();
-  p.k_mean = k_mean.data_ptr<float>();
   p.lut = lut.data_ptr<int32_t>();
   p.count = count.data_ptr<int32_t>();
   p.bf16 = q.scalar_type() == c10::kBFloat16;

@@ -165,45 +165,31 @@ template <int D, bool kSparse = false>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
                                                 int64_t row0, const float (&o)[D / 8][4], const float (&m)[2],
                                                 float (&l)[2], const uint4* lin_frag = nullptr) {
-  constexpr int KSTEPS = D / 32, NO = D / 8;
+  constexpr int NO = D / 8;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  // SLA: the projected linear term of the warp's rows (sla_detail::LinearTerm); its load reads q once for
-  // both phi(q) and q . k_mean.
+  // q . k_mean for the LSE, and SLA's projected linear term of the warp's rows (sla_detail::LinearTerm),
+  // from one read of the warp's unquantized q rows (sla_detail::load_q_pairs: the same sum either way).
   bool linear = false;
   sla_detail::LinearTerm<D> lin;
   if constexpr (kSparse) linear = lin_frag != nullptr;
-  float qkm[2] = {0.f, 0.f};
+  float qkm[2];
+  const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
+  const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
+  const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
+  const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
   if (linear) {
-    const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
-    const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
-    const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
-    const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
     if (p.out_bf16)
       lin.template load<true>(q_lo, q_hi, p, slice, lin_frag, g, t, lane, qkm);
     else
       lin.template load<false>(q_lo, q_hi, p, slice, lin_frag, g, t, lane, qkm);
   } else {
-    // Lane t reads the channels 32s + 16hf + 4t + {0..3}: a quarter of each row, the quad covers it.
+    uint32_t w[2][D / 16][2];  // (unused here)
     const float* km = p.k_mean + slice * D;
-    const uint16_t* qo = static_cast<const uint16_t*>(p.q_orig) + b * p.qo_stride_b + h * p.qo_stride_h;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = row0 + g + 8 * r;
-      if (row >= p.nq) continue;
-#pragma unroll
-      for (int s = 0; s < KSTEPS; ++s)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int c = 32 * s + 16 * hf + 4 * t;
-          const uint2 raw = __ldg(reinterpret_cast<const uint2*>(qo + row * p.qo_stride_n + c));
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const uint16_t bits = static_cast<uint16_t>(((e < 2) ? raw.x : raw.y) >> (16 * (e & 1)));
-            const float qv = p.out_bf16 ? __uint_as_float(uint32_t(bits) << 16) : __half2float(__ushort_as_half(bits));
-            qkm[r] = __fmaf_rn(qv, __ldg(km + c + e), qkm[r]);
-          }
-        }
-    }
+    if (p.out_bf16)
+      sla_detail::load_q_pairs<D>(static_cast<const __nv_bfloat16*>(q_lo), static_cast<const __nv_bfloat16*>(q_hi),
+                                  km, t, w, qkm);
+    else
+      sla_detail::load_q_pairs<D>(static_cast<const __half*>(q_lo), static_cast<const __half*>(q_hi), km, t, w, qkm);
   }
   float inv_l[2];
 #pragma unroll

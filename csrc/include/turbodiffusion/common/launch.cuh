@@ -16,7 +16,7 @@ namespace td {
 constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Function attributes (cudaFuncSetAttribute) belong to the current device's context: a process that
-// drives several GPUs must set them on each. Both helpers below keep what they did per (kernel, device),
+// drives several GPUs must set them on each. The helpers below keep what they did per (kernel, device),
 // so the driver calls run once per device instead of on every launch.
 inline int current_device() {
   int device = 0;
@@ -32,36 +32,42 @@ void prefer_shared_memory(Kernel kernel) {
                                      cudaSharedmemCarveoutMaxShared));
 }
 
+// The int that `update` keeps per (kernel, device), -1 until it first sets it, updated under a lock
+// (launches may come from several threads); returns its value. Each helper below has its own table.
+template <typename Kernel, typename Update>
+int per_kernel_and_device(Kernel kernel, Update update) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> slots;
+  const std::lock_guard<std::mutex> lock(mutex);
+  int& slot = slots.try_emplace({reinterpret_cast<const void*>(kernel), current_device()}, -1).first->second;
+  update(slot);
+  return slot;
+}
+
 // Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (above 48 KB this
 // must be asked for explicitly); max_carveout also asks for the largest carveout (several such CTAs
 // per SM).
 template <typename Kernel>
 void allow_dynamic_shared_memory(Kernel kernel, int bytes, bool max_carveout = false) {
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int> allowed;  // (kernel, device) -> bytes
-  const std::lock_guard<std::mutex> lock(mutex);
-  int& done = allowed[{reinterpret_cast<const void*>(kernel), current_device()}];
-  if (done >= bytes) return;
-  if (max_carveout) prefer_shared_memory(kernel);
-  TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  done = bytes;
+  per_kernel_and_device(kernel, [&](int& allowed) {  // the most bytes allowed so far
+    if (allowed >= bytes) return;
+    if (max_carveout) prefer_shared_memory(kernel);
+    TD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    allowed = bytes;
+  });
 }
 
 // CTAs of `kernel` (with `threads` threads) that fit on one SM of the current device, after asking for
 // the largest shared carveout.
 template <typename Kernel>
 int ctas_per_sm(Kernel kernel, int threads) {
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int> cache;  // (kernel, device) -> CTAs per SM
-  const std::lock_guard<std::mutex> lock(mutex);
-  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), current_device()};
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  prefer_shared_memory(kernel);
-  int per_sm = 0;
-  TD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  cache.emplace(key, per_sm);
-  return per_sm;
+  return per_kernel_and_device(kernel, [&](int& per_sm) {
+    if (per_sm >= 0) return;
+    prefer_shared_memory(kernel);
+    int n = 0;
+    TD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0));
+    per_sm = n;
+  });
 }
 
 // Sizes the co-resident grid of a slice-grouped kernel (slice_groups.cuh) and launches it

@@ -122,6 +122,37 @@ void launch_lin_fragments(const __half* lin, uint4* frag, int64_t slices, cudaSt
   TD_CHECK_LAUNCH();
 }
 
+// Element e of a raw pair of bf16 / fp16 values, as float (exact).
+template <typename T>
+__device__ __forceinline__ float pair_elem(uint32_t word, int e) {
+  return to_float(reinterpret_cast<const T*>(&word)[e]);
+}
+
+// A warp's unquantized query rows as lane (g, t) holds the m16n8k16 A fragment: rows g and g + 8 (q_lo,
+// q_hi; nullptr past nq: zeros), channels 16 s + 2 t + 8 hf + {0, 1} as raw pairs w[r][s][hf], read 4
+// bytes at a time; qkm[r] = the lane's part of q . k_mean (km) over those channels, in a fixed order
+// (the caller sums the quad). The attention epilogue reads q this way with and without SLA's linear term,
+// so the LSE does not depend on it.
+template <int D, typename T>
+__device__ __forceinline__ void load_q_pairs(const T* q_lo, const T* q_hi, const float* km, int t,
+                                             uint32_t (&w)[2][D / 16][2], float (&qkm)[2]) {
+  const T* rows[2] = {q_lo, q_hi};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    qkm[r] = 0.f;
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int c = 16 * s + 2 * t + 8 * hf;
+        w[r][s][hf] = rows[r] ? __ldg(reinterpret_cast<const unsigned int*>(rows[r] + c)) : 0u;
+        // (scalar loads: k_mean is only required contiguous, not 8-byte aligned)
+        qkm[r] = __fmaf_rn(pair_elem<T>(w[r][s][hf], 0), __ldg(km + c), qkm[r]);
+        qkm[r] = __fmaf_rn(pair_elem<T>(w[r][s][hf], 1), __ldg(km + c + 1), qkm[r]);
+      }
+  }
+}
+
 template <int D>
 struct LinearTerm {
   static constexpr int kSteps = D / 16;
@@ -129,37 +160,22 @@ struct LinearTerm {
   float inv_den[2];
 
   // q_lo / q_hi: the unquantized rows g and g + 8 of the warp (nullptr past nq: those rows get e = 1 and are
-  // never stored). Each row is read once, 4 bytes at a time (channels 16 s + 2 t + {0, 1, 8, 9}, the A
-  // fragments' layout), and also gives the lane's part of q . k_mean (qkm; the caller sums the quad). That
-  // sum runs over other channels per lane than store_warp_rows' path without lin, so the LSE with lin
-  // differs from the LSE without it by float32 rounding (out does not).
+  // never stored), read once by load_q_pairs, which also gives the lane's part of q . k_mean (qkm).
   template <bool kBf16>
   __device__ __forceinline__ void load(const void* q_lo, const void* q_hi, const AttnInt8Fp8Params& p, int64_t slice,
                                        const uint4* frag, int g, int t, int lane, float (&qkm)[2]) {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
-    const T* rows[2] = {static_cast<const T*>(q_lo), static_cast<const T*>(q_hi)};
-    const float* km = p.k_mean + slice * D;
-    // w[r][s][hf]: channels 16 s + 2 t + 8 hf + {0, 1} of row g + 8 r, kept as the raw pair (half the
-    // registers of floats; the exact conversion is redone in the exp pass).
+    // Raw pairs (half the registers of floats; the exact conversion is redone in the exp pass).
     uint32_t w[2][kSteps][2];
-    auto pair = [](uint32_t word, int e) { return to_float(reinterpret_cast<const T*>(&word)[e]); };
+    load_q_pairs<D>(static_cast<const T*>(q_lo), static_cast<const T*>(q_hi), p.k_mean + slice * D, t, w, qkm);
+    auto pair = [](uint32_t word, int e) { return pair_elem<T>(word, e); };
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      qkm[r] = 0.f;
+    for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int s = 0; s < kSteps; ++s)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int c = 16 * s + 2 * t + 8 * hf;
-          w[r][s][hf] = rows[r] ? __ldg(reinterpret_cast<const unsigned int*>(rows[r] + c)) : 0u;
-          const float x0 = pair(w[r][s][hf], 0), x1 = pair(w[r][s][hf], 1);
-          // (scalar loads: k_mean is only required contiguous, not 8-byte aligned)
-          qkm[r] = __fmaf_rn(x0, __ldg(km + c), qkm[r]);
-          qkm[r] = __fmaf_rn(x1, __ldg(km + c + 1), qkm[r]);
-          m[r] = fmaxf(m[r], fmaxf(x0, x1));
-        }
-    }
+        for (int hf = 0; hf < 2; ++hf) m[r] = fmaxf(m[r], fmaxf(pair(w[r][s][hf], 0), pair(w[r][s][hf], 1)));
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));

@@ -22,7 +22,6 @@ struct SlaBlockMapParams {
   int rows_per_cta;         // query blocks per CTA of the score/top-k kernel (<= kMaxRowsPerCta)
   float* q_sums;            // scratch [B*H, mq, D]: per-block sums of q (fp32)
   float* k_sums;            // scratch [B*H, mk, D]: per-block sums of k, then centred block means
-  float* k_mean;            // scratch [B*H, D]: mean_N k
   int32_t* lut;             // [B*H, mq, kept], ascending
   int32_t* count;           // [B*H, mq]
   bool bf16;                // element type of q and k: bf16, else fp16

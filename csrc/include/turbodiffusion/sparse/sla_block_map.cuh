@@ -139,16 +139,16 @@ __global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnT
   }
 }
 
-// mean_N k [B*H, D] from the block sums, then the block sums turned in place into centred block means
-// (sum / len - mean_N k, the two roundings the score kernel used to do per CTA). Grid (B*H), D threads.
-__global__ void sla_kmean_kernel(float* k_sums, int mk, int blkk, int64_t nk, int d, float* k_mean) {
+// mean_N k from the block sums (kept in a register), then the block sums turned in place into centred
+// block means (sum / len - mean_N k, the two roundings the score kernel used to do per CTA). Grid (B*H),
+// D threads.
+__global__ void sla_kmean_kernel(float* k_sums, int mk, int blkk, int64_t nk, int d) {
   const int64_t slice = blockIdx.x;
   const int c = threadIdx.x;
   float* col = k_sums + slice * mk * d + c;
   float s = 0.f;
   for (int j = 0; j < mk; ++j) s += col[int64_t(j) * d];
   const float km = s / static_cast<float>(nk);
-  k_mean[slice * d + c] = km;
   for (int j = 0; j < mk; ++j) {
     const int64_t len = std::min<int64_t>(blkk, nk - int64_t(j) * blkk);
     col[int64_t(j) * d] = __fsub_rn(col[int64_t(j) * d] / static_cast<float>(len), km);
@@ -244,7 +244,7 @@ void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaS
     sla_pool_kernel<D, __half><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
   }
   TD_CHECK_LAUNCH();
-  sla_kmean_kernel<<<batch * p.heads, D, 0, stream>>>(p.k_sums, p.mk, p.blkk, p.k.n, D, p.k_mean);
+  sla_kmean_kernel<<<batch * p.heads, D, 0, stream>>>(p.k_sums, p.mk, p.blkk, p.k.n, D);
   TD_CHECK_LAUNCH();
   allow_dynamic_shared_memory(sla_score_topk_kernel<D>, static_cast<int>(max_smem));
   const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk);
