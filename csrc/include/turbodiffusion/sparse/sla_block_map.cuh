@@ -157,7 +157,7 @@ __global__ void sla_kmean_kernel(float* k_sums, int mk, int blkk, int64_t nk, in
 
 // Shared memory of the score/top-k kernel for `rows` query blocks per CTA.
 inline size_t sla_score_smem_bytes(int d, int rows, int mk) {
-  return sizeof(float) * (size_t(rows) * d + size_t(d) * (sla::kKeyTile + 4) + size_t(rows) * mk) +
+  return sizeof(float) * (size_t(rows) * d + size_t(sla::kKeyTile) * (d + 4) + size_t(rows) * mk) +
          sizeof(uint32_t) * (sla::kScoreThreads / 32) * sla::kRadixBins;
 }
 
@@ -165,13 +165,15 @@ inline size_t sla_score_smem_bytes(int d, int rows, int mk) {
 // (ceil(mq / rows_per_cta), H, B).
 template <int D>
 __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(const SlaBlockMapParams p) {
-  constexpr int KT = sla::kKeyTile, KTP = KT + 4;  // float4-aligned rows (the float4 staging's transposed stores still meet 16-way bank conflicts at D 128: see docs/sla.md)
-  static_assert(KT / 4 * sla::kMaxRowsPerCta == sla::kScoreThreads, "1 x 4 scores per thread");
+  // Key rows padded by 4 floats: the 8 lanes of a float4 wavefront (keys c .. c + 7 at one channel quad)
+  // then hit 8 different bank quads.
+  constexpr int KT = sla::kKeyTile, DP = D + 4;
+  static_assert(KT * sla::kMaxRowsPerCta / 4 == sla::kScoreThreads, "4 x 1 scores per thread");
   extern __shared__ __align__(16) float smem[];
   const int rows_max = p.rows_per_cta;
   float* pq = smem;                                         // [rows][D] pooled q means
-  float* pkt = pq + rows_max * D;                           // [D][KTP] pooled centred k means, transposed
-  uint32_t* hist = reinterpret_cast<uint32_t*>(pkt + D * KTP);  // [warps][256]
+  float* pk = pq + rows_max * D;                            // [KT][DP] pooled centred k means
+  uint32_t* hist = reinterpret_cast<uint32_t*>(pk + KT * DP);  // [warps][256]
   float* score = reinterpret_cast<float*>(hist + (sla::kScoreThreads / 32) * sla::kRadixBins);  // [rows][mk]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -189,36 +191,36 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
     }
     pq[i] = v;
   }
-  const int r = tid / (KT / 4), c4 = tid % (KT / 4);
+  const int c = tid % KT, r0 = 4 * (tid / KT);  // this thread's key block in the tile, its first row
   for (int kt0 = 0; kt0 < mk; kt0 += KT) {
     __syncthreads();  // pq written / the previous tile consumed
-    // Centred key-block means (sla_kmean_kernel), 4 channels per load, transposed into pkt.
+    // Centred key-block means (sla_kmean_kernel), 4 channels per 16-byte load and store.
     for (int i = 4 * tid; i < KT * D; i += 4 * sla::kScoreThreads) {
-      const int c = i / D, d = i % D, kb = kt0 + c;
+      const int kc = i / D, d = i % D, kb = kt0 + kc;
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (kb < mk) v = *reinterpret_cast<const float4*>(p.k_sums + (slice * mk + kb) * D + d);
-      pkt[d * KTP + c] = v.x;
-      pkt[(d + 1) * KTP + c] = v.y;
-      pkt[(d + 2) * KTP + c] = v.z;
-      pkt[(d + 3) * KTP + c] = v.w;
+      *reinterpret_cast<float4*>(pk + kc * DP + d) = v;
     }
     __syncthreads();
-    if (r < rows) {
+    if (r0 < rows && kt0 + c < mk) {
+      // score[r][c] = sum_d q[r][d] k[c][d], d ascending (one FMA chain per score).
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
-      const float* pr = pq + r * D;
-      const float* pc = pkt + 4 * c4;
-#pragma unroll 8
-      for (int d = 0; d < D; ++d) {
-        const float a = pr[d];
-        const float4 kv = *reinterpret_cast<const float4*>(pc + d * KTP);
-        acc[0] = fmaf(a, kv.x, acc[0]);
-        acc[1] = fmaf(a, kv.y, acc[1]);
-        acc[2] = fmaf(a, kv.z, acc[2]);
-        acc[3] = fmaf(a, kv.w, acc[3]);
+      const float* kr = pk + c * DP;
+#pragma unroll 4
+      for (int d = 0; d < D; d += 4) {
+        const float4 kv = *reinterpret_cast<const float4*>(kr + d);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float4 qv = *reinterpret_cast<const float4*>(pq + (r0 + j) * D + d);
+          acc[j] = fmaf(qv.x, kv.x, acc[j]);
+          acc[j] = fmaf(qv.y, kv.y, acc[j]);
+          acc[j] = fmaf(qv.z, kv.z, acc[j]);
+          acc[j] = fmaf(qv.w, kv.w, acc[j]);
+        }
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        if (kt0 + 4 * c4 + j < mk) score[r * mk + kt0 + 4 * c4 + j] = acc[j];
+        if (r0 + j < rows) score[(r0 + j) * mk + kt0 + c] = acc[j];
     }
   }
   __syncthreads();
