@@ -36,7 +36,7 @@ def main() -> None:
             w = torch.randn(d, d, device="cuda")
             ops.sla_block_map(q, kv, topk=0.3, blkq=blkq, blkk=blkk, layout=layout)
             ops.sla_block_map(q.half(), kv.half(), topk=1.0, blkq=17, blkk=33, layout=layout)
-            for backend in ("mma", "sm90") if sm90 and blkk % 128 == 0 else ("mma",):
+            for backend in ("mma", "sm90") if sm90 else ("mma",):
                 ops.sage_sla(q, kv, kv, w, torch.randn(d, device="cuda"), 0.5, blkq=blkq, blkk=blkk, layout=layout,
                              return_lse=True, backend=backend)
             ops.sage_sla(q.half(), kv.half(), kv.half(), w, torch.randn(d, device="cuda"), 0.0, layout=layout)

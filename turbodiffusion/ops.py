@@ -381,8 +381,7 @@ def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout:
 # with proj_l, and the block-sparse mma.sync kernel with the linear epilogue. CPU = reference/sla.py.
 SLA_LIN_PAD = ref.sla.LIN_PAD
 SLA_MAX_BLOCK = 1024    # block-map pooling sizes: any positive size up to this
-SLA_KV_BLOCK = 64       # the sparse kernel's block sizes are multiples of its 64-row CTA and 64-key tile
-SLA_SM90_KV_BLOCK = 128  # the sm90 sparse kernel's key blocks are multiples of its 128-key tile
+SLA_KV_BLOCK = 64       # the sparse kernels' block sizes are multiples of their 64-row CTA and 64-key tile
 
 
 def _check_same_qk(q, k, layout, kname="k"):
@@ -457,7 +456,7 @@ def _check_sparse_attn(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_sca
     _check_attn_quantized(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale,
                           contiguous=kernel == "sm90")
     _check_block("blkq", blkq, SLA_KV_BLOCK)
-    _check_block("blkk", blkk, SLA_KV_BLOCK if kernel == "mma" else SLA_SM90_KV_BLOCK)
+    _check_block("blkk", blkk, SLA_KV_BLOCK)
     b, h, nq, d = C.bhnd(q, layout)
     mq = _cdiv(nq, blkq)
     C.check_tensor("lut", lut, dtypes=(torch.int32,), ndim=4, device=q.device)
@@ -511,18 +510,15 @@ def attention_int8_fp8_sparse(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8
     """Block-sparse attention_int8_fp8: each query block (blkq rows) attends to the keys of the key blocks
     (blkk keys) listed in lut[b, h, qblock, :count]. Empty rows give 0 and lse -inf. With lin
     (sla_linear_state) and lin_bias (proj_l.bias), the epilogue adds SLA's projected linear branch.
-    backend: "mma" (blkq, blkk multiples of 64), "sm90" (sm_90 GPUs; blkq multiple of 64, blkk of 128), or
-    "auto" (sm90 where it applies, else mma)."""
-    kernel = _sparse_kernel(q, backend, blkk)
+    blkq, blkk: multiples of 64. backend: "mma", "sm90" (sm_90 GPUs; 128-key tiles where blkk % 128 == 0, else
+    64-key tiles with the mma kernel's numerics) or "auto" (sm90 on sm_90 GPUs, else mma)."""
+    kernel = _sparse_kernel(q, backend)
     return getattr(torch.ops.turbodiffusion, kernel)(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
                                                      lut, count, lin, lin_bias, layout, float(sm_scale), blkq, blkk)
 
 
-def _sparse_kernel(q: torch.Tensor, backend: str, blkk: int) -> str:
-    kernel = _attention_kernel(q, backend).replace("attention_int8_fp8_", "attention_int8_fp8_sparse_")
-    if backend == "auto" and kernel.endswith("sm90") and blkk % SLA_SM90_KV_BLOCK:
-        kernel = "attention_int8_fp8_sparse_mma"
-    return kernel
+def _sparse_kernel(q: torch.Tensor, backend: str) -> str:
+    return _attention_kernel(q, backend).replace("attention_int8_fp8_", "attention_int8_fp8_sparse_")
 
 
 def _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk):
@@ -548,7 +544,7 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     branch alone with return_lse). backend: the sparse kernel, see attention_int8_fp8_sparse.
     """
     _check_sla_inputs(q, k, v, proj_weight, proj_bias, topk, layout, sm_scale, blkq, blkk)
-    kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend, blkk))  # a bad backend fails first
+    kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
     if lut is None:

@@ -153,24 +153,25 @@ CUtensorMap qk_tensor_map(const at::Tensor& t, const char* name, const BHND& s, 
   return map;
 }
 
-// The three TMA tensor maps of the sm90 kernel: q, k (one head's rows per box) and the transposed V.
+// The three TMA tensor maps of the sm90 kernel: q, k (one head's rows per box) and the transposed V, for
+// KV tiles of `bn` keys (128, or 64: a V box row is then 64 bytes, 64-byte swizzle).
 struct Sm90TensorMaps {
   CUtensorMap q, k, v;
 };
 
 Sm90TensorMaps sm90_tensor_maps(const QuantizedAttention& a, const at::Tensor& q_int8, const at::Tensor& k_int8,
-                                const at::Tensor& v_fp8, bool nhd) {
+                                const at::Tensor& v_fp8, bool nhd, uint32_t bn) {
   const int cc = compute_capability(q_int8.device());
   TORCH_CHECK(cc == 90, "the sm90 attention kernel needs an sm_90 GPU (wgmma, TMA), got sm_", num(int64_t(cc)),
               "; use the mma backend");
-  constexpr uint32_t kBN = attn::Sm90AttnConfig<128>::kBN;
   Sm90TensorMaps m;
   m.q = qk_tensor_map(q_int8, "q_int8", a.sq, nhd, 64);
-  m.k = qk_tensor_map(k_int8, "k_int8", a.sk, nhd, kBN);
+  m.k = qk_tensor_map(k_int8, "k_int8", a.sk, nhd, bn);
   const cuuint64_t dims[3] = {cuuint64_t(a.p.v_n_pad), cuuint64_t(a.sq.d), cuuint64_t(a.sq.b * a.sq.h)};
   const cuuint64_t strides[2] = {dims[0], dims[0] * dims[1]};
-  const cuuint32_t box[3] = {kBN, cuuint32_t(a.sq.d), 1u};
-  const CUresult r = encode_tma_u8(&m.v, v_fp8.data_ptr(), 3, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B);
+  const cuuint32_t box[3] = {bn, cuuint32_t(a.sq.d), 1u};
+  const CUresult r = encode_tma_u8(&m.v, v_fp8.data_ptr(), 3, dims, strides, box,
+                                   bn == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B);
   TORCH_CHECK(r == CUDA_SUCCESS, "v_fp8: cuTensorMapEncodeTiled failed with CUresult ", num(int64_t(r)));
   return m;
 }
@@ -238,8 +239,17 @@ std::tuple<at::Tensor, at::Tensor> launch_quantized_attention(QuantizedAttention
   const int batch = static_cast<int>(a.sq.b);
   if constexpr (kSm90) {
     const bool nhd = layout == "NHD";
-    const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd);
-    TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] { launch_sm90_int8_fp8_attn<D, kSparse>(m.q, m.k, m.v, a.p, nhd, batch, stream); });
+    // Sparse key blocks that are not multiples of 128 keys take 64-key tiles (heuristics.h).
+    const bool tiles64 = kSparse && a.p.blkk % 128 != 0;
+    const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd, tiles64 ? 64 : 128);
+    TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
+      if constexpr (kSparse) {
+        if (tiles64) launch_sm90_int8_fp8_attn<D, true, 64>(m.q, m.k, m.v, a.p, nhd, batch, stream);
+        else launch_sm90_int8_fp8_attn<D, true, 128>(m.q, m.k, m.v, a.p, nhd, batch, stream);
+      } else {
+        launch_sm90_int8_fp8_attn<D, false>(m.q, m.k, m.v, a.p, nhd, batch, stream);
+      }
+    });
   } else {
     const int cc = compute_capability(q_int8.device());
     TORCH_CHECK(cc >= 89, op, ": needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
@@ -263,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor> dense_attention(const char* op, const at::Ten
 
 // Block-sparse variants (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3). Block-size units:
 // a query block covers whole 64-row tiles (an mma.sync CTA, a wgmma consumer group) and whole KV tiles
-// (64 keys for mma.sync, 128 for wgmma).
+// (64 keys; the wgmma kernel takes 128-key tiles where blkk allows).
 template <bool kSm90>
 std::tuple<at::Tensor, at::Tensor> sparse_attention(
     const char* op, const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale,
@@ -273,8 +283,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention(
   QuantizedAttention a =
       prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
   const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t unit_k = kSm90 ? attn::Sm90AttnConfig<128, true>::kBN : attn::kKvTile;
-  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, unit_k);
+  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, attn::kKvTile);
   return launch_quantized_attention<kSm90, true>(a, op, q_int8, k_int8, v_fp8, layout);
 }
 

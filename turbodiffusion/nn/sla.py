@@ -33,8 +33,8 @@ def _run(fn, q, k, v, proj_l: nn.Linear, topk: float, blkq: int, blkk: int) -> t
 
 def sagesla_attention_nhd(q, k, v, *, proj_l: nn.Linear, topk: float, blkq: int = DEFAULT_BLKQ,
                           blkk: int = DEFAULT_BLKK) -> torch.Tensor:
-    """The "sagesla" kind: [B, N, H, D] in and out (CUDA: the sparse sm90 kernel on Hopper when blkk % 128 == 0,
-    else the sparse mma.sync kernel; CPU: the emulation)."""
+    """The "sagesla" kind: [B, N, H, D] in and out (CUDA: the sparse sm90 kernel on Hopper, else the sparse
+    mma.sync kernel; CPU: the emulation)."""
     check_sage_supported(q.device, q.shape[-1])
     return _run(ops.sage_sla, q, k, v, proj_l, topk, blkq, blkk)
 

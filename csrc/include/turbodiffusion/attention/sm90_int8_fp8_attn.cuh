@@ -57,9 +57,9 @@ struct SlotScales {
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
 // swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kSlots K/V slots
 // form one ring read by every consumer group.
-template <int D, bool kSparse>
+template <int D, bool kSparse, int BN>
 struct alignas(1024) Smem {
-  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
+  using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
   uint8_t q[Cfg::kConsumers][64 * D];           // [row][channel], one 64-row tile per group
   uint8_t k[Cfg::kSlots][Cfg::kBN * D];         // [key][channel]
   uint8_t v[Cfg::kSlots][D * Cfg::kBN];         // [channel][token] (quantize_v_fp8's layout)
@@ -79,27 +79,30 @@ struct alignas(1024) Smem {
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): the block-sparse variant runs two CTAs per SM, so
 // its consumers get 232 registers (dense: 240; heuristics.h), and ptxas (nvcc 13.0) keeps the shared
 // memory base and three loop-carried values in local memory (52 B stored, 96 B loaded: about eight
-// L1-resident accesses per tile).
+// L1-resident accesses per tile). With 64-key tiles (BN = 64: S is half the registers) only the
+// producer's LUT walker keeps a value in local memory (4 B, once per CTA).
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
-// registers, keeps one pointer in local memory (one store and one load per CTA).
+// registers, keeps one or two values in local memory (4-8 B, one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % 128 == 0, SLA's linear epilogue with p.lin_frag.
-template <int D, bool kSparse>
-__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, attn::Sm90AttnConfig<D, kSparse>::kCtasPerSm)
+// p.blkq % 64 == 0 and p.blkk % BN == 0, SLA's linear epilogue with p.lin_frag. BN: keys per KV tile (128;
+// 64 for sparse key blocks that are not multiples of 128).
+template <int D, bool kSparse, int BN>
+__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads,
+                                  attn::Sm90AttnConfig<D, kSparse, BN>::kCtasPerSm)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const AttnInt8Fp8Params p, const int tma_nhd) {
 #ifdef TD_SM90A_ENABLED
   using namespace sm90;
-  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  constexpr int BN = Cfg::kBN, S = Cfg::kSlots;
+  using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
+  constexpr int S = Cfg::kSlots;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
-  static_assert(BN == 128, "V rows of one tile are 128 bytes: the 128-byte swizzle of the PV descriptor");
+  // (V rows of one tile are BN bytes: the 128- or 64-byte swizzle of the PV descriptor.)
 
   extern __shared__ uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<sm90_attn::Smem<D, kSparse>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+  auto& sm = *reinterpret_cast<sm90_attn::Smem<D, kSparse, BN>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                             ~uintptr_t(1023));
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -224,10 +227,17 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, at
     if constexpr (!kSparse) mbar_wait(&sm.full[i % S], (i / S) & 1);  // (sparse: next_tile waited)
     const uint64_t desc_k = kmajor_desc<D>(sm.k[i % S]);
     wgmma_fence();
-    wgmma_m64n128k32_s8<false>(acc, desc_q, desc_k);
 #pragma unroll
-    for (int ks = 1; ks < D / 32; ++ks)
-      wgmma_m64n128k32_s8<true>(acc, desc_advance(desc_q, 32 * ks), desc_advance(desc_k, 32 * ks));
+    for (int ks = 0; ks < D / 32; ++ks) {
+      const uint64_t da = desc_advance(desc_q, 32 * ks), db = desc_advance(desc_k, 32 * ks);
+      if constexpr (BN == 128) {
+        if (ks == 0) wgmma_m64n128k32_s8<false>(acc, da, db);
+        else wgmma_m64n128k32_s8<true>(acc, da, db);
+      } else {
+        if (ks == 0) wgmma_m64n64k32_s8<false>(acc, da, db);
+        else wgmma_m64n64k32_s8<true>(acc, da, db);
+      }
+    }
     wgmma_commit();
   };
   auto issue_pv = [&](int i) {  // PV = P V_tile (fp32); one commit group
@@ -311,26 +321,26 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads, at
 #endif
 }
 
-template <int D, bool kSparse>
+template <int D, bool kSparse, int BN>
 constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
-  return sizeof(sm90_attn::Smem<D, kSparse>) + 1024;  // + alignment slack of the dynamic shared memory base
+  return sizeof(sm90_attn::Smem<D, kSparse, BN>) + 1024;  // + alignment slack of the dynamic shared memory base
 }
 
 // Host launcher: one CTA per (kRowsPerCta query rows, head, batch), on `stream`. The tensor maps are
 // built by the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of
-// Sm90AttnConfig.
-template <int D, bool kSparse = false>
+// Sm90AttnConfig (BN keys per K / V box).
+template <int D, bool kSparse = false, int BN = 128>
 void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
                                const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
   if (p.nq == 0 || batch == 0 || p.heads == 0) return;
-  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
-  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
+  using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
+  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse, BN>();
   static_assert(Cfg::kCtasPerSm * (smem + 1024) <= 228 * 1024,
                 "kCtasPerSm CTAs fit an sm_90 SM's 228 KB of shared memory (the driver reserves 1 KB per CTA)");
   // Several CTAs per SM (sparse) need the largest shared-memory carveout.
-  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse>, static_cast<int>(smem), Cfg::kCtasPerSm > 1);
+  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse, BN>, static_cast<int>(smem), Cfg::kCtasPerSm > 1);
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  sm90_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
+  sm90_int8_fp8_attn_kernel<D, kSparse, BN><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
   TD_CHECK_LAUNCH();
 }
 
