@@ -1,7 +1,8 @@
 """SageSLA (top-k 0.1) at the Wan shapes, each stage timed on its own and the whole call, against dense
 torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map), quantization
 (quantize_qk_int8 + quantize_v_fp8), linear branch (sla_linear_state: one pass over k and v plus the
-proj_l fold), sparse attention (the block-sparse mma.sync kernel with the linear epilogue), and the
+proj_l fold), sparse attention (the block-sparse kernel with the linear epilogue: sm90 on Hopper at every
+block size, the default blocks also on the mma.sync kernel for comparison), and the
 total (ops.sage_sla). Effective TOPS count the dense-equivalent 4 B H N^2 D; the sparse kernel's row
 also gives the TOPS of the work it actually does (kept / Mk of it). Dense SageAttention (same kernel,
 dense) is timed too, for the "x of 10% dense" comparison.

@@ -1,7 +1,8 @@
 // SageAttention-style attention for Hopper (sm_90a): INT8 Q K^T and FP8 E4M3 P V on wgmma, K/V tiles
 // streamed by TMA through a multi-stage shared-memory ring, warp-specialized (ARCHITECTURE §4.1).
-// Same numerics as the mma.sync kernel with 128-key tiles (emulated op for op by
-// turbodiffusion/reference/attention.py:attention_int8_fp8_mma(kv_tile=128)).
+// Same numerics as the mma.sync kernel with BN-key tiles: 128, or 64 for sparse key blocks that are not
+// multiples of 128 (emulated op for op by turbodiffusion/reference/attention.py:attention_int8_fp8_mma with
+// kv_tile = BN).
 //
 // CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 2, one CTA per SM; sparse:
 // 1, two CTAs per SM; heuristics.h Sm90AttnConfig says why), one CTA per (query rows, head, batch):
@@ -11,7 +12,7 @@
 //                consumer warps done); another warp stages each tile's K scales in shared memory
 //                (sparse: also the tile's index, and -1 in the slot after the last: the consumers
 //                never walk the LUT). The group gives its registers to the consumers (setmaxnreg).
-//   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
+//   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64nBNk32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,

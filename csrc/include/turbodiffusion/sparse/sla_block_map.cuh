@@ -155,9 +155,12 @@ __global__ void sla_kmean_kernel(float* k_sums, int mk, int blkk, int64_t nk, in
   }
 }
 
+// Pooled-q rows the score kernel stages for `rows` query blocks per CTA: a thread scores 4 rows at once.
+constexpr int sla_score_q_rows(int rows) { return (rows + 3) / 4 * 4; }
+
 // Shared memory of the score/top-k kernel for `rows` query blocks per CTA.
 inline size_t sla_score_smem_bytes(int d, int rows, int mk) {
-  return sizeof(float) * (size_t(rows) * d + size_t(sla::kKeyTile) * (d + 4) + size_t(rows) * mk) +
+  return sizeof(float) * (size_t(sla_score_q_rows(rows)) * d + size_t(sla::kKeyTile) * (d + 4) + size_t(rows) * mk) +
          sizeof(uint32_t) * (sla::kScoreThreads / 32) * sla::kRadixBins;
 }
 
@@ -171,8 +174,9 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
   static_assert(KT * sla::kMaxRowsPerCta / 4 == sla::kScoreThreads, "4 x 1 scores per thread");
   extern __shared__ __align__(16) float smem[];
   const int rows_max = p.rows_per_cta;
-  float* pq = smem;                                         // [rows][D] pooled q means
-  float* pk = pq + rows_max * D;                            // [KT][DP] pooled centred k means
+  const int pq_rows = sla_score_q_rows(rows_max);           // whole groups of 4 (a thread's rows), zero past rows
+  float* pq = smem;                                         // [pq_rows][D] pooled q means
+  float* pk = pq + pq_rows * D;                             // [KT][DP] pooled centred k means
   uint32_t* hist = reinterpret_cast<uint32_t*>(pk + KT * DP);  // [warps][256]
   float* score = reinterpret_cast<float*>(hist + (sla::kScoreThreads / 32) * sla::kRadixBins);  // [rows][mk]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -182,7 +186,7 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
   const int rows = min(rows_max, p.mq - qb0);
   const int mk = p.mk;
 
-  for (int i = tid; i < rows_max * D; i += sla::kScoreThreads) {
+  for (int i = tid; i < pq_rows * D; i += sla::kScoreThreads) {
     const int r = i / D, qb = qb0 + r;
     float v = 0.f;
     if (r < rows) {
