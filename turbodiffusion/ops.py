@@ -378,7 +378,7 @@ def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout:
 
 # --------------------------------------------------------------------------------------------------
 # Sparse-Linear Attention (ARCHITECTURE §4.2-4.3, docs/sla.md): block map, the linear branch folded
-# with proj_l, and the block-sparse mma.sync kernel with the linear epilogue. CPU = reference/sla.py.
+# with proj_l, and the block-sparse kernels (sm90, mma.sync) with the linear epilogue. CPU = reference/sla.py.
 SLA_LIN_PAD = ref.sla.LIN_PAD
 SLA_MAX_BLOCK = 1024    # block-map pooling sizes: any positive size up to this
 SLA_KV_BLOCK = 64       # the sparse kernels' block sizes are multiples of their 64-row CTA and 64-key tile

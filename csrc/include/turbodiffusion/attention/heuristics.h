@@ -59,9 +59,9 @@ struct MmaAttnConfig {
 //         CTA per SM): 1.3B-480p 64x128 1.07 vs 1.24 ms, with a full LUT 9.30 vs 12.28 ms (dense 8.11 ms);
 //         14B-720p 64x128 19.1 vs 21.3 ms with the linear epilogue. (The old two-group CTA shared one ring
 //         when blkq % 128 == 0: 14B-720p 128x128 18.8 ms then, 19.6 now.)
-//         Key blocks that are not multiples of 128 keys (SLA's default 64) take 64-key tiles (BN = 64: the
-//         mma.sync kernel's online-softmax granularity, so the same numerics): S is m64n64, a V tile row is
-//         64 bytes (64-byte swizzle), and three stages fit (91 KB).
+//         Key blocks that are not multiples of 128 keys (SLA's default 64) take 64-key tiles (BN = 64:
+//         the mma.sync kernel's online-softmax granularity, so the same numerics): S is m64n64, a V tile
+//         row is 64 bytes (64-byte swizzle), and three stages fit (91 KB).
 template <int D, bool kSparse = false, int BN = 128>
 struct Sm90AttnConfig {
   static_assert(BN == 128 || (kSparse && BN == 64), "128-key tiles, or 64-key tiles for the sparse variant");

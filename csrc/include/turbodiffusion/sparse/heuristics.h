@@ -12,8 +12,9 @@ constexpr int kPoolThreads = 256;
 // shared memory (kKeyTile key blocks, row-major) serves that many rows: the L2 traffic of the pooled
 // k is Mq / rows_per_cta passes over it. Each thread computes 4 x 1 scores (one key block against 4
 // query blocks, 4 channels per step: a float4 of its key row and 4 broadcast float4s of the query rows):
-// kKeyTile threads per 4 rows, so 16 rows use all 256 threads. The whole score rows (rows x Mk fp32) stay in shared memory for the top-k; the launcher lowers
-// rows_per_cta until that fits the device's opt-in shared memory (sm_120: 99 KB, sm_90: 227 KB).
+// kKeyTile threads per 4 rows, so 16 rows use all 256 threads. The whole score rows (rows x Mk fp32)
+// stay in shared memory for the top-k; the launcher lowers rows_per_cta until that fits the device's
+// opt-in shared memory (sm_120: 99 KB, sm_90: 227 KB).
 constexpr int kScoreThreads = 256;
 constexpr int kMaxRowsPerCta = 16;
 constexpr int kKeyTile = 64;

@@ -169,13 +169,13 @@ struct LinearTerm {
     // Raw pairs (half the registers of floats; the exact conversion is redone in the exp pass).
     uint32_t w[2][kSteps][2];
     load_q_pairs<D>(static_cast<const T*>(q_lo), static_cast<const T*>(q_hi), p.k_mean + slice * D, t, w, qkm);
-    auto pair = [](uint32_t word, int e) { return pair_elem<T>(word, e); };
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int s = 0; s < kSteps; ++s)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) m[r] = fmaxf(m[r], fmaxf(pair(w[r][s][hf], 0), pair(w[r][s][hf], 1)));
+        for (int hf = 0; hf < 2; ++hf)
+          m[r] = fmaxf(m[r], fmaxf(pair_elem<T>(w[r][s][hf], 0), pair_elem<T>(w[r][s][hf], 1)));
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
@@ -188,7 +188,8 @@ struct LinearTerm {
       for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          const float e0 = __expf(pair(w[r][s][hf], 0) - m[r]), e1 = __expf(pair(w[r][s][hf], 1) - m[r]);
+          const float e0 = __expf(pair_elem<T>(w[r][s][hf], 0) - m[r]);
+          const float e1 = __expf(pair_elem<T>(w[r][s][hf], 1) - m[r]);
           sum[r] += e0 + e1;
           h[r][hf] = __floats2half2_rn(e0, e1);
         }
