@@ -47,9 +47,19 @@ struct MmaAttnConfig {
 // kProducerRegs so the consumers can take kConsumerRegs (launched at kLaunchRegs per lane; the
 // producer's 128 x (kLaunchRegs - producer) must cover the consumers' 128 x groups x (consumer -
 // kLaunchRegs)).
-//  Dense: two consumer groups (128 query rows per CTA) share every K/V tile, one CTA per SM (a CTA walks
-//         all tiles, so its prologue and epilogue are ~1% of it): 24 / 240 registers, three stages of
-//         K + V (32 KB per stage at D = 128) plus Q (16 KB): 112 KB of shared memory.
+//  Dense: the consumer groups of a CTA share every K/V tile, one CTA per SM (a CTA walks all tiles, so
+//         its prologue and epilogue are ~1% of it), three stages of K + V.
+//         D = 128: three groups (192 query rows per CTA) at 160 registers (producer 24), each running
+//         S, softmax, P V and the fold in order (kSerialPV): O (64) + S (64) or O + PV (64) + P (16)
+//         live at once. The tile is bound by the latency of each group's dependent chain (docs/
+//         attention.md), so a third warp per scheduler beats overlapping a group's own S and PV (which
+//         needs O + PV + S + P, 208 registers, two groups at 240). 120 KB of shared memory (Q 24 KB +
+//         3 x 32 KB). Measured on the H100 (2026-11-27, kernel only, same machine start, two rounds):
+//         1.3B-480p 7.44 / 7.49 vs 8.17 / 8.21 ms, 14B-720p 134.2 / 134.6 vs 143.1 / 143.0 ms; without
+//         the exp turns 7.54 / 7.59 and 135.0 / 137.5 ms.
+//         D = 64: two groups (128 rows) at 240 registers, each issuing S_{j+1} with PV_j; three groups
+//         were slower there (16k: 2.30 / 2.27 ms serial, 2.43 / 2.26 overlapped with 60 B of spills, vs
+//         2.11 / 2.11 ms): at D 64 the MMAs are half as long and the overlap within a group pays.
 //  Sparse (kSparse): one consumer group (64 rows: every LUT row's CTA, whatever blkq) per CTA and two
 //         CTAs per SM: 24 / 232 registers (launched at 128), two stages of K + V, Q (8 KB) and the SLA
 //         linear-term fragments (35 KB at D = 128): 108 KB each. A CTA walks only its query block's kept
@@ -65,15 +75,18 @@ struct MmaAttnConfig {
 template <int D, bool kSparse = false, int BN = 128>
 struct Sm90AttnConfig {
   static_assert(BN == 128 || (kSparse && BN == 64), "128-key tiles, or 64-key tiles for the sparse variant");
-  static constexpr int kConsumers = kSparse ? 1 : 2;
+  static constexpr int kConsumers = kSparse ? 1 : (D == 128 ? 3 : 2);
+  // Each group runs S, softmax, P V and the fold of O in order, instead of issuing S_{j+1} with PV_j
+  // (dense D = 128: three groups at 160 registers cannot hold PV and S at once).
+  static constexpr bool kSerialPV = !kSparse && kConsumers == 3;
   static constexpr int kCtasPerSm = kSparse ? 2 : 1;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = BN;
   static constexpr int kSlots = kSparse && BN == 128 ? 2 : 3;
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = kSparse ? 232 : 240;
-  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 168 dense, 128 sparse
+  static constexpr int kConsumerRegs = kSparse ? 232 : (kConsumers == 3 ? 160 : 240);
+  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128, 168 (dense D 64), 128
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");
 };

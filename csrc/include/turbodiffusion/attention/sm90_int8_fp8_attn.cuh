@@ -4,8 +4,9 @@
 // multiples of 128 (emulated op for op by turbodiffusion/reference/attention.py:attention_int8_fp8_mma with
 // kv_tile = BN).
 //
-// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 2, one CTA per SM; sparse:
-// 1, two CTAs per SM; heuristics.h Sm90AttnConfig says why), one CTA per (query rows, head, batch):
+// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3 at D 128, 2 at D 64,
+// one CTA per SM; sparse: 1, two CTAs per SM; heuristics.h Sm90AttnConfig says why), one CTA per
+// (query rows, head, batch):
 //   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once (sparse with SLA's linear
 //                term: also a bulk copy of the slice's lin fragments, lin_full), then K and V tiles
 //                into the ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
@@ -15,14 +16,13 @@
 //   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64nBNk32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
-//                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Within a group,
-//                S_j and PV_{j-1} are issued together and the softmax of S_j starts as soon as S_j
-//                lands (its row-max phase overlaps PV_{j-1}). Dense: the two groups run unsynchronized
-//                except that at D 64 they take turns on the softmax's exp phase (kExpTurns below); the
-//                schedulers interleave one group's softmax with the other's softmax and MMAs. (A
-//                named-barrier ping-pong, which makes the groups take turns on the tensor cores, was
-//                slower on the H100 at every shape, 2-5%: it also keeps the two softmaxes apart, and
-//                the softmax, not the tensor cores, bounds the tile; docs/attention.md.)
+//                fp32 accumulator, O = O * alpha + PV (two-level accumulation). D 64 and sparse:
+//                within a group, S_j and PV_{j-1} are issued together and the softmax of S_j starts
+//                as soon as S_j lands (its row-max phase overlaps PV_{j-1}); dense D 128: each group
+//                runs S_j, softmax, PV_j in order and the third group hides the latencies. Dense groups take turns on
+//                the softmax's exp phase (kExpTurns below) and otherwise run unsynchronized. (A
+//                named-barrier ping-pong on the MMAs, FA3-style, was slower on the H100 at every
+//                shape, 2-5%: docs/attention.md.)
 // Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
 //
 // Granularity: one Q scale per warp (16 rows, kBlkQ), one K scale per 16 keys (two n8 blocks of the S
@@ -197,15 +197,16 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   mbar_wait(&sm.q_full, 0);
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
-  // Exp turns (dense D 64 only): the two groups take turns on the softmax's exp phase (bar.sync on the
-  // group's named barrier before it, bar.arrive on the other's after it; group 0 first), so the two exp
+  // Exp turns (dense): the groups take turns on the softmax's exp phase (bar.sync on the group's named
+  // barrier before it, bar.arrive on the next group's after it; group 0 first, then 1, ...), so two exp
   // phases do not share the MUFU (ex2 at 16 per clock per SM) and issue slots at once. Measured on the
-  // H100 (2026-11-26, same machine start, kernel only): D 64 16k 2.21 vs 2.28 ms; D 128 slower (1.3B-480p
-  // 8.47 vs 8.14 ms, 14B-720p 147.6 vs 143.4 ms) and SageSLA 128x128 unchanged, so off there. Needs both
-  // groups to walk the same number of tiles (dense).
-  constexpr bool kExpTurns = !kSparse && D == 64;
-  constexpr int kTurnThreads = 2 * 128;
-  const int my_bar = 1 + cg, other_bar = 2 - cg;
+  // H100 (same machine start, kernel only): two groups at D 64 16k 2.21 vs 2.28 ms (2026-11-26); three
+  // groups at D 128 (2026-11-27) 1.3B-480p 7.44 / 7.49 vs 7.54 / 7.59 ms, 14B-720p 134.2 / 134.6 vs
+  // 135.0 / 137.5 ms (two groups at D 128 were slower with turns). Needs every group to walk the same
+  // number of tiles (dense).
+  constexpr bool kExpTurns = !kSparse;
+  constexpr int kTurnThreads = 2 * 128;  // the group taking its turn and the one handing it over
+  const int my_bar = 1 + cg, next_bar = 1 + (cg + 1) % Cfg::kConsumers;
 
   int32_t acc[NB][4];      // S of the current tile
   float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
@@ -268,19 +269,20 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
   };
-  // Softmax of S (walk position i) into pa. For i >= 1, PV_{i-1} is still in flight; the row-max phase
-  // overlaps it, then O takes it (with the previous alpha) before the exp phase rewrites pa. sc: q scale
+  // Softmax of S (walk position i) into pa. Overlapped schedule: for i >= 1, PV_{i-1} is still in flight;
+  // the row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase
+  // rewrites pa. sc: q scale
   // x the tile's K scales (staged by the producer with the K tile), held in registers (dense) or read
   // from shared memory at each use (sparse: sm90_attn::SlotScales).
   auto softmax_scaled = [&](int i, int tile, const auto& sc) {
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
-      if (i > 0) {
+      if (!Cfg::kSerialPV && i > 0) {
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
       }
       if constexpr (kExpTurns) named_bar_sync(my_bar, kTurnThreads);  // this group's exp turn
     });
-    if constexpr (kExpTurns) named_bar_arrive(other_bar, kTurnThreads);  // the other group's turn
+    if constexpr (kExpTurns) named_bar_arrive(next_bar, kTurnThreads);  // the next group's turn
   };
   auto softmax = [&](int i, int tile) {
     if constexpr (kSparse) {
@@ -292,27 +294,41 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
       softmax_scaled(i, tile, sc);
     }
   };
-  // Walk position i >= 1: S_i and PV_{i-1} are issued together (two commit groups, which complete in
-  // order); the softmax of S_i starts once S_i has landed, so PV_{i-1} runs under it.
+  // Overlapped schedule (kSerialPV off): at walk position i >= 1, S_i and PV_{i-1} are issued together
+  // (two commit groups, which complete in order); the softmax of S_i starts once S_i has landed, so
+  // PV_{i-1} runs under it. Serial schedule (dense D 128, three groups): each group's tile is one chain.
   const int tile = next_tile(0);
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
-    if (kExpTurns && cg == 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
-    issue_qk(0);
-    wgmma_wait<0>();
-    fence_operands(acc);
-    softmax(0, tile);
-    int i = 1;
-    for (int next; (next = next_tile(i)) >= 0; ++i) {
-      issue_qk(i);
-      issue_pv(i - 1);
-      wgmma_wait<1>();
+    if (kExpTurns && cg == Cfg::kConsumers - 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
+    if constexpr (Cfg::kSerialPV) {  // S_i, softmax, PV_i, fold: the other groups fill the gaps
+      int i = 0;
+      for (int t = tile; t >= 0; t = next_tile(++i)) {
+        issue_qk(i);
+        wgmma_wait<0>();
+        fence_operands(acc);
+        softmax(i, t);
+        issue_pv(i);
+        wgmma_wait<0>();
+        finish_pv(i);
+      }
+    } else {
+      issue_qk(0);
+      wgmma_wait<0>();
       fence_operands(acc);
-      softmax(i, next);
+      softmax(0, tile);
+      int i = 1;
+      for (int next; (next = next_tile(i)) >= 0; ++i) {
+        issue_qk(i);
+        issue_pv(i - 1);
+        wgmma_wait<1>();
+        fence_operands(acc);
+        softmax(i, next);
+      }
+      issue_pv(i - 1);
+      wgmma_wait<0>();
+      finish_pv(i - 1);
     }
-    issue_pv(i - 1);
-    wgmma_wait<0>();
-    finish_pv(i - 1);
-    if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume group 1's last arrival
+    if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume the last group's last arrival
   }
   const bool linear = kSparse && p.lin_frag;
   if (linear) mbar_wait(&sm.lin_full, 0);
