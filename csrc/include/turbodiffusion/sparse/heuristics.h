@@ -8,6 +8,9 @@ namespace sla {
 // Pooling: one CTA per block of tokens; 16-byte loads (8 elements), so D / 8 threads cover a row and
 // kPoolThreads / (D / 8) rows are read at once.
 constexpr int kPoolThreads = 256;
+// mean_N k and centring: one CTA per (b, h) (a few dozen at Wan shapes), so each is wide: kKmeanThreads / D
+// threads per channel split the key blocks.
+constexpr int kKmeanThreads = 1024;
 // Scores + top-k: a CTA takes up to kMaxRowsPerCta query blocks so every pooled-k tile it stages in
 // shared memory (kKeyTile key blocks, row-major) serves that many rows: the L2 traffic of the pooled
 // k is Mq / rows_per_cta passes over it. Each thread computes 4 x 1 scores (one key block against 4
