@@ -70,22 +70,32 @@ struct MmaAttnConfig {
 //         14B-720p 64x128 19.1 vs 21.3 ms with the linear epilogue. (The old two-group CTA shared one ring
 //         when blkq % 128 == 0: 14B-720p 128x128 18.8 ms then, 19.6 now.)
 //         Key blocks that are not multiples of 128 keys (SLA's default 64) take 64-key tiles (BN = 64:
-//         the mma.sync kernel's online-softmax granularity, so the same numerics): S is m64n64, a V tile
-//         row is 64 bytes (64-byte swizzle), and three stages fit (91 KB).
+//         the mma.sync kernel's online-softmax granularity, so the same numerics): S is m64n64 and a V
+//         tile row is 64 bytes (64-byte swizzle). At D = 128 such a CTA holds three consumer groups
+//         (192 rows, 160 registers, serial schedule like the dense D 128 kernel), each walking its own
+//         query block's LUT row through its own three-slot ring (kGroupRings: 3 x 3 x 16 KB + Q 24 KB +
+//         lin 35 KB = 203 KB, one CTA per SM); the groups share nothing but the CTA's Q load and lin.
+//         Measured on the H100 (2026-11-27, same machine start, two rounds) against one group per CTA
+//         and two CTAs per SM: SageSLA 64x64 sparse stage 1.3B-480p 1.32 / 1.33 vs 1.43 / 1.42 ms,
+//         14B-720p 20.3 / 20.3 vs 21.5 / 21.4 ms. (128-key tiles do not fit three rings; D = 64 keeps
+//         one group: three were slower for the dense D 64 kernel.)
 template <int D, bool kSparse = false, int BN = 128>
 struct Sm90AttnConfig {
   static_assert(BN == 128 || (kSparse && BN == 64), "128-key tiles, or 64-key tiles for the sparse variant");
-  static constexpr int kConsumers = kSparse ? 1 : (D == 128 ? 3 : 2);
+  // Sparse D = 128 with 64-key tiles: three groups per CTA, each with its own query block's walk and ring.
+  static constexpr bool kGroupRings = kSparse && BN == 64 && D == 128;
+  static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : (D == 128 ? 3 : 2);
+  static constexpr int kRings = kGroupRings ? kConsumers : 1;
   // Each group runs S, softmax, P V and the fold of O in order, instead of issuing S_{j+1} with PV_j
-  // (dense D = 128: three groups at 160 registers cannot hold PV and S at once).
-  static constexpr bool kSerialPV = !kSparse && kConsumers == 3;
-  static constexpr int kCtasPerSm = kSparse ? 2 : 1;
+  // (three groups at 160 registers cannot hold PV and S at once).
+  static constexpr bool kSerialPV = kConsumers == 3;
+  static constexpr int kCtasPerSm = kSparse && !kGroupRings ? 2 : 1;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = BN;
   static constexpr int kSlots = kSparse && BN == 128 ? 2 : 3;
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = kSparse ? 232 : (kConsumers == 3 ? 160 : 240);
+  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kSparse ? 232 : 240;
   static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128, 168 (dense D 64), 128
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");

@@ -56,23 +56,24 @@ struct SlotScales {
 };
 
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
-// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kSlots K/V slots
-// form one ring read by every consumer group.
+// swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kRings rings of
+// kSlots K/V slots: one read by every consumer group, or one per group (kGroupRings).
 template <int D, bool kSparse, int BN>
 struct alignas(1024) Smem {
   using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
-  uint8_t q[Cfg::kConsumers][64 * D];           // [row][channel], one 64-row tile per group
-  uint8_t k[Cfg::kSlots][Cfg::kBN * D];         // [key][channel]
-  uint8_t v[Cfg::kSlots][D * Cfg::kBN];         // [channel][token] (quantize_v_fp8's layout)
-  float k_scale[Cfg::kSlots][Cfg::kBN / attn::kBlkK];  // the K tile's scales
-  int tile[Cfg::kSlots];  // sparse: the slot's KV tile (position in units of kBN keys), -1 past the walk
+  static constexpr int R = Cfg::kRings, S = Cfg::kSlots;
+  uint8_t q[Cfg::kConsumers][64 * D];   // [row][channel], one 64-row tile per group
+  uint8_t k[R][S][Cfg::kBN * D];        // [key][channel]
+  uint8_t v[R][S][D * Cfg::kBN];        // [channel][token] (quantize_v_fp8's layout)
+  float k_scale[R][S][Cfg::kBN / attn::kBlkK];  // the K tile's scales
+  int tile[R][S];  // sparse: the slot's KV tile (position in units of kBN keys), -1 past the walk
   // Sparse: the slice's SLA linear-term fragments (p.lin_frag), read by every warp's epilogue (loaded
   // once per CTA instead of once per warp from L2: 35 KB at D = 128).
   uint4 lin[kSparse ? sla_detail::LinFragments<D>::kPerSlice : 1];
   uint64_t q_full;
   uint64_t lin_full;
-  uint64_t full[Cfg::kSlots];
-  uint64_t empty[Cfg::kSlots];
+  uint64_t full[R][S];
+  uint64_t empty[R][S];
 };
 
 }  // namespace sm90_attn
@@ -80,8 +81,8 @@ struct alignas(1024) Smem {
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): the block-sparse variant runs two CTAs per SM, so
 // its consumers get 232 registers (dense: 240; heuristics.h), and ptxas (nvcc 13.0) keeps the shared
 // memory base and three loop-carried values in local memory (52 B stored, 96 B loaded: about eight
-// L1-resident accesses per tile). With 64-key tiles (BN = 64: S is half the registers) only the
-// producer's LUT walker keeps a value in local memory (4 B, once per CTA).
+// L1-resident accesses per tile). With 64-key tiles (BN = 64, three groups with their own rings at 160
+// registers, serial schedule) nothing spills.
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
 // registers, keeps one or two values in local memory (4-8 B, one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
@@ -110,32 +111,42 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   const int h = blockIdx.y, b = blockIdx.z;
   const int64_t slice = int64_t(b) * p.heads + h;
   const int q_row0 = blockIdx.x * Cfg::kRowsPerCta;
-  // The KV tiles the CTA walks: all, or its query block's LUT row's (a sparse CTA's 64 rows lie in one block).
+  // The KV tiles ring r walks: all, or its query block's LUT row's (a group's 64 rows lie in one block;
+  // one ring: the CTA's).
   using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles<BN>, sla_detail::DenseTiles<BN>>;
-  auto walk = [&] { return Tiles(p, slice, kSparse ? q_row0 / p.blkq : 0); };
+  auto walk = [&](int r) { return Tiles(p, slice, kSparse ? (q_row0 + 64 * r) / p.blkq : 0); };
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
     mbar_init(&sm.lin_full, 1);
 #pragma unroll
-    for (int s = 0; s < Cfg::kSlots; ++s) {
-      mbar_init(&sm.full[s], 2);                   // the TMA thread (with the bytes) and the K-scale warp
-      mbar_init(&sm.empty[s], Cfg::kConsumers * 4);  // the consumer warps
-    }
+    for (int r = 0; r < Cfg::kRings; ++r)
+#pragma unroll
+      for (int s = 0; s < Cfg::kSlots; ++s) {
+        // One ring: the TMA thread (with the bytes) and the K-scale warp; group rings: one warp does both.
+        mbar_init(&sm.full[r][s], Cfg::kGroupRings ? 1 : 2);
+        mbar_init(&sm.empty[r][s], Cfg::kConsumers / Cfg::kRings * 4);  // the consumer warps
+      }
     fence_barrier_init();
   }
   __syncthreads();
 
-  // A sparse walk ends with one ring position whose slot carries no bytes and tile -1 (both producers
-  // arrive on full[s]): the consumers learn the walk's end from the ring.
+  // A sparse walk ends with one ring position whose slot carries no bytes and tile -1 (every producer
+  // arrives on full): the consumers learn the walk's end from the ring.
   if (wg == 0) {  // ---------------- producer ----------------
     regs_dealloc<Cfg::kProducerRegs>();
-    if (warp == 0 && lane == 0) {  // TMA loads
-      // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
-      auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
-        if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
-        else tma_load_4d(dst, map, bar, 0, row, h, b);
-      };
+    // Roles: one ring: warp 0's lane 0 issues the TMA loads (Q and the linear term's fragments first),
+    // warp 2 stages each tile's K scales (one per lane, clamped past the last block: those keys are
+    // masked) so that the consumers read them from shared memory instead of waiting on global loads,
+    // and (sparse) the slot's tile index; each arrives on full (count 2). Group rings: warp r does both
+    // for ring r in one loop (count 1), warp 0's lane 0 loads Q first. (The one-ring kernels keep two
+    // loops: the combined loop made the dense D 64 kernel 7% slower on the H100, 2026-11-27.)
+    // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
+    auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
+      if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
+      else tma_load_4d(dst, map, bar, 0, row, h, b);
+    };
+    auto load_q = [&] {
       prefetch_tmap(&tm_q);
       prefetch_tmap(&tm_k);
       prefetch_tmap(&tm_v);
@@ -147,36 +158,60 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
         mbar_arrive_expect_tx(&sm.lin_full, kLinBytes);
         bulk_load(sm.lin, p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice, kLinBytes, &sm.lin_full);
       }
-      Tiles tiles = walk();
+    };
+    auto wait_free = [&](int r, int i) {  // walk position i's slot: its previous use released
+      if (i >= S) mbar_wait(&sm.empty[r][i % S], ((i / S) - 1) & 1);
+    };
+    auto load_tile = [&](int r, int s, int tile) {  // one thread; its arrival carries the bytes
+      mbar_arrive_expect_tx(&sm.full[r][s], 2 * BN * D);
+      load_rows(&tm_k, sm.k[r][s], &sm.full[r][s], tile * BN);  // keys >= nk: zeros (masked below)
+      tma_load_3d(sm.v[r][s], &tm_v, &sm.full[r][s], tile * BN, 0, static_cast<int>(slice));
+    };
+    // A warp: the tile's K scales and index; the warp barrier orders the lanes' stores before lane 0's
+    // release (its arrival on full) that follows.
+    auto stage_scales = [&](const float* ks_g, int r, int s, int tile) {  // ks_g: the slice's K scales
+      if (tile >= 0 && lane < BN / attn::kBlkK)
+        sm.k_scale[r][s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
+      if (kSparse && lane == 0) sm.tile[r][s] = tile;
+      __syncwarp();
+    };
+    if constexpr (Cfg::kGroupRings) {
+      if (warp == 0 && lane == 0) load_q();
+      if (warp < Cfg::kRings) {
+        const float* ks_g = p.k_scale + slice * p.k_blocks;
+        Tiles tiles = walk(warp);
+        for (int i = 0, tile = 0; tile >= 0; ++i) {
+          tile = tiles.next();
+          const int s = i % S;
+          wait_free(warp, i);
+          stage_scales(ks_g, warp, s, tile);
+          if (lane == 0) {
+            if (tile >= 0) load_tile(warp, s, tile);
+            else mbar_arrive(&sm.full[warp][s]);
+          }
+        }
+      }
+    } else if (warp == 0 && lane == 0) {
+      load_q();
+      Tiles tiles = walk(0);
       int i = 0;
       for (int tile; (tile = tiles.next()) >= 0; ++i) {
-        const int s = i % S;
-        if (i >= S) mbar_wait(&sm.empty[s], ((i / S) - 1) & 1);  // its previous use released
-        mbar_arrive_expect_tx(&sm.full[s], 2 * BN * D);
-        load_rows(&tm_k, sm.k[s], &sm.full[s], tile * BN);     // keys >= nk: zeros (masked below)
-        tma_load_3d(sm.v[s], &tm_v, &sm.full[s], tile * BN, 0, static_cast<int>(slice));
+        wait_free(0, i);
+        load_tile(0, i % S, tile);
       }
       if constexpr (kSparse) {  // the end of the walk
-        if (i >= S) mbar_wait(&sm.empty[i % S], ((i / S) - 1) & 1);
-        mbar_arrive(&sm.full[i % S]);
+        wait_free(0, i);
+        mbar_arrive(&sm.full[0][i % S]);
       }
     } else if (warp == 2) {
-      // Stages the K scales of each tile (clamped past the last block: those keys are masked), one per
-      // lane, so that the consumers read them from shared memory instead of waiting on global loads;
-      // sparse: also the tile's index, and -1 at the end of the walk. Its arrival on full[s] (the warp
-      // barrier orders the lanes' stores before lane 0's release) is the slot's second.
       const float* ks_g = p.k_scale + slice * p.k_blocks;
-      Tiles tiles = walk();
+      Tiles tiles = walk(0);
       for (int i = 0, tile = 0; tile >= 0; ++i) {
         tile = tiles.next();
         if (!kSparse && tile < 0) break;
-        const int s = i % S;
-        if (i >= S) mbar_wait(&sm.empty[s], ((i / S) - 1) & 1);
-        if (tile >= 0 && lane < BN / attn::kBlkK)
-          sm.k_scale[s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
-        if (kSparse && lane == 0) sm.tile[s] = tile;
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&sm.full[s]);
+        wait_free(0, i);
+        stage_scales(ks_g, 0, i % S, tile);
+        if (lane == 0) mbar_arrive(&sm.full[0][i % S]);
       }
     }
     return;
@@ -184,7 +219,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 
   // ---------------- consumers ----------------
   regs_alloc<Cfg::kConsumerRegs>();
-  const int cg = wg - 1;
+  const int cg = wg - 1, ring = Cfg::kGroupRings ? cg : 0;
   const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
   const int qblk = static_cast<int>(row0 / attn::kBlkQ);
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
@@ -204,7 +239,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   // groups at D 128 (2026-11-27) 1.3B-480p 7.44 / 7.49 vs 7.54 / 7.59 ms, 14B-720p 134.2 / 134.6 vs
   // 135.0 / 137.5 ms (two groups at D 128 were slower with turns). Needs every group to walk the same
   // number of tiles (dense).
-  constexpr bool kExpTurns = !kSparse;
+  constexpr bool kExpTurns = !kSparse;  // (group rings: the walks may differ in length)
   constexpr int kTurnThreads = 2 * 128;  // the group taking its turn and the one handing it over
   const int my_bar = 1 + cg, next_bar = 1 + (cg + 1) % Cfg::kConsumers;
 
@@ -219,15 +254,15 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   sla_detail::DenseTiles<BN> dense_tiles(p, slice, 0);
   auto next_tile = [&](int i) {
     if constexpr (kSparse) {
-      mbar_wait(&sm.full[i % S], (i / S) & 1);
-      return sm.tile[i % S];
+      mbar_wait(&sm.full[ring][i % S], (i / S) & 1);
+      return sm.tile[ring][i % S];
     } else {
       return dense_tiles.next();
     }
   };
   auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact); one commit group
-    if constexpr (!kSparse) mbar_wait(&sm.full[i % S], (i / S) & 1);  // (sparse: next_tile waited)
-    const uint64_t desc_k = kmajor_desc<D>(sm.k[i % S]);
+    if constexpr (!kSparse) mbar_wait(&sm.full[ring][i % S], (i / S) & 1);  // (sparse: next_tile waited)
+    const uint64_t desc_k = kmajor_desc<D>(sm.k[ring][i % S]);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < D / 32; ++ks) {
@@ -243,7 +278,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     wgmma_commit();
   };
   auto issue_pv = [&](int i) {  // PV = P V_tile (fp32); one commit group
-    const uint64_t desc_v = kmajor_desc<BN>(sm.v[i % S]);
+    const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring][i % S]);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < BN / 32; ++ks) {
@@ -263,7 +298,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   auto finish_pv = [&](int i) {
     fence_operands(pv);
     fence_operands(pa);
-    if (lane == 0) mbar_arrive(&sm.empty[i % S]);  // this warp no longer reads the slot
+    if (lane == 0) mbar_arrive(&sm.empty[ring][i % S]);  // this warp no longer reads the slot
 #pragma unroll
     for (int n = 0; n < NO; ++n)
 #pragma unroll
@@ -286,11 +321,11 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   };
   auto softmax = [&](int i, int tile) {
     if constexpr (kSparse) {
-      softmax_scaled(i, tile, sm90_attn::SlotScales{sm.k_scale[i % S], qs});
+      softmax_scaled(i, tile, sm90_attn::SlotScales{sm.k_scale[ring][i % S], qs});
     } else {
       float sc[NB / 2];
 #pragma unroll
-      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[i % S][j];
+      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring][i % S][j];
       softmax_scaled(i, tile, sc);
     }
   };
