@@ -60,30 +60,27 @@ struct MmaAttnConfig {
 //         D = 64: two groups (128 rows) at 240 registers, each issuing S_{j+1} with PV_j; three groups
 //         were slower there (16k: 2.30 / 2.27 ms serial, 2.43 / 2.26 overlapped with 60 B of spills, vs
 //         2.11 / 2.11 ms): at D 64 the MMAs are half as long and the overlap within a group pays.
-//  Sparse (kSparse): one consumer group (64 rows: every LUT row's CTA, whatever blkq) per CTA and two
-//         CTAs per SM: 24 / 232 registers (launched at 128), two stages of K + V, Q (8 KB) and the SLA
-//         linear-term fragments (35 KB at D = 128): 108 KB each. A CTA walks only its query block's kept
-//         tiles (25 at Wan-1.3B-480p, top-k 0.1), so its fixed part (Q and first K/V loads, the epilogue)
-//         matters, and two independent CTAs keep the SM busy through each other's. Measured on the H100
-//         (2026-11-26, kernel only, same machine start) against two groups per CTA with a ring each (one
-//         CTA per SM): 1.3B-480p 64x128 1.07 vs 1.24 ms, with a full LUT 9.30 vs 12.28 ms (dense 8.11 ms);
-//         14B-720p 64x128 19.1 vs 21.3 ms with the linear epilogue. (The old two-group CTA shared one ring
-//         when blkq % 128 == 0: 14B-720p 128x128 18.8 ms then, 19.6 now.)
+//  Sparse (kSparse): a CTA walks only its query blocks' kept tiles (25 at Wan-1.3B-480p, top-k 0.1), so
+//         its fixed part (Q and first K/V loads, the epilogue) matters, and consumer groups share no K/V
+//         tile (each 64-row group lies in one query block, whatever blkq).
+//         D = 128: three consumer groups per CTA (192 rows, 160 registers, the dense D 128 kernel's serial
+//         schedule), each walking its own query block's LUT row through its own ring (kGroupRings; one
+//         CTA per SM): 64-key tiles 3 rings x 3 x 16 KB + Q 24 KB + the SLA linear-term fragments 35 KB =
+//         203 KB; 128-key tiles 3 x 2 x 32 KB + Q 24 KB = 216 KB, the lin fragments then read from L2 in
+//         the epilogue (kLinInSmem off). Measured on the H100 (2026-11-27) against one group per CTA and
+//         two CTAs per SM (232 registers, overlapped schedule): SageSLA 64x64 sparse stage 1.3B-480p
+//         1.32 / 1.33 vs 1.43 / 1.42 ms, 14B-720p 20.3 / 20.3 vs 21.5 / 21.4 ms (same machine start, two
+//         rounds); 64x128 (bench_sla, same machine, consecutive calls) 1.18 vs 1.22 ms and 19.2 vs 19.9 ms.
+//         D = 64: one consumer group (64 rows) per CTA and two CTAs per SM (24 / 232 registers, launched
+//         at 128, overlapped schedule; three groups were slower for the dense D 64 kernel).
 //         Key blocks that are not multiples of 128 keys (SLA's default 64) take 64-key tiles (BN = 64:
 //         the mma.sync kernel's online-softmax granularity, so the same numerics): S is m64n64 and a V
-//         tile row is 64 bytes (64-byte swizzle). At D = 128 such a CTA holds three consumer groups
-//         (192 rows, 160 registers, serial schedule like the dense D 128 kernel), each walking its own
-//         query block's LUT row through its own three-slot ring (kGroupRings: 3 x 3 x 16 KB + Q 24 KB +
-//         lin 35 KB = 203 KB, one CTA per SM); the groups share nothing but the CTA's Q load and lin.
-//         Measured on the H100 (2026-11-27, same machine start, two rounds) against one group per CTA
-//         and two CTAs per SM: SageSLA 64x64 sparse stage 1.3B-480p 1.32 / 1.33 vs 1.43 / 1.42 ms,
-//         14B-720p 20.3 / 20.3 vs 21.5 / 21.4 ms. (128-key tiles do not fit three rings; D = 64 keeps
-//         one group: three were slower for the dense D 64 kernel.)
+//         tile row is 64 bytes (64-byte swizzle).
 template <int D, bool kSparse = false, int BN = 128>
 struct Sm90AttnConfig {
   static_assert(BN == 128 || (kSparse && BN == 64), "128-key tiles, or 64-key tiles for the sparse variant");
-  // Sparse D = 128 with 64-key tiles: three groups per CTA, each with its own query block's walk and ring.
-  static constexpr bool kGroupRings = kSparse && BN == 64 && D == 128;
+  // Sparse D = 128: three groups per CTA, each with its own query block's walk and ring.
+  static constexpr bool kGroupRings = kSparse && D == 128;
   static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : (D == 128 ? 3 : 2);
   static constexpr int kRings = kGroupRings ? kConsumers : 1;
   // Each group runs S, softmax, P V and the fold of O in order, instead of issuing S_{j+1} with PV_j
@@ -94,9 +91,12 @@ struct Sm90AttnConfig {
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = BN;
   static constexpr int kSlots = kSparse && BN == 128 ? 2 : 3;
+  // Sparse: the slice's SLA linear-term fragments staged in shared memory once per CTA (35 KB at D 128),
+  // except where three rings of 128-key slots leave no room (the epilogue then reads them from L2).
+  static constexpr bool kLinInSmem = kSparse && !(kGroupRings && BN == 128);
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kSparse ? 232 : 240;
-  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128, 168 (dense D 64), 128
+  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128 (168: dense D 64)
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");
 };

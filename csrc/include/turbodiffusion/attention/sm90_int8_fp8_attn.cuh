@@ -4,25 +4,27 @@
 // multiples of 128 (emulated op for op by turbodiffusion/reference/attention.py:attention_int8_fp8_mma with
 // kv_tile = BN).
 //
-// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3 at D 128, 2 at D 64,
-// one CTA per SM; sparse: 1, two CTAs per SM; heuristics.h Sm90AttnConfig says why), one CTA per
-// (query rows, head, batch):
-//   warpgroup 0: producer. One thread issues TMA loads: the CTA's Q tile once (sparse with SLA's linear
-//                term: also a bulk copy of the slice's lin fragments, lin_full), then K and V tiles
-//                into the ring slots (full[s]: bytes landed and K scales staged; empty[s]: all
-//                consumer warps done); another warp stages each tile's K scales in shared memory
+// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3 at D 128, 2 at D 64;
+// sparse: 3 at D 128, each walking its own query block, 1 at D 64 with two CTAs per SM; heuristics.h
+// Sm90AttnConfig says why), one CTA per (query rows, head, batch):
+//   warpgroup 0: producer. TMA loads: the CTA's Q tiles once (sparse with SLA's linear term: also a
+//                bulk copy of the slice's lin fragments, lin_full, unless kLinInSmem is off), then K
+//                and V tiles into ring slots (full: bytes landed and K scales staged; empty: the
+//                ring's consumer warps are done), plus each tile's K scales staged in shared memory
 //                (sparse: also the tile's index, and -1 in the slot after the last: the consumers
-//                never walk the LUT). The group gives its registers to the consumers (setmaxnreg).
+//                never walk the LUT). One ring: a thread loads, another warp stages; group rings:
+//                warp r does both for ring r. The group gives its registers to the consumers
+//                (setmaxnreg).
 //   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64nBNk32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
-//                fp32 accumulator, O = O * alpha + PV (two-level accumulation). D 64 and sparse:
-//                within a group, S_j and PV_{j-1} are issued together and the softmax of S_j starts
-//                as soon as S_j lands (its row-max phase overlaps PV_{j-1}); dense D 128: each group
-//                runs S_j, softmax, PV_j in order and the third group hides the latencies. Dense groups take turns on
-//                the softmax's exp phase (kExpTurns below) and otherwise run unsynchronized. (A
-//                named-barrier ping-pong on the MMAs, FA3-style, was slower on the H100 at every
-//                shape, 2-5%: docs/attention.md.)
+//                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Two groups per SM
+//                (D 64): within a group, S_j and PV_{j-1} are issued together and the softmax of S_j
+//                starts as soon as S_j lands (its row-max phase overlaps PV_{j-1}); three groups
+//                (D 128): each group runs S_j, softmax, PV_j in order and the other groups hide the
+//                latencies. Dense groups take turns on the softmax's exp phase (kExpTurns below) and
+//                otherwise run unsynchronized. (A named-barrier ping-pong on the MMAs, FA3-style, was
+//                slower on the H100 at every shape, 2-5%: docs/attention.md.)
 // Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
 //
 // Granularity: one Q scale per warp (16 rows, kBlkQ), one K scale per 16 keys (two n8 blocks of the S
@@ -69,7 +71,7 @@ struct alignas(1024) Smem {
   int tile[R][S];  // sparse: the slot's KV tile (position in units of kBN keys), -1 past the walk
   // Sparse: the slice's SLA linear-term fragments (p.lin_frag), read by every warp's epilogue (loaded
   // once per CTA instead of once per warp from L2: 35 KB at D = 128).
-  uint4 lin[kSparse ? sla_detail::LinFragments<D>::kPerSlice : 1];
+  uint4 lin[Cfg::kLinInSmem ? sla_detail::LinFragments<D>::kPerSlice : 1];
   uint64_t q_full;
   uint64_t lin_full;
   uint64_t full[R][S];
@@ -78,11 +80,9 @@ struct alignas(1024) Smem {
 
 }  // namespace sm90_attn
 
-// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): the block-sparse variant runs two CTAs per SM, so
-// its consumers get 232 registers (dense: 240; heuristics.h), and ptxas (nvcc 13.0) keeps the shared
-// memory base and three loop-carried values in local memory (52 B stored, 96 B loaded: about eight
-// L1-resident accesses per tile). With 64-key tiles (BN = 64, three groups with their own rings at 160
-// registers, serial schedule) nothing spills.
+// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): three consumer groups per CTA at 160 registers; with
+// 128-key tiles (S is 64 registers) ptxas (nvcc 13.0) keeps three values in local memory (12 B stored and
+// loaded, L1-resident); with 64-key tiles nothing spills.
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
 // registers, keeps one or two values in local memory (4-8 B, one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
       mbar_arrive_expect_tx(&sm.q_full, Cfg::kConsumers * 64 * D);
 #pragma unroll
       for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
-      if (kSparse && p.lin_frag) {
+      if (Cfg::kLinInSmem && p.lin_frag) {
         constexpr uint32_t kLinBytes = sizeof(sm.lin);
         mbar_arrive_expect_tx(&sm.lin_full, kLinBytes);
         bulk_load(sm.lin, p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice, kLinBytes, &sm.lin_full);
@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   };
   // Overlapped schedule (kSerialPV off): at walk position i >= 1, S_i and PV_{i-1} are issued together
   // (two commit groups, which complete in order); the softmax of S_i starts once S_i has landed, so
-  // PV_{i-1} runs under it. Serial schedule (dense D 128, three groups): each group's tile is one chain.
+  // PV_{i-1} runs under it. Serial schedule (three groups): each group's tile is one chain.
   const int tile = next_tile(0);
   if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     if (kExpTurns && cg == Cfg::kConsumers - 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
@@ -366,8 +366,16 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume the last group's last arrival
   }
   const bool linear = kSparse && p.lin_frag;
-  if (linear) mbar_wait(&sm.lin_full, 0);
-  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, linear ? sm.lin : nullptr);
+  const uint4* lin = nullptr;
+  if (linear) {
+    if constexpr (Cfg::kLinInSmem) {
+      mbar_wait(&sm.lin_full, 0);
+      lin = sm.lin;
+    } else {
+      lin = p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice;
+    }
+  }
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, lin);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif
