@@ -205,7 +205,7 @@ def test_sparse_full_lut_equals_dense(device, kernel, case, layout):
     out, lse = op(*args, lut, count, None, None, layout, sm, blkq, blkk)
     # The dense kernel with the same KV tiles: the sm90 sparse kernel takes 64-key tiles (the mma.sync
     # kernel's) for key blocks that are not multiples of 128.
-    dense = "mma" if kernel == "sm90" and blkk % 128 else kernel
+    dense = "mma" if kernel == "sm90" and ref.sla.sm90_sparse_kv_tile(blkk) == ref.attention.MMA_KV_TILE else kernel
     d_out, d_lse = ops.attention_int8_fp8(*args, layout=layout, sm_scale=sm, backend=dense)
     # Same tiles in the same order through the same code: bit-identical on the GPU; through the other
     # kernel's MMA instructions only P V's float32 summation order differs. (On CPU both are emulations
