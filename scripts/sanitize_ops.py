@@ -40,6 +40,8 @@ def main() -> None:
                 ops.sage_sla(q, kv, kv, w, torch.randn(d, device="cuda"), 0.5, blkq=blkq, blkk=blkk, layout=layout,
                              return_lse=True, backend=backend)
             ops.sage_sla(q.half(), kv.half(), kv.half(), w, torch.randn(d, device="cuda"), 0.0, layout=layout)
+        long_k = torch.randn((1, 70000, 1, d), dtype=torch.bfloat16, device="cuda")  # two pooled-k buffers
+        ops.sla_block_map(torch.randn((1, 200, 1, d), dtype=torch.bfloat16, device="cuda"), long_k, topk=0.1)
     for backend in ("auto", "mma"):  # W8A8 GEMM: odd M, N and K multiples of 8 and 16 only
         for out_dtype in (torch.bfloat16, torch.float16):
             a = torch.randint(-128, 128, (77, 48), dtype=torch.int8, device="cuda")

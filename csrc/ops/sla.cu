@@ -60,9 +60,10 @@ std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const
   const int64_t kept = std::min<int64_t>(mk, static_cast<int64_t>(topk * static_cast<double>(mk)));
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(q.device().index());
   const size_t max_smem = prop->sharedMemPerBlockOptin;
+  const int d = static_cast<int>(sq.d), mk_i = static_cast<int>(mk);
   int rows = sla::kMaxRowsPerCta;
-  while (rows > 1 && sla_score_smem_bytes(static_cast<int>(sq.d), rows, static_cast<int>(mk)) > max_smem) rows /= 2;
-  const size_t need = sla_score_smem_bytes(static_cast<int>(sq.d), 1, static_cast<int>(mk));
+  while (rows > 1 && sla_score_smem_bytes(d, rows, mk_i, 1) > max_smem) rows /= 2;
+  const size_t need = sla_score_smem_bytes(d, 1, mk_i, 1);
   TORCH_CHECK_VALUE(need <= max_smem, "k: ", num(mk), " key blocks (Nk ", num(sk.n), " / blkk ", num(blkk),
                     ") need ", num(int64_t(need)), " bytes of shared memory for one score row; this GPU allows ",
                     num(int64_t(max_smem)), ": use a larger blkk");
@@ -81,6 +82,13 @@ std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const
   p.mk = static_cast<int>(mk);
   p.kept = static_cast<int>(kept);
   p.rows_per_cta = rows;
+  // A second pooled-k tile hides the staging latency (H100, 14B-720p 64x64: scores + top-k 1.71 vs 2.05 ms,
+  // one CTA per SM either way), but where it costs a CTA per SM it was slower (64x128: 0.99 vs 0.76 ms,
+  // the score rows of 591 key blocks let two one-buffer CTAs share an SM).
+  auto ctas_per_sm = [&](int bufs) {
+    return prop->sharedMemPerMultiprocessor / (sla_score_smem_bytes(d, rows, mk_i, bufs) + prop->reservedSharedMemPerBlock);
+  };
+  p.key_bufs = sla_score_smem_bytes(d, rows, mk_i, 2) <= max_smem && ctas_per_sm(2) >= ctas_per_sm(1) ? 2 : 1;
   p.q_sums = q_sums.data_ptr<float>();
   p.k_sums = k_sums.data_ptr<float>();
   p.lut = lut.data_ptr<int32_t>();

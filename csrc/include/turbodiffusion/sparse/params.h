@@ -20,6 +20,7 @@ struct SlaBlockMapParams {
   int mq, mk;               // ceil(nq / blkq), ceil(nk / blkk)
   int kept;                 // key blocks kept per query block: min(mk, int(topk * mk))
   int rows_per_cta;         // query blocks per CTA of the score/top-k kernel (<= kMaxRowsPerCta)
+  int key_bufs;             // pooled-k tiles it stages at once: 2 (the next loads under this one) or 1
   float* q_sums;            // scratch [B*H, mq, D]: per-block sums of q (fp32)
   float* k_sums;            // scratch [B*H, mk, D]: per-block sums of k, then centred block means
   int32_t* lut;             // [B*H, mq, kept], ascending

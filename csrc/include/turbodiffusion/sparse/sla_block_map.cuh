@@ -21,6 +21,7 @@
 
 #include "turbodiffusion/common/cuda_check.h"
 #include "turbodiffusion/common/launch.cuh"
+#include "turbodiffusion/common/sm80_primitives.cuh"
 #include "turbodiffusion/common/vec.cuh"
 #include "turbodiffusion/sparse/heuristics.h"
 #include "turbodiffusion/sparse/params.h"
@@ -168,9 +169,10 @@ __global__ void __launch_bounds__(sla::kKmeanThreads) sla_kmean_kernel(float* k_
 // Pooled-q rows the score kernel stages for `rows` query blocks per CTA: a thread scores 4 rows at once.
 constexpr int sla_score_q_rows(int rows) { return (rows + 3) / 4 * 4; }
 
-// Shared memory of the score/top-k kernel for `rows` query blocks per CTA.
-inline size_t sla_score_smem_bytes(int d, int rows, int mk) {
-  return sizeof(float) * (size_t(sla_score_q_rows(rows)) * d + size_t(sla::kKeyTile) * (d + 4) + size_t(rows) * mk) +
+// Shared memory of the score/top-k kernel for `rows` query blocks per CTA and `key_bufs` pooled-k tiles.
+inline size_t sla_score_smem_bytes(int d, int rows, int mk, int key_bufs) {
+  return sizeof(float) *
+             (size_t(sla_score_q_rows(rows)) * d + size_t(key_bufs) * sla::kKeyTile * (d + 4) + size_t(rows) * mk) +
          sizeof(uint32_t) * (sla::kScoreThreads / 32) * sla::kRadixBins;
 }
 
@@ -186,8 +188,8 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
   const int rows_max = p.rows_per_cta;
   const int pq_rows = sla_score_q_rows(rows_max);           // whole groups of 4 (a thread's rows), zero past rows
   float* pq = smem;                                         // [pq_rows][D] pooled q means
-  float* pk = pq + pq_rows * D;                             // [KT][DP] pooled centred k means
-  uint32_t* hist = reinterpret_cast<uint32_t*>(pk + KT * DP);  // [warps][256]
+  float* pk = pq + pq_rows * D;                             // [key_bufs][KT][DP] pooled centred k means
+  uint32_t* hist = reinterpret_cast<uint32_t*>(pk + p.key_bufs * KT * DP);  // [warps][256]
   float* score = reinterpret_cast<float*>(hist + (sla::kScoreThreads / 32) * sla::kRadixBins);  // [rows][mk]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -206,20 +208,30 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
     pq[i] = v;
   }
   const int c = tid % KT, r0 = 4 * (tid / KT);  // this thread's key block in the tile, its first row
-  for (int kt0 = 0; kt0 < mk; kt0 += KT) {
-    __syncthreads();  // pq written / the previous tile consumed
-    // Centred key-block means (sla_kmean_kernel), 4 channels per 16-byte load and store.
+  // Centred key-block means (sla_kmean_kernel) of the tile at kt0 into buffer buf: 16-byte cp.async
+  // copies (zeros past mk), one commit group. Two buffers (p.key_bufs, where the launcher finds they cost
+  // no CTA per SM): the next tile loads under this one's FMAs; one: after them.
+  auto stage = [&](int kt0, int buf) {
     for (int i = 4 * tid; i < KT * D; i += 4 * sla::kScoreThreads) {
       const int kc = i / D, d = i % D, kb = kt0 + kc;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (kb < mk) v = *reinterpret_cast<const float4*>(p.k_sums + (slice * mk + kb) * D + d);
-      *reinterpret_cast<float4*>(pk + kc * DP + d) = v;
+      cp_async_16(pk + (buf * KT + kc) * DP + d, p.k_sums + (slice * mk + min(kb, mk - 1)) * D + d, kb < mk);
     }
-    __syncthreads();
+    cp_async_commit();
+  };
+  const bool ahead = p.key_bufs == 2;
+  stage(0, 0);
+  for (int kt0 = 0, buf = 0; kt0 < mk; kt0 += KT, buf = ahead ? buf ^ 1 : 0) {
+    if (ahead && kt0 + KT < mk) {
+      stage(kt0 + KT, buf ^ 1);  // (its buffer was last read before the barrier closing the previous tile)
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // the tile (and, first time, pq) visible to every thread
     if (r0 < rows && kt0 + c < mk) {
       // score[r][c] = sum_d q[r][d] k[c][d], d ascending (one FMA chain per score).
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
-      const float* kr = pk + c * DP;
+      const float* kr = pk + (buf * KT + c) * DP;
 #pragma unroll 4
       for (int d = 0; d < D; d += 4) {
         const float4 kv = *reinterpret_cast<const float4*>(kr + d);
@@ -236,8 +248,9 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
       for (int j = 0; j < 4; ++j)
         if (r0 + j < rows) score[(r0 + j) * mk + kt0 + c] = acc[j];
     }
+    __syncthreads();  // the tile consumed before the next iteration stages over it
+    if (!ahead && kt0 + KT < mk) stage(kt0 + KT, 0);
   }
-  __syncthreads();
   for (int rr = warp; rr < rows; rr += sla::kScoreThreads / 32) {
     const int64_t row = slice * p.mq + qb0 + rr;
     sla_detail::select_topk_row(score + rr * mk, mk, p.kept, hist + warp * sla::kRadixBins, p.lut + row * p.kept,
@@ -263,7 +276,7 @@ void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaS
   sla_kmean_kernel<D><<<batch * p.heads, sla::kKmeanThreads, 0, stream>>>(p.k_sums, p.mk, p.blkk, p.k.n);
   TD_CHECK_LAUNCH();
   allow_dynamic_shared_memory(sla_score_topk_kernel<D>, static_cast<int>(max_smem));
-  const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk);
+  const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk, p.key_bufs);
   const dim3 grid(static_cast<unsigned>(cdiv(p.mq, p.rows_per_cta)), p.heads, batch);
   sla_score_topk_kernel<D><<<grid, sla::kScoreThreads, smem, stream>>>(p);
   TD_CHECK_LAUNCH();
