@@ -73,12 +73,13 @@ def run(out_dir: str) -> list[Row]:
             total = time_ms(lambda: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), [()], warmup=3,
                             reps=reps)
             stage(f"  block map {blkq}x{blkk}", lambda: ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk))
+            lut, count, km = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk, return_k_mean=True)
+            # (as in sage_sla: k's mean comes from the block map, so its quantization is one pass)
             stage(f"  {blkq}x{blkk}: quantization (q, k int8; v fp8)", lambda: (
-                ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E),
+                ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
                 ops.quantize_v_fp8(v, pad_to=64)))
             stage(f"  {blkq}x{blkk}: linear branch (H, z, proj_l fold)", lambda: ops.sla_linear_state(k, v, w))
-            lut, count = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk)
-            qargs = (q, *ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E),
+            qargs = (q, *ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
                      *ops.quantize_v_fp8(v, pad_to=64))
             lin = ops.sla_linear_state(k, v, w)
             kept_frac = lut.shape[-1] / -(-n // blkk)
@@ -88,7 +89,7 @@ def run(out_dir: str) -> list[Row]:
                                                                       blkk=blkk), [()], warmup=3, reps=reps)
                 rows.append(Row(f"{name} (actual {flops * kept_frac / t / 1e9:.0f} TOPS)", tag, t, base_name, base,
                                 base / t, "eff. TOPS", flops / t / 1e9))
-        del sets, qargs, lin, lut, count
+        del sets, qargs, lin, lut, count, km
         torch.cuda.empty_cache()
     print_table(rows, "sla")
     write_results("sla", rows, out_dir, notes)

@@ -11,7 +11,7 @@
 namespace td {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_qk_int8_cuda(
     const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q, int64_t blk_k,
-    double q_scale_factor);
+    double q_scale_factor, const std::optional<at::Tensor>& k_mean);
 std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, const std::string& layout,
                                                        int64_t pad_to);
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_int8_cuda(const at::Tensor& x);
@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
     const at::Tensor& k_scale, const at::Tensor& k_mean, const at::Tensor& v_fp8, const at::Tensor& v_scale,
     const at::Tensor& lut, const at::Tensor& count, const std::optional<at::Tensor>& lin,
     const std::optional<at::Tensor>& lin_bias, const std::string& layout, double sm_scale, int64_t blkq, int64_t blkk);
-std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
                                                       const std::string& layout, int64_t blkq, int64_t blkk,
                                                       double topk);
 at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tensor& proj_weight,

@@ -81,6 +81,41 @@ def test_quantize_qk_int8_layouts_agree(device):
     assert torch.equal(a[2], b[2].transpose(1, 2)) and torch.equal(a[3], b[3])
 
 
+@pytest.mark.parametrize("case", QK_CASES[1:4], ids=lambda c: "b{}h{}q{}k{}d{}bq{}bk{}".format(*c))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_quantize_qk_int8_given_k_mean(device, case, layout):
+    """A given k_mean (sla_block_map's) replaces the computed one: the single-pass K kernel's codes and
+    scales are the recipe's on k - k_mean, bit for bit, and with the op's own mean they are its output."""
+    b, h, nq, nk, d, blk_q, blk_k = case
+    q = attention_inputs(b, h, nq, d, layout, torch.bfloat16, device=device)
+    k = attention_inputs(b, h, nk, d, layout, torch.bfloat16, family="bias", device=device)
+    km = to_bhnd(k, layout).float().mean(2) + 0.01 * torch.randn(b, h, d, device=device)
+    poison_allocator(device)
+    out = ops.quantize_qk_int8(q, k, layout=layout, blk_q=blk_q, blk_k=blk_k, k_mean=km)
+    e_k_i8, e_k_s = ref.int8_blockwise(to_bhnd(k.cpu(), layout).float() - km.cpu()[:, :, None, :], blk_k)
+    msg = f"case {case} {layout}"
+    assert torch.equal(to_bhnd(out[2].cpu(), layout), e_k_i8), msg
+    assert torch.equal(out[3].cpu(), e_k_s), msg
+    assert torch.equal(out[4], km) and out[4].data_ptr() != km.data_ptr(), msg  # a copy
+    own = ops.quantize_qk_int8(q, k, layout=layout, blk_q=blk_q, blk_k=blk_k)
+    again = ops.quantize_qk_int8(q, k, layout=layout, blk_q=blk_q, blk_k=blk_k, k_mean=own[4])
+    for i in range(5):
+        assert torch.equal(own[i], again[i]), f"{msg}: output {i}"
+
+
+def test_quantize_qk_int8_bad_k_mean(device):
+    q = attention_inputs(1, 2, 40, 64, "NHD", torch.float16, device=device)
+    good = torch.zeros(1, 2, 64, device=device)
+    bads = [(good.double(), "float32"), (good[:, :1], "shape"), (torch.zeros(1, 4, 64, device=device)[:, ::2],
+                                                                "contiguous")]
+    if device != "cpu":
+        bads.append((good.cpu(), "tensor on"))
+    for bad, words in bads:
+        with pytest.raises((TypeError, ValueError), match="k_mean") as e:
+            ops.quantize_qk_int8(q, q, k_mean=bad)
+        assert words in str(e.value), str(e.value)
+
+
 def test_quantize_qk_int8_zero_blocks(device):
     q = torch.zeros(1, 40, 2, 64, dtype=torch.float16, device=device)
     q[:, 20:] = 1.5

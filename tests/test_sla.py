@@ -52,11 +52,12 @@ def test_block_means_and_kept_count():
 
 def test_reference_block_map_is_topk_of_scores():
     q, k, _ = _qkv(1, 2, 300, 333, 64, "HND", torch.bfloat16, "cpu", family="bias", seed=1)
-    lut, count = ref.sla_block_map(q, k, "HND", 64, 32, 0.25)
+    lut, count, km = ref.sla_block_map(q, k, "HND", 64, 32, 0.25)
     s = ref.sla.sla_block_scores(q, k, "HND", 64, 32)
     assert lut.shape == (1, 2, 5, 2) and (count == 2).all() and lut.dtype == torch.int32
     assert (lut.diff(dim=-1) > 0).all()
     assert torch.equal(lut.long(), s.topk(2, dim=-1).indices.sort(dim=-1).values)
+    torch.testing.assert_close(km, to_bhnd(k, "HND").float().mean(2), rtol=0, atol=0)
     # the centring of k does not change any row's ranking (it shifts a row by pq . mean k)
     q32, k32 = to_bhnd(q, "HND").float(), to_bhnd(k, "HND").float()
     raw = ref.sla.block_means(q32, 64) @ ref.sla.block_means(k32, 32).transpose(2, 3)
@@ -91,7 +92,7 @@ def test_sla_semantics_equal_a_per_query_loop():
     q, k, v = _qkv(1, 1, 70, 100, 64, "HND", torch.float32, "cpu", seed=4)
     w, b = _proj(64, "cpu")
     out = ref.sla_attention(q, k, v, w, b, 0.5, "HND", 32, 32, dtype=torch.float64)
-    lut, _ = ref.sla_block_map(q, k, "HND", 32, 32, 0.5)
+    lut, _, _ = ref.sla_block_map(q, k, "HND", 32, 32, 0.5)
     q64, k64, v64 = q[0, 0].double(), k[0, 0].double(), v[0, 0].double()
     pq, pk = q64.softmax(-1), k64.softmax(-1)
     for qb in range(3):
@@ -123,11 +124,13 @@ def test_block_map_against_topk(device, case, family):
     dtype = torch.float16 if d == 64 else torch.bfloat16
     q, k, _ = _qkv(b, h, nq, nk, d, layout, dtype, device, family=family)
     poison_allocator(device)
-    lut, count = ops.sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
+    lut, count, km = ops.sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
     s = ref.sla.sla_block_scores(q.cpu(), k.cpu(), layout, blkq, blkk)
     mq, mk = s.shape[2:]
     kept = min(mk, int(topk * mk))
     msg = f"case {case} {family}"
+    # mean_N k (fixed-order float32 sums in the kernel): what sage_sla hands quantize_qk_int8
+    torch.testing.assert_close(km.cpu(), to_bhnd(k.cpu(), layout).float().mean(2), rtol=1e-5, atol=1e-5, msg=msg)
     assert lut.shape == (b, h, mq, kept) and lut.dtype == torch.int32 and lut.is_contiguous(), msg
     assert count.shape == (b, h, mq) and (count.cpu() == kept).all(), msg
     if kept == 0:

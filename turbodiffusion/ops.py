@@ -48,7 +48,7 @@ def _cdiv(a: int, b: int) -> int:
 QK_BLOCK_SIZES = (16, 32, 64, 128)
 
 
-def _check_qk(q, k, layout, blk_q, blk_k, q_scale_factor):
+def _check_qk(q, k, layout, blk_q, blk_k, q_scale_factor, k_mean=None):
     C.check_layout(layout)
     bq, hq, _, dq = C.check_attention_tensor("q", q, layout)
     bk, hk, _, dk = C.check_attention_tensor("k", k, layout, device=q.device)
@@ -60,9 +60,11 @@ def _check_qk(q, k, layout, blk_q, blk_k, q_scale_factor):
     C.check_choice("blk_k", blk_k, QK_BLOCK_SIZES)
     if not math.isfinite(q_scale_factor) or q_scale_factor <= 0:
         raise ValueError(f"q_scale_factor: expected a finite positive number, got {q_scale_factor}")
+    if k_mean is not None:
+        _check_f32("k_mean", k_mean, (bk, hk, dk), q.device)
 
 
-def _fake_qk(q, k, layout, blk_q, blk_k, q_scale_factor):
+def _fake_qk(q, k, layout, blk_q, blk_k, q_scale_factor, k_mean=None):
     b, h, nq, d = C.bhnd(q, layout)
     nk = C.bhnd(k, layout)[2]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -71,8 +73,9 @@ def _fake_qk(q, k, layout, blk_q, blk_k, q_scale_factor):
             q.new_empty((b, h, d), **f32))
 
 
-_register("quantize_qk_int8(Tensor q, Tensor k, str layout, int blk_q, int blk_k, float q_scale_factor)"
-          " -> (Tensor, Tensor, Tensor, Tensor, Tensor)", _check_qk, ref.quantize_qk_int8, _fake_qk)
+_register("quantize_qk_int8(Tensor q, Tensor k, str layout, int blk_q, int blk_k, float q_scale_factor,"
+          " Tensor? k_mean=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", _check_qk, ref.quantize_qk_int8,
+          _fake_qk)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,14 +122,17 @@ from . import _extension  # noqa: E402,F401
 # --------------------------------------------------------------------------------------------------
 # Public entry points (keyword arguments, defaults)
 def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, *, layout: str = "NHD", blk_q: int = 64, blk_k: int = 128,
-                     q_scale_factor: float = 1.0):
+                     q_scale_factor: float = 1.0, k_mean: torch.Tensor | None = None):
     """Per-block symmetric INT8 of q and of k - mean_N(k).
 
     q [B, Nq, H, D] / k [B, Nk, H, D] (layout "NHD") or [B, H, N, D] ("HND"), bf16/fp16, D in {64, 128}.
+    k_mean: mean_N(k) as float32 [B, H, D] where the caller has it (sla_block_map returns it): k is then
+    quantized in one pass instead of two (the kernel reads k once either way, but the two-phase kernel
+    holds a slice on chip across a grid barrier), else computed.
     Returns (q_int8, q_scale [B, H, ceil(Nq/blk_q)] * q_scale_factor, k_int8, k_scale [B, H, ceil(Nk/blk_k)],
-    k_mean [B, H, D] float32); int8 tensors keep the input layout, contiguous.
+    k_mean [B, H, D] float32, a copy of the given one); int8 tensors keep the input layout, contiguous.
     """
-    return torch.ops.turbodiffusion.quantize_qk_int8(q, k, layout, blk_q, blk_k, float(q_scale_factor))
+    return torch.ops.turbodiffusion.quantize_qk_int8(q, k, layout, blk_q, blk_k, float(q_scale_factor), k_mean)
 
 
 def quantize_v_fp8(v: torch.Tensor, *, layout: str = "NHD", pad_to: int = 128):
@@ -417,13 +423,14 @@ def _check_block_map(q, k, layout, blkq, blkk, topk):
 
 
 def _fake_block_map(q, k, layout, blkq, blkk, topk):
-    b, h, nq, _ = C.bhnd(q, layout)
+    b, h, nq, d = C.bhnd(q, layout)
     mq, mk = _cdiv(nq, blkq), _cdiv(C.bhnd(k, layout)[2], blkk)
     i32 = dict(dtype=torch.int32, device=q.device)
-    return torch.empty((b, h, mq, ref.sla.kept_blocks(topk, mk)), **i32), torch.empty((b, h, mq), **i32)
+    return (torch.empty((b, h, mq, ref.sla.kept_blocks(topk, mk)), **i32), torch.empty((b, h, mq), **i32),
+            torch.empty((b, h, d), dtype=torch.float32, device=q.device))
 
 
-_register("sla_block_map(Tensor q, Tensor k, str layout, int blkq, int blkk, float topk) -> (Tensor, Tensor)",
+_register("sla_block_map(Tensor q, Tensor k, str layout, int blkq, int blkk, float topk) -> (Tensor, Tensor, Tensor)",
           _check_block_map, ref.sla_block_map, _fake_block_map)
 
 
@@ -489,13 +496,15 @@ _register("attention_int8_fp8_sparse_sm90" + _SPARSE_ARGS, functools.partial(_ch
 
 
 def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 64, blkk: int = 64,
-                  layout: str = "NHD"):
+                  layout: str = "NHD", return_k_mean: bool = False):
     """SLA block map (§4.3): mean-pooled q (blkq rows) against mean-pooled k - mean_N(k) (blkk rows), each
     query block keeping its kept = min(Mk, int(topk * Mk)) highest-scoring key blocks.
 
-    Returns (lut [B, H, Mq, kept] int32, indices sorted ascending; count [B, H, Mq] int32, all = kept).
+    Returns (lut [B, H, Mq, kept] int32, indices sorted ascending; count [B, H, Mq] int32, all = kept), and
+    with return_k_mean the mean_N(k) it centred with (float32 [B, H, D]; quantize_qk_int8 takes it).
     """
-    return torch.ops.turbodiffusion.sla_block_map(q, k, layout, blkq, blkk, float(topk))
+    lut, count, k_mean = torch.ops.turbodiffusion.sla_block_map(q, k, layout, blkq, blkk, float(topk))
+    return (lut, count, k_mean) if return_k_mean else (lut, count)
 
 
 def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD"):
@@ -547,10 +556,11 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
+    k_mean = None  # the block map's mean_N(k) makes quantize_qk_int8's K pass single
     if lut is None:
-        lut, count = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
+        lut, count, k_mean = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
     q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
-                                                q_scale_factor=scale * _LOG2E)
+                                                q_scale_factor=scale * _LOG2E, k_mean=k_mean)
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
     lin = sla_linear_state(k, v, proj_weight, layout=layout)
     out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)

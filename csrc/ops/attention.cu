@@ -37,14 +37,6 @@ BHND check_quantized_attention_tensor(const at::Tensor& t, const char* name, con
   return s;
 }
 
-// A contiguous float32 tensor of the given shape on `device`.
-void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, const c10::Device& device) {
-  TORCH_CHECK_TYPE(t.scalar_type() == c10::kFloat, name, ": expected dtype float32, got ", dtype_name(t.scalar_type()));
-  check_cuda_tensor(t, name, device);
-  TORCH_CHECK_VALUE(t.sizes() == shape, name, ": expected shape ", dims_str(shape), ", got ", dims_str(t.sizes()));
-  TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", dims_str(t.strides()));
-}
-
 // Checked inputs and allocated outputs of one quantized-attention call (dense or block-sparse).
 struct QuantizedAttention {
   AttnInt8Fp8Params p{};

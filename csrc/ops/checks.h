@@ -67,6 +67,14 @@ inline BHND check_attention_tensor(const at::Tensor& t, const char* name, const 
   return s;
 }
 
+// A contiguous float32 tensor of the given shape on `device`.
+inline void check_f32(const at::Tensor& t, const char* name, c10::IntArrayRef shape, const c10::Device& device) {
+  TORCH_CHECK_TYPE(t.scalar_type() == c10::kFloat, name, ": expected dtype float32, got ", dtype_name(t.scalar_type()));
+  check_cuda_tensor(t, name, device);
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, ": expected shape ", dims_str(shape), ", got ", dims_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ", dims_str(t.strides()));
+}
+
 // The kernels read 16-byte vectors: every stride and the base address must keep rows aligned.
 inline void check_vector_aligned(const at::Tensor& t, const char* name) {
   bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 #include "ops/checks.h"
@@ -31,7 +32,7 @@ int num_sms(const at::Tensor& t) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_qk_int8_cuda(
     const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q, int64_t blk_k,
-    double q_scale_factor) {
+    double q_scale_factor, const std::optional<at::Tensor>& k_mean_given) {
   check_layout(layout);
   const BHND sq = check_attention_tensor(q, "q", layout, q.device());
   const BHND sk = check_attention_tensor(k, "k", layout, q.device());
@@ -45,16 +46,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
                     "q_scale_factor: expected a finite positive number, got ", num(q_scale_factor));
   check_vector_aligned(q, "q");
   check_vector_aligned(k, "k");
+  if (k_mean_given) check_f32(*k_mean_given, "k_mean", {sk.b, sk.h, sk.d}, q.device());
   const c10::cuda::CUDAGuard guard(q.device());
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor q_i8 = at::empty(q.sizes(), q.options().dtype(at::kChar));
   at::Tensor k_i8 = at::empty(k.sizes(), k.options().dtype(at::kChar));
   at::Tensor q_scale = at::empty({sq.b, sq.h, (sq.n + blk_q - 1) / blk_q}, f32);
   at::Tensor k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
-  at::Tensor k_mean = at::empty({sk.b, sk.h, sk.d}, f32);
-  // Running channel sums (kReplicas copies per slice), then the slice barrier counters (unsigned).
+  // A given mean is returned as a copy (an op's outputs do not alias its inputs).
+  at::Tensor k_mean = k_mean_given ? k_mean_given->clone() : at::empty({sk.b, sk.h, sk.d}, f32);
+  // Two-phase kernel: running channel sums (kReplicas copies per slice), then the slice barrier counters.
   const int64_t slices = sk.b * sk.h;
-  at::Tensor workspace = at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
+  at::Tensor workspace = k_mean_given ? at::Tensor() : at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   QuantQKParams pq{};
@@ -77,8 +80,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   pk.out = slice_view(k_i8, layout, sk.h);
   pk.scale = k_scale.data_ptr<float>();
   pk.mean = k_mean.data_ptr<float>();
-  pk.workspace = workspace.data_ptr<float>();
-  pk.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * sk.d);
+  if (!k_mean_given) {
+    pk.workspace = workspace.data_ptr<float>();
+    pk.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * sk.d);
+  }
   pk.n = sk.n;
   pk.blk = static_cast<int>(blk_k);
   pk.log2_blk = __builtin_ctz(pk.blk);
@@ -88,8 +93,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   const int sms = num_sms(q);
   TD_DISPATCH_HALF(q.scalar_type() == at::kBFloat16, T, [&] {
     TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
-      launch_quantize_q_int8<T, D>(pq, stream);
-      launch_quantize_k_int8_smooth<T, D>(pk, sms, stream);
+      launch_quantize_int8_single_pass<T, D, false>(pq, stream);
+      if (k_mean_given) launch_quantize_int8_single_pass<T, D, true>(pk, stream);  // k - k_mean in one pass
+      else launch_quantize_k_int8_smooth<T, D>(pk, sms, stream);
     });
   });
   return {q_i8, q_scale, k_i8, k_scale, k_mean};

@@ -46,9 +46,9 @@ std::pair<BHND, BHND> check_pair(const at::Tensor& a, const char* an, const at::
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                      const std::string& layout, int64_t blkq, int64_t blkk,
-                                                      double topk) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                                  const std::string& layout, int64_t blkq,
+                                                                  int64_t blkk, double topk) {
   const auto [sq, sk] = check_pair(q, "q", k, "k", layout);
   for (auto [name, blk] : {std::pair<const char*, int64_t>{"blkq", blkq}, {"blkk", blkk}})
     TORCH_CHECK_VALUE(blk > 0 && blk <= 1024, name, ": expected a positive integer <= 1024, got ", num(blk));
@@ -72,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const
   at::Tensor count = at::empty({sq.b, sq.h, mq}, q.options().dtype(at::kInt));
   at::Tensor q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
   at::Tensor k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
+  at::Tensor k_mean = at::empty({sq.b, sq.h, sq.d}, f32);
   SlaBlockMapParams p{};
   p.q = view_of(q, sq, layout);
   p.k = view_of(k, sk, layout);
@@ -91,12 +92,13 @@ std::tuple<at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const
   p.key_bufs = sla_score_smem_bytes(d, rows, mk_i, 2) <= max_smem && ctas_per_sm(2) >= ctas_per_sm(1) ? 2 : 1;
   p.q_sums = q_sums.data_ptr<float>();
   p.k_sums = k_sums.data_ptr<float>();
+  p.k_mean = k_mean.data_ptr<float>();
   p.lut = lut.data_ptr<int32_t>();
   p.count = count.data_ptr<int32_t>();
   p.bf16 = q.scalar_type() == c10::kBFloat16;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_sla_block_map<D>(p, static_cast<int>(sq.b), max_smem, stream); });
-  return {lut, count};
+  return {lut, count, k_mean};
 }
 
 at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tensor& proj_weight,

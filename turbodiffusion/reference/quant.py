@@ -72,16 +72,16 @@ def int8_blockwise(x: torch.Tensor, blk: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, layout: str, blk_q: int, blk_k: int,
-                     q_scale_factor: float):
-    """Per-block INT8 of q and of smoothed k (k - mean_N k).
+                     q_scale_factor: float, k_mean: torch.Tensor | None = None):
+    """Per-block INT8 of q and of smoothed k (k - mean_N k; the given k_mean [B, H, D] instead, if any).
 
     Returns (q_int8, q_scale, k_int8, k_scale, k_mean): int8 tensors in the input layout (contiguous),
     scales float32 [B, H, ceil(N/blk)] (q's multiplied by q_scale_factor, e.g. sm_scale*log2(e)),
-    k_mean float32 [B, H, D].
+    k_mean float32 [B, H, D] (a copy of the given one).
     """
     q32 = _to_bhnd(q, layout).float()
     k32 = _to_bhnd(k, layout).float()
-    k_mean = k32.mean(dim=2)
+    k_mean = k32.mean(dim=2) if k_mean is None else k_mean.clone()
     q_i8, q_s = int8_blockwise(q32, blk_q)
     k_i8, k_s = int8_blockwise(k32 - k_mean[:, :, None, :], blk_k)
     q_s = q_s * torch.tensor(q_scale_factor, dtype=torch.float32)

@@ -59,12 +59,14 @@ def sla_block_scores(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, b
 
 
 def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float):
-    """(lut [B, H, Mq, kept] int32, kept key-block indices sorted ascending; count [B, H, Mq] int32 = kept)."""
+    """(lut [B, H, Mq, kept] int32, kept key-block indices sorted ascending; count [B, H, Mq] int32 = kept;
+    k_mean [B, H, D] float32, the mean_N k the key blocks are centred with)."""
     score = sla_block_scores(q, k, layout, blkq, blkk)
     b, h, mq, mk = score.shape
     kept = kept_blocks(topk, mk)
     lut = torch.topk(score, kept, dim=-1).indices.sort(dim=-1).values.to(torch.int32)
-    return lut.contiguous(), torch.full((b, h, mq), kept, dtype=torch.int32, device=q.device)
+    k_mean = _bhnd(k, layout).float().mean(dim=2)
+    return lut.contiguous(), torch.full((b, h, mq), kept, dtype=torch.int32, device=q.device), k_mean
 
 
 def lut_block_mask(lut: torch.Tensor, count: torch.Tensor, mk: int) -> torch.Tensor:
@@ -116,7 +118,7 @@ def sla_attention(q, k, v, proj_weight, proj_bias, topk: float, layout: str, blk
     [B, Nq, H, D] ("NHD") or [B, H, Nq, D] ("HND") in `dtype`.
     """
     if lut is None:
-        lut, count = sla_block_map(q, k, layout, blkq, blkk, topk)
+        lut, count, _ = sla_block_map(q, k, layout, blkq, blkk, topk)
     o_s, _ = sla_masked_attention(q, k, v, lut, count, layout, blkq, blkk, sm_scale, dtype)
     o_l = sla_linear_branch(q, k, v, layout, dtype)
     out = o_s + o_l @ proj_weight.to(dtype).T + proj_bias.to(dtype)

@@ -23,7 +23,7 @@ struct QuantQKParams {
   int8_t* x_int8;         // output, same shape, contiguous in the input's layout
   SliceView out;
   float* scale;           // [B*H, num_blocks]
-  float* mean;            // k only: [B*H, D] output mean; nullptr for q
+  float* mean;            // k only: [B*H, D] the mean of k: written (two-phase kernel) or given (single pass)
   float* workspace;       // k only: [B*H, kReplicas, D] zero-initialised running sums
   unsigned* arrived;      // k only: [B*H] zero-initialised barrier counters
   int slices;             // B*H

@@ -59,17 +59,23 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
   __syncthreads();  // blk_amax is reused by the next tile
 }
 
-// Q: one CTA per tile, single pass. Tile-major block order: CTAs running together read the same
-// tokens of every head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
-template <typename T, int D>
-__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM) quantize_q_int8_kernel(QuantQKParams p, int tiles_per_slice) {
+// Single pass, one CTA per tile: Q, and K when its mean is given (p.mean, read: SMOOTH). Tile-major
+// block order: CTAs running together read the same tokens of every head, i.e. whole contiguous rows of
+// an NHD tensor (DRAM page locality).
+template <typename T, int D, bool SMOOTH>
+__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
+    quantize_int8_single_pass_kernel(QuantQKParams p, int tiles_per_slice) {
   __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
   __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
   const int slice = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
   QKTile<T, D> t(stage);
   t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
-  const float zero[8] = {};
-  quantize_tile_int8<T, D, false>(t, p, slice, tile, zero, blk_amax);
+  float mu[8] = {};
+  if constexpr (SMOOTH) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) mu[j] = __ldg(p.mean + int64_t(slice) * D + t.col + j);
+  }
+  quantize_tile_int8<T, D, SMOOTH>(t, p, slice, tile, mu, blk_amax);
 }
 
 // K: persistent, slice-grouped (slice_groups.cuh). Phase 1 sums channels into p.workspace;
@@ -117,13 +123,14 @@ __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerS
       });
 }
 
-template <typename T, int D>
-void launch_quantize_q_int8(const QuantQKParams& p, cudaStream_t stream) {
+// q (SMOOTH off), or k with its mean given in p.mean (SMOOTH on), in one pass.
+template <typename T, int D, bool SMOOTH>
+void launch_quantize_int8_single_pass(const QuantQKParams& p, cudaStream_t stream) {
   const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
   if (p.slices == 0 || tiles == 0) return;
-  static const bool carveout_set = (prefer_shared_memory(quantize_q_int8_kernel<T, D>), true);  // once
-  (void)carveout_set;
-  quantize_q_int8_kernel<T, D><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
+  static const bool carveout_set = (prefer_shared_memory(quantize_int8_single_pass_kernel<T, D, SMOOTH>), true);
+  (void)carveout_set;  // (set once)
+  quantize_int8_single_pass_kernel<T, D, SMOOTH><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
   TD_CHECK_LAUNCH();
 }
 

@@ -23,6 +23,7 @@ struct SlaBlockMapParams {
   int key_bufs;             // pooled-k tiles it stages at once: 2 (the next loads under this one) or 1
   float* q_sums;            // scratch [B*H, mq, D]: per-block sums of q (fp32)
   float* k_sums;            // scratch [B*H, mk, D]: per-block sums of k, then centred block means
+  float* k_mean;            // output [B*H, D]: mean_N k (fp32)
   int32_t* lut;             // [B*H, mq, kept], ascending
   int32_t* count;           // [B*H, mq]
   bool bf16;                // element type of q and k: bf16, else fp16

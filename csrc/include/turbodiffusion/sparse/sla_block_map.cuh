@@ -1,7 +1,8 @@
 // SLA block map (ARCHITECTURE §4.3) in three launches, emitting the LUT of §4.2 directly:
 //   1. sla_pool_kernel (q, then k): fp32 sums of every block of tokens (the last block is partial);
-//   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), a fixed order), and the
-//      centred key-block means in place of the sums;
+//   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), a fixed order; also an output:
+//      sage_sla hands it to quantize_qk_int8, whose K pass is then single), and the centred key-block
+//      means in place of the sums;
 //   3. sla_score_topk_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a group of query
 //      blocks against all key blocks (fp32 CUDA-core FMAs, scores kept in shared memory), then per row a
 //      warp finds the kept-th largest score by MSB radix select (4 passes of 8-bit histograms over the
@@ -146,7 +147,8 @@ __global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnT
 // partial sums added in a fixed order (deterministic). One thread per column walking all Mk blocks was
 // latency-bound: H100 (2026-11-27) Wan-1.3B-480p 64x64 (12 CTAs) 0.018 vs 0.107 ms, 14B-720p 0.044 vs 0.26 ms.
 template <int D>
-__global__ void __launch_bounds__(sla::kKmeanThreads) sla_kmean_kernel(float* k_sums, int mk, int blkk, int64_t nk) {
+__global__ void __launch_bounds__(sla::kKmeanThreads)
+    sla_kmean_kernel(float* k_sums, float* k_mean, int mk, int blkk, int64_t nk) {
   constexpr int G = sla::kKmeanThreads / D;
   __shared__ float part[G][D];
   const int c = threadIdx.x % D, g = threadIdx.x / D;
@@ -160,6 +162,7 @@ __global__ void __launch_bounds__(sla::kKmeanThreads) sla_kmean_kernel(float* k_
 #pragma unroll
   for (int i = 0; i < G; ++i) total += part[i][c];
   const float km = total / static_cast<float>(nk);
+  if (g == 0) k_mean[int64_t(blockIdx.x) * D + c] = km;
   for (int j = g; j < mk; j += G) {
     const int64_t len = std::min<int64_t>(blkk, nk - int64_t(j) * blkk);
     col[int64_t(j) * D] = __fsub_rn(col[int64_t(j) * D] / static_cast<float>(len), km);
@@ -263,17 +266,21 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(cons
 // launcher has checked that one query block per CTA fits (rows_per_cta >= 1).
 template <int D>
 void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaStream_t stream) {
-  if (batch == 0 || p.heads == 0 || p.mq == 0) return;
-  const dim3 pool_q(p.mq, p.heads, batch), pool_k(p.mk, p.heads, batch);
+  if (batch == 0 || p.heads == 0) return;
+  const dim3 pool_q(p.mq, p.heads, batch), pool_k(p.mk, p.heads, batch);  // (mk >= 1: the launcher checks)
   if (p.bf16) {
-    sla_pool_kernel<D, __nv_bfloat16><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
     sla_pool_kernel<D, __nv_bfloat16><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
   } else {
-    sla_pool_kernel<D, __half><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
     sla_pool_kernel<D, __half><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
   }
   TD_CHECK_LAUNCH();
-  sla_kmean_kernel<D><<<batch * p.heads, sla::kKmeanThreads, 0, stream>>>(p.k_sums, p.mk, p.blkk, p.k.n);
+  sla_kmean_kernel<D><<<batch * p.heads, sla::kKmeanThreads, 0, stream>>>(p.k_sums, p.k_mean, p.mk, p.blkk, p.k.n);
+  TD_CHECK_LAUNCH();
+  if (p.mq == 0) return;
+  if (p.bf16)
+    sla_pool_kernel<D, __nv_bfloat16><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
+  else
+    sla_pool_kernel<D, __half><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
   TD_CHECK_LAUNCH();
   allow_dynamic_shared_memory(sla_score_topk_kernel<D>, static_cast<int>(max_smem));
   const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk, p.key_bufs);
