@@ -74,14 +74,15 @@ def run(out_dir: str) -> list[Row]:
                             reps=reps)
             stage(f"  block map {blkq}x{blkk}", lambda: ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk))
             lut, count, km = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk, return_k_mean=True)
-            # (as in sage_sla: k's mean comes from the block map, so its quantization is one pass)
+            lin, v_amax = ops.sla_linear_state(k, v, w, return_v_amax=True)
+            # (as in sage_sla: k's mean comes from the block map and v's amax from the linear branch, so both
+            # quantizations are one pass)
             stage(f"  {blkq}x{blkk}: quantization (q, k int8; v fp8)", lambda: (
                 ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
-                ops.quantize_v_fp8(v, pad_to=64)))
+                ops.quantize_v_fp8(v, pad_to=64, v_amax=v_amax)))
             stage(f"  {blkq}x{blkk}: linear branch (H, z, proj_l fold)", lambda: ops.sla_linear_state(k, v, w))
             qargs = (q, *ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
-                     *ops.quantize_v_fp8(v, pad_to=64))
-            lin = ops.sla_linear_state(k, v, w)
+                     *ops.quantize_v_fp8(v, pad_to=64, v_amax=v_amax))
             kept_frac = lut.shape[-1] / -(-n // blkk)
             for name, extra in ((f"  {blkq}x{blkk}: sparse attention + linear epilogue", (lin, bias)),
                                 (f"  {blkq}x{blkk}: sparse attention alone", ())):
@@ -89,7 +90,7 @@ def run(out_dir: str) -> list[Row]:
                                                                       blkk=blkk), [()], warmup=3, reps=reps)
                 rows.append(Row(f"{name} (actual {flops * kept_frac / t / 1e9:.0f} TOPS)", tag, t, base_name, base,
                                 base / t, "eff. TOPS", flops / t / 1e9))
-        del sets, qargs, lin, lut, count, km
+        del sets, qargs, lin, lut, count, km, v_amax
         torch.cuda.empty_cache()
     print_table(rows, "sla")
     write_results("sla", rows, out_dir, notes)

@@ -14,9 +14,12 @@ def _samples(device):
     bf = dict(dtype=torch.bfloat16, device=device)
     return {
         "quantize_qk_int8": [(torch.randn(1, 33, 2, 64, **bf), torch.randn(1, 17, 2, 64, **bf), "NHD", 16, 32, 0.5),
-                             (torch.randn(2, 2, 40, 128, **bf), torch.randn(2, 2, 50, 128, **bf), "HND", 64, 128, 1.0)],
+                             (torch.randn(2, 2, 40, 128, **bf), torch.randn(2, 2, 50, 128, **bf), "HND", 64, 128, 1.0),
+                             (torch.randn(1, 2, 20, 64, **bf), torch.randn(1, 2, 30, 64, **bf), "HND", 16, 16, 1.0,
+                              torch.randn(1, 2, 64, device=device))],  # a given k_mean
         "quantize_v_fp8": [(torch.randn(1, 33, 2, 64, **bf), "NHD", 128),
-                           (torch.randn(1, 2, 20, 128, dtype=torch.float16, device=device), "HND", 16)],
+                           (torch.randn(1, 2, 20, 128, dtype=torch.float16, device=device), "HND", 16),
+                           (torch.randn(1, 2, 20, 64, **bf), "HND", 64, torch.rand(1, 2, 64, device=device) + 1)],
         "w8a8_gemm": [(torch.randint(-128, 128, (5, 48), dtype=torch.int8, device=device), torch.rand(5, device=device),
                        torch.randint(-128, 128, (24, 48), dtype=torch.int8, device=device),
                        torch.rand(24, device=device), None, torch.bfloat16, "auto"),

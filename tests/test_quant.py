@@ -166,6 +166,39 @@ def test_quantize_v_fp8_layout_semantics(device):
     assert err.max() < 2 ** -4, f"fp8 E4M3 relative error {err.max():.4f}"  # 3 mantissa bits, values <= 448
 
 
+@pytest.mark.parametrize("case", V_CASES[1:4], ids=lambda c: "b{}h{}n{}d{}pad{}".format(*c))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_quantize_v_fp8_given_amax(device, case, layout):
+    """A given v_amax (sla_linear_state's) replaces the computed one: the single-pass kernel's codes and scales
+    are the reference's with that amax, bit for bit, and with the true amax they are the two-phase kernel's."""
+    b, h, n, d, pad_to = case
+    v = attention_inputs(b, h, n, d, layout, torch.bfloat16, family="bias", device=device)
+    amax = to_bhnd(v, layout).float().abs().amax(2)
+    bigger = amax * 1.5 + 0.25
+    poison_allocator(device)
+    v8, vs = ops.quantize_v_fp8(v, layout=layout, pad_to=pad_to, v_amax=bigger)
+    r8, rs = ref.quantize_v_fp8(v.cpu(), layout, pad_to, bigger.cpu())
+    msg = f"case {case} {layout}"
+    assert torch.equal(v8.cpu().view(torch.uint8), r8.view(torch.uint8)), msg
+    assert torch.equal(vs.cpu(), rs), msg
+    own = ops.quantize_v_fp8(v, layout=layout, pad_to=pad_to)
+    again = ops.quantize_v_fp8(v, layout=layout, pad_to=pad_to, v_amax=amax)
+    assert torch.equal(own[0].view(torch.uint8), again[0].view(torch.uint8)) and torch.equal(own[1], again[1]), msg
+
+
+def test_quantize_v_fp8_bad_v_amax(device):
+    v = attention_inputs(1, 2, 40, 64, "NHD", torch.float16, device=device)
+    good = torch.zeros(1, 2, 64, device=device)
+    bads = [(good.double(), "float32"), (good[:, :1], "shape"), (torch.zeros(1, 4, 64, device=device)[:, ::2],
+                                                                "contiguous")]
+    if device != "cpu":
+        bads.append((good.cpu(), "tensor on"))
+    for bad, words in bads:
+        with pytest.raises((TypeError, ValueError), match="v_amax") as e:
+            ops.quantize_v_fp8(v, v_amax=bad)
+        assert words in str(e.value), str(e.value)
+
+
 # --------------------------------------------------------------------------------------------------
 # quantize_per_token_int8
 @pytest.mark.parametrize("shape", [(1, 8), (7, 1536), (3, 5, 200), (3, 8960), (4, 13824), (2, 20000), (5, 77)],

@@ -80,22 +80,24 @@ _register("quantize_qk_int8(Tensor q, Tensor k, str layout, int blk_q, int blk_k
 
 # --------------------------------------------------------------------------------------------------
 # quantize_v_fp8: per-channel FP8 E4M3, transposed [B, H, D, N_pad], tokens permuted (§4.1)
-def _check_v(v, layout, pad_to):
+def _check_v(v, layout, pad_to, v_amax=None):
     C.check_layout(layout)
-    C.check_attention_tensor("v", v, layout)
+    b, h, _, d = C.check_attention_tensor("v", v, layout)
     if pad_to <= 0 or pad_to % 16:
         raise ValueError(f"pad_to: expected a positive multiple of 16 (the token-permutation group), got {pad_to}")
+    if v_amax is not None:
+        _check_f32("v_amax", v_amax, (b, h, d), v.device)
 
 
-def _fake_v(v, layout, pad_to):
+def _fake_v(v, layout, pad_to, v_amax=None):
     b, h, n, d = C.bhnd(v, layout)
     n_pad = _cdiv(n, pad_to) * pad_to
     return (torch.empty((b, h, d, n_pad), dtype=torch.float8_e4m3fn, device=v.device),
             torch.empty((b, h, d), dtype=torch.float32, device=v.device))
 
 
-_register("quantize_v_fp8(Tensor v, str layout, int pad_to) -> (Tensor, Tensor)", _check_v, ref.quantize_v_fp8,
-          _fake_v)
+_register("quantize_v_fp8(Tensor v, str layout, int pad_to, Tensor? v_amax=None) -> (Tensor, Tensor)", _check_v,
+          ref.quantize_v_fp8, _fake_v)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,10 +137,12 @@ def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, *, layout: str = "NHD", b
     return torch.ops.turbodiffusion.quantize_qk_int8(q, k, layout, blk_q, blk_k, float(q_scale_factor), k_mean)
 
 
-def quantize_v_fp8(v: torch.Tensor, *, layout: str = "NHD", pad_to: int = 128):
+def quantize_v_fp8(v: torch.Tensor, *, layout: str = "NHD", pad_to: int = 128, v_amax: torch.Tensor | None = None):
     """Per-channel FP8 E4M3 of v, transposed to [B, H, D, N_pad] with tokens permuted per 16-group
-    (reference.quant.V_TOKEN_PERM) and zero padding to a multiple of pad_to. Returns (v_fp8, v_scale [B, H, D])."""
-    return torch.ops.turbodiffusion.quantize_v_fp8(v, layout, pad_to)
+    (reference.quant.V_TOKEN_PERM) and zero padding to a multiple of pad_to. Returns (v_fp8, v_scale [B, H, D]).
+    v_amax: amax_N |v| as float32 [B, H, D] where the caller has it (sla_linear_state returns it): one pass
+    over v instead of two phases, else computed."""
+    return torch.ops.turbodiffusion.quantize_v_fp8(v, layout, pad_to, v_amax)
 
 
 def quantize_per_token_int8(x: torch.Tensor):
@@ -451,11 +455,12 @@ def _check_linear_state(k, v, proj_weight, layout):
 
 def _fake_linear_state(k, v, proj_weight, layout):
     b, h, _, d = C.bhnd(k, layout)
-    return torch.empty((b, h, d + SLA_LIN_PAD, d), dtype=torch.float16, device=k.device)
+    return (torch.empty((b, h, d + SLA_LIN_PAD, d), dtype=torch.float16, device=k.device),
+            torch.empty((b, h, d), dtype=torch.float32, device=k.device))
 
 
-_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) -> Tensor", _check_linear_state,
-          ref.sla_linear_state, _fake_linear_state)
+_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) -> (Tensor, Tensor)",
+          _check_linear_state, ref.sla_linear_state, _fake_linear_state)
 
 
 def _check_sparse_attn(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin, lin_bias, layout,
@@ -507,10 +512,13 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 
     return (lut, count, k_mean) if return_k_mean else (lut, count)
 
 
-def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD"):
+def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD",
+                     return_v_amax: bool = False):
     """SLA's linear branch over all keys folded with proj_l.weight W: float16 [B, H, D + 8, D] holding
-    (phi(k)^T v W^T)^T / Nk in rows < D and sum_N phi(k) / Nk in row D (phi = softmax over the head dim)."""
-    return torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
+    (phi(k)^T v W^T)^T / Nk in rows < D and sum_N phi(k) / Nk in row D (phi = softmax over the head dim);
+    with return_v_amax also amax_N |v| (float32 [B, H, D], read on the way; quantize_v_fp8 takes it)."""
+    lin, v_amax = torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
+    return (lin, v_amax) if return_v_amax else lin
 
 
 def attention_int8_fp8_sparse(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin=None,
@@ -561,8 +569,8 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
         lut, count, k_mean = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
     q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
                                                 q_scale_factor=scale * _LOG2E, k_mean=k_mean)
-    v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE)
-    lin = sla_linear_state(k, v, proj_weight, layout=layout)
+    lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+    v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax)  # (one pass with the amax)
     out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)
     return (out, lse) if return_lse else out
 

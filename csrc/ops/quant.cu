@@ -102,26 +102,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, const std::string& layout,
-                                                       int64_t pad_to) {
+                                                       int64_t pad_to, const std::optional<at::Tensor>& v_amax) {
   check_layout(layout);
   const BHND s = check_attention_tensor(v, "v", layout, v.device());
   TORCH_CHECK_VALUE(pad_to > 0 && pad_to % 16 == 0,
                     "pad_to: expected a positive multiple of 16 (the token-permutation group), got ", num(pad_to));
   check_vector_aligned(v, "v");
+  if (v_amax) check_f32(*v_amax, "v_amax", {s.b, s.h, s.d}, v.device());
   const c10::cuda::CUDAGuard guard(v.device());
   const int64_t n_pad = (s.n + pad_to - 1) / pad_to * pad_to;
   const int64_t slices = s.b * s.h;
   at::Tensor v_fp8 = at::empty({s.b, s.h, s.d, n_pad}, v.options().dtype(at::kFloat8_e4m3fn));
   at::Tensor v_scale = at::empty({s.b, s.h, s.d}, v.options().dtype(at::kFloat));
-  at::Tensor workspace = at::zeros({slices * (quant::kReplicas * s.d + 1)}, v.options().dtype(at::kFloat));
+  at::Tensor workspace =
+      v_amax ? at::Tensor() : at::zeros({slices * (quant::kReplicas * s.d + 1)}, v.options().dtype(at::kFloat));
 
   QuantVParams p{};
   p.v = v.data_ptr();
   p.in = slice_view(v, layout, s.h);
   p.v_fp8 = reinterpret_cast<uint8_t*>(v_fp8.data_ptr());
   p.scale = v_scale.data_ptr<float>();
-  p.workspace = workspace.data_ptr<float>();
-  p.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * s.d);
+  if (v_amax) {
+    p.amax = v_amax->data_ptr<float>();  // one pass
+  } else {
+    p.workspace = workspace.data_ptr<float>();
+    p.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * s.d);
+  }
   p.slices = static_cast<int>(slices);
   p.n = s.n;
   p.n_pad = n_pad;

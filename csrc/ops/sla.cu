@@ -101,8 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   return {lut, count, k_mean};
 }
 
-at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tensor& proj_weight,
-                                 const std::string& layout) {
+std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
+                                                          const at::Tensor& proj_weight, const std::string& layout) {
   const auto [sk, sv] = check_pair(k, "k", v, "v", layout);
   TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected shape ", dims_str(k.sizes()), " (like k), got ",
                     dims_str(v.sizes()));
@@ -123,20 +123,23 @@ at::Tensor sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v, const
   const int64_t per_split = std::max<int64_t>(sla::kLinMinTiles, (tiles + target - 1) / target);
   const int64_t splits = (tiles + per_split - 1) / per_split;
   at::Tensor lin = at::empty({sk.b, sk.h, sk.d + 8, sk.d}, k.options().dtype(at::kHalf));
-  at::Tensor partial = at::empty({sk.b * sk.h * splits * sk.d * (sk.d + 8)}, k.options().dtype(at::kFloat));
+  at::Tensor partial = at::empty({sk.b * sk.h * splits * sk.d * (sk.d + 9)}, k.options().dtype(at::kFloat));
+  at::Tensor v_amax = at::empty({sk.b, sk.h, sk.d}, k.options().dtype(at::kFloat));
   SlaLinearParams p{};
   p.k = view_of(k, sk, layout);
   p.v = view_of(v, sv, layout);
   p.heads = static_cast<int>(sk.h);
+  p.slices = static_cast<int>(sk.b * sk.h);
   p.splits = static_cast<int>(splits);
   p.tiles_per_split = static_cast<int>(per_split);
   p.partial = partial.data_ptr<float>();
   p.proj_weight = proj_weight.data_ptr<float>();
   p.lin = reinterpret_cast<uint16_t*>(lin.data_ptr());
+  p.v_amax = v_amax.data_ptr<float>();
   p.bf16 = k.scalar_type() == c10::kBFloat16;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   TD_DISPATCH_HEAD_DIM(sk.d, D, [&] { launch_sla_linear_state<D>(p, static_cast<int>(sk.b), stream); });
-  return lin;
+  return {lin, v_amax};
 }
 
 }  // namespace td

@@ -88,16 +88,17 @@ def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, layout: str, blk_q: int, 
     return _from_bhnd(q_i8, layout), q_s, _from_bhnd(k_i8, layout), k_s, k_mean
 
 
-def quantize_v_fp8(v: torch.Tensor, layout: str, pad_to: int):
+def quantize_v_fp8(v: torch.Tensor, layout: str, pad_to: int, v_amax: torch.Tensor | None = None):
     """FP8 E4M3 of v with one scale per (b, h, channel), transposed for the PV product.
 
     Returns (v_fp8 [B, H, D, N_pad] float8_e4m3fn, v_scale [B, H, D] float32) where
     N_pad = roundup(N, pad_to), tokens past N are 0, and tokens are reordered inside every 16-token
-    group by V_TOKEN_PERM (position p holds token V_TOKEN_PERM[p]).
+    group by V_TOKEN_PERM (position p holds token V_TOKEN_PERM[p]). v_amax: the given amax_N |v| [B, H, D]
+    instead of the computed one.
     """
     v32 = _to_bhnd(v, layout).float()
     b, h, n, d = v32.shape
-    amax = v32.abs().amax(dim=2)
+    amax = v32.abs().amax(dim=2) if v_amax is None else v_amax
     # E4M3 rounding to nearest even of the saturated product (cvt.rn.satfinite in the kernel).
     vq = _scaled(v32, amax[:, :, None, :], FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     n_pad = (n + pad_to - 1) // pad_to * pad_to

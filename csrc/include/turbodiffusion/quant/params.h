@@ -40,8 +40,9 @@ struct QuantVParams {
   SliceView in;
   uint8_t* v_fp8;         // [B*H, D, n_pad] E4M3 codes
   float* scale;           // [B*H, D]
-  float* workspace;       // [B*H, kReplicas, D] zero-initialised running amax
-  unsigned* arrived;      // [B*H] zero-initialised barrier counters
+  const float* amax;      // given amax_N |v| [B*H, D] (single pass), or nullptr (computed: two phases)
+  float* workspace;       // two phases: [B*H, kReplicas, D] zero-initialised running amax
+  unsigned* arrived;      // two phases: [B*H] zero-initialised barrier counters
   int slices;
   int64_t n, n_pad;
 };

@@ -7,6 +7,8 @@
 //      n8 block with an all-ones B operand accumulates z = sum phi(k) in the same MMAs.
 //   2. sla_linear_fold_kernel: sums the chunks (fixed order: deterministic) and folds proj_l's weight:
 //      lin[c][d] = sum_e W[c][e] H[d][e] / nk, lin[D][d] = z[d] / nk, rows D+1..D+7 = 0, as fp16.
+// On the way, amax_N |v| per channel (each chunk's, then their maximum: exact in any order), which
+// sage_sla hands to quantize_v_fp8 so that V's quantization is one pass.
 // Numerics: phi(k) is rounded to bf16/fp16 (like v) before its MMA: relative error 2^-9 (bf16) per
 // element, random in sign, averaged over N tokens. Dividing by nk bounds every lin entry by max|v W^T|
 // (rows of phi(k) sum to 1), which fp16 holds unless v W^T itself passes 65504.
@@ -38,8 +40,9 @@ __device__ __forceinline__ int swz(int row, int col) {
 
 }  // namespace sla_detail
 
+// (Two CTAs per SM at D = 128 need <= 128 registers: the bound keeps ptxas there.)
 template <int D, bool kBf16>
-__global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const SlaLinearParams p) {
+__global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(const SlaLinearParams p) {
   using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
   using sla_detail::swz;
   constexpr int kWarps = D / 16, kThreads = 32 * kWarps, BN = sla::kLinTile, CH = D / 8, NB = D / 8 + 1;
@@ -52,6 +55,12 @@ __global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const
   constexpr uint32_t kOnes = kBf16 ? 0x3F803F80u : 0x3C003C00u;
   __shared__ __align__(128) T sK[2][BN * D];
   __shared__ __align__(128) T sV[2][BN * D];
+  // The running |v| maxima of the 16-byte chunks a thread loads (its chunk column c = tid % CH, 8 channels
+  // as 4 packed pairs), kept in shared memory between tiles: the kernel sits at 128 registers, two CTAs per
+  // SM, so no loop-carried registers are added.
+  using T2 = std::conditional_t<kBf16, __nv_bfloat162, __half2>;
+  static_assert(kThreads % CH == 0 && kThreads >= D, "a fixed chunk column per thread; a thread per channel");
+  __shared__ __align__(16) uint4 sAmax[kThreads];
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
@@ -76,6 +85,7 @@ __global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const
   float acc[NB][4];
 #pragma unroll
   for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  sAmax[tid] = make_uint4(0u, 0u, 0u, 0u);  // (+0: padded tokens are zero-filled, so they never raise it)
   if (tile0 < tile_end) load(tile0, 0);
   cp_async_commit();
   for (int64_t tile = tile0; tile < tile_end; ++tile) {
@@ -84,6 +94,20 @@ __global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
+
+    {  // |v| maxima of this thread's chunks (before phi(k) below; v is not rewritten)
+      uint4 mx = sAmax[tid];
+      T2* m2 = reinterpret_cast<T2*>(&mx);
+#pragma unroll
+      for (int it = 0; it < BN * CH / kThreads; ++it) {
+        const int i = tid + it * kThreads;
+        uint4 x = *reinterpret_cast<const uint4*>(&sV[st][swz<D>(i / CH, 8 * (i % CH))]);
+        const T2* x2 = reinterpret_cast<const T2*>(&x);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) m2[e] = __hmax2(m2[e], __habs2(x2[e]));
+      }
+      sAmax[tid] = mx;
+    }
 
     // phi(k) in place: a warp per token row, kElems consecutive channels per lane (within one chunk); each
     // warp takes its kRowsPerWarp rows together, so their shuffle reductions overlap instead of queueing.
@@ -145,6 +169,14 @@ __global__ void __launch_bounds__(32 * (D / 16)) sla_linear_partial_kernel(const
     __syncthreads();  // the stage is refilled two iterations on
   }
 
+  // The chunk's amax |v| per channel: thread c < D takes the maxima of the threads that loaded chunk
+  // column c / 8 (sAmax is final: the loop ended on a barrier).
+  if (tid < D) {
+    float m = 0.f;
+    for (int th = tid / 8; th < kThreads; th += CH)
+      m = fmaxf(m, to_float(reinterpret_cast<const T*>(&sAmax[th])[tid % 8]));
+    p.partial[int64_t(p.slices) * p.splits * D * (D + 8) + (slice * p.splits + blockIdx.x) * D + tid] = m;
+  }
   // Partial [D, D + 8]: accumulator element e of block j is row 16 warp + g + 8 (e / 2), column 8 j + 2 t + e % 2.
   float* out = p.partial + (slice * p.splits + blockIdx.x) * D * (D + 8);
 #pragma unroll
@@ -191,6 +223,12 @@ __global__ void __launch_bounds__(D) sla_linear_fold_kernel(const SlaLinearParam
 #pragma unroll
     for (int r = 0; r < RD; ++r)
       lin[(D + c) * D + d0 + r] = __half_as_ushort(__float2half_rn(c == 0 ? hs[r][D] / nk : 0.f));
+  if (blockIdx.x == 0) {  // amax_N |v| of channel c: the maximum over the chunks
+    const float* chunk_amax = p.partial + int64_t(p.slices) * p.splits * D * (D + 8) + slice * p.splits * D + c;
+    float m = 0.f;
+    for (int sp = 0; sp < p.splits; ++sp) m = fmaxf(m, chunk_amax[sp * D]);
+    p.v_amax[slice * D + c] = m;
+  }
 }
 
 // Co-resident CTAs of the partial kernel on the current device (the launcher sizes the N split by it).
