@@ -103,19 +103,6 @@ def test_quantize_qk_int8_given_k_mean(device, case, layout):
         assert torch.equal(own[i], again[i]), f"{msg}: output {i}"
 
 
-def test_quantize_qk_int8_bad_k_mean(device):
-    q = attention_inputs(1, 2, 40, 64, "NHD", torch.float16, device=device)
-    good = torch.zeros(1, 2, 64, device=device)
-    bads = [(good.double(), "float32"), (good[:, :1], "shape"), (torch.zeros(1, 4, 64, device=device)[:, ::2],
-                                                                "contiguous")]
-    if device != "cpu":
-        bads.append((good.cpu(), "tensor on"))
-    for bad, words in bads:
-        with pytest.raises((TypeError, ValueError), match="k_mean") as e:
-            ops.quantize_qk_int8(q, q, k_mean=bad)
-        assert words in str(e.value), str(e.value)
-
-
 def test_quantize_qk_int8_zero_blocks(device):
     q = torch.zeros(1, 40, 2, 64, dtype=torch.float16, device=device)
     q[:, 20:] = 1.5
@@ -186,16 +173,19 @@ def test_quantize_v_fp8_given_amax(device, case, layout):
     assert torch.equal(own[0].view(torch.uint8), again[0].view(torch.uint8)) and torch.equal(own[1], again[1]), msg
 
 
-def test_quantize_v_fp8_bad_v_amax(device):
-    v = attention_inputs(1, 2, 40, 64, "NHD", torch.float16, device=device)
+@pytest.mark.parametrize("name", ["k_mean", "v_amax"])
+def test_quantize_given_statistic_is_checked(device, name):
+    x = attention_inputs(1, 2, 40, 64, "NHD", torch.float16, device=device)
+    call = {"k_mean": lambda t: ops.quantize_qk_int8(x, x, k_mean=t),
+            "v_amax": lambda t: ops.quantize_v_fp8(x, v_amax=t)}[name]
     good = torch.zeros(1, 2, 64, device=device)
     bads = [(good.double(), "float32"), (good[:, :1], "shape"), (torch.zeros(1, 4, 64, device=device)[:, ::2],
                                                                 "contiguous")]
     if device != "cpu":
         bads.append((good.cpu(), "tensor on"))
     for bad, words in bads:
-        with pytest.raises((TypeError, ValueError), match="v_amax") as e:
-            ops.quantize_v_fp8(v, v_amax=bad)
+        with pytest.raises((TypeError, ValueError), match=name) as e:
+            call(bad)
         assert words in str(e.value), str(e.value)
 
 
