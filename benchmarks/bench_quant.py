@@ -31,6 +31,12 @@ def run(out_dir: str) -> list[Row]:
         rows.append(_row("quantize_qk_int8 (q and k)", tag, ms, 2 * quant_bytes(elems), copy_gbs))
         ms = time_ms(lambda q, k: ops.quantize_v_fp8(k), sets)
         rows.append(_row("quantize_v_fp8", tag, ms, quant_bytes(elems), copy_gbs))
+        # With the statistics given (as sage_sla has them from its block map and linear branch): one pass.
+        sets = [(q, k, k.float().mean(1), k.float().abs().amax(1)) for q, k in sets]
+        ms = time_ms(lambda q, k, km, va: ops.quantize_qk_int8(q, k, blk_q=64, blk_k=128, k_mean=km), sets)
+        rows.append(_row("quantize_qk_int8 (q and k), k_mean given", tag, ms, 2 * quant_bytes(elems), copy_gbs))
+        ms = time_ms(lambda q, k, km, va: ops.quantize_v_fp8(k, v_amax=va), sets)
+        rows.append(_row("quantize_v_fp8, v_amax given", tag, ms, quant_bytes(elems), copy_gbs))
         del sets
     for m, k in sorted({(m, k) for m, k, _ in GEMM_SHAPES}):
         sets = [(torch.randn(m, k, dtype=torch.bfloat16, device="cuda"),)
