@@ -28,7 +28,8 @@ using VTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>
 // Codes of the staged tile (inv: 448 / amax of the thread's 8 channels) written transposed and permuted
 // to out (the slice's [D, n_pad] rows). Every thread of the CTA. `stage` (the tile's own buffer, once
 // every thread has read its input vectors) holds the codes token-major: written with 8-byte stores along
-// channels, read as 4-channel words of 4 tokens at a time (below).
+// channels, read byte-wise along tokens by consecutive lanes on consecutive channels (conflict-free both
+// ways).
 template <typename T, int D>
 __device__ void store_v_tile_fp8(const VTile<T, D>& t, const float (&inv)[8], uint8_t* stage, uint8_t* out,
                                  int tile, int64_t n_pad) {
@@ -47,34 +48,30 @@ __device__ void store_v_tile_fp8(const VTile<T, D>& t, const float (&inv)[8], ui
   for (int i = 0; i < Tile::VECS; ++i)
     *reinterpret_cast<uint2*>(&stage[(t.row0 + i * Tile::STEP) * D + t.col]) = codes[i];
   __syncthreads();
-  // Each unit is 4 channels x one 16-token group: output positions 4k..4k+3 are tokens {2k, 2k+1, 8+2k,
-  // 9+2k} (v_perm), so the unit reads those 4 token rows' 4-byte channel words (lanes on consecutive channel
-  // words of one row: conflict-free), turns each 4 x 4 block of bytes around with byte permutes, and writes
-  // one 16-byte run per channel. (It replaced one byte load per element: the single-pass kernel, whose
-  // stores are the rest of its work, was bound by them.)
+  // Each unit is one channel x 32 output positions (two permuted 16-token groups): a 32-byte
+  // contiguous run of the output row, i.e. one full sector.
   const int64_t row_base = int64_t(tile) * ROWS;
-  for (int u = threadIdx.x; u < (D / 4) * (ROWS / 16); u += quant::kTileThreads) {
-    const int cw = u % (D / 4), group = u / (D / 4);  // channels 4 cw .. 4 cw + 3, tokens 16 group ..
-    const int64_t pos0 = row_base + group * 16;
-    if (pos0 >= n_pad) continue;
-    const uint8_t* rows = stage + group * 16 * D + 4 * cw;
-    uint32_t w[4][4];  // [channel][word k]
+  for (int u = threadIdx.x; u < D * (ROWS / 32); u += quant::kTileThreads) {
+    const int c = u % D, pair = u / D;
+    const uint8_t* column = stage + pair * 32 * D + c;  // token 0 of the pair, channel c
+    uint32_t w[8];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint32_t a = *reinterpret_cast<const uint32_t*>(rows + (2 * k) * D);  // token 2k, 4 channels
-      const uint32_t b = *reinterpret_cast<const uint32_t*>(rows + (2 * k + 1) * D);
-      const uint32_t c = *reinterpret_cast<const uint32_t*>(rows + (8 + 2 * k) * D);
-      const uint32_t d = *reinterpret_cast<const uint32_t*>(rows + (9 + 2 * k) * D);
-      const uint32_t ab_lo = __byte_perm(a, b, 0x5140), ab_hi = __byte_perm(a, b, 0x7362);  // a0 b0 a1 b1, a2 b2 a3 b3
-      const uint32_t cd_lo = __byte_perm(c, d, 0x5140), cd_hi = __byte_perm(c, d, 0x7362);
-      w[0][k] = __byte_perm(ab_lo, cd_lo, 0x5410);  // a0 b0 c0 d0: channel 0 at positions 4k..4k+3
-      w[1][k] = __byte_perm(ab_lo, cd_lo, 0x7632);
-      w[2][k] = __byte_perm(ab_hi, cd_hi, 0x5410);
-      w[3][k] = __byte_perm(ab_hi, cd_hi, 0x7632);
+    for (int q = 0; q < 8; ++q) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int pos = 4 * q + b;  // 0..31 within the pair; compile-time offsets below
+        word |= uint32_t(column[((pos / 16) * 16 + v_perm(pos % 16)) * D]) << (8 * b);
+      }
+      w[q] = word;
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      *reinterpret_cast<uint4*>(out + int64_t(4 * cw + j) * n_pad + pos0) = make_uint4(w[j][0], w[j][1], w[j][2], w[j][3]);
+    for (int half = 0; half < 2; ++half) {
+      const int64_t pos0 = row_base + pair * 32 + half * 16;
+      if (pos0 < n_pad)
+        *reinterpret_cast<uint4*>(out + int64_t(c) * n_pad + pos0) =
+            make_uint4(w[4 * half], w[4 * half + 1], w[4 * half + 2], w[4 * half + 3]);
+    }
   }
   __syncthreads();  // stage is reused by the next tile
 }
