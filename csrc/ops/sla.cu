@@ -83,9 +83,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   p.mk = static_cast<int>(mk);
   p.kept = static_cast<int>(kept);
   p.rows_per_cta = rows;
-  // A second pooled-k tile hides the staging latency (H100, 14B-720p 64x64: scores + top-k 1.71 vs 2.05 ms,
-  // one CTA per SM either way), but where it costs a CTA per SM it was slower (64x128: 0.99 vs 0.76 ms,
-  // the score rows of 591 key blocks let two one-buffer CTAs share an SM).
+  // A second pooled-k tile hides the staging latency (H100, 14B-720p 64x64: scores + top-k 1.87 vs 2.05 ms,
+  // one CTA per SM either way), but where it costs a CTA per SM it was slower (14B 64x128: 0.99 vs 0.76 ms,
+  // the score rows of 591 key blocks let two one-buffer CTAs share an SM; docs/sla.md).
   auto ctas_per_sm = [&](int bufs) {
     return prop->sharedMemPerMultiprocessor / (sla_score_smem_bytes(d, rows, mk_i, bufs) + prop->reservedSharedMemPerBlock);
   };

@@ -24,8 +24,8 @@ struct QuantQKParams {
   SliceView out;
   float* scale;           // [B*H, num_blocks]
   float* mean;            // k only: [B*H, D] the mean of k: written (two-phase kernel) or given (single pass)
-  float* workspace;       // k only: [B*H, kReplicas, D] zero-initialised running sums
-  unsigned* arrived;      // k only: [B*H] zero-initialised barrier counters
+  float* workspace;       // k, two phases: [B*H, kReplicas, D] zero-initialised running sums
+  unsigned* arrived;      // k, two phases: [B*H] zero-initialised barrier counters
   int slices;             // B*H
   int64_t n;              // tokens
   int blk;                // tokens per scale (a power of two)
