@@ -87,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   // one CTA per SM either way), but where it costs a CTA per SM it was slower (14B 64x128: 0.99 vs 0.76 ms,
   // the score rows of 591 key blocks let two one-buffer CTAs share an SM; docs/sla.md).
   auto ctas_per_sm = [&](int bufs) {
-    return prop->sharedMemPerMultiprocessor / (sla_score_smem_bytes(d, rows, mk_i, bufs) + prop->reservedSharedMemPerBlock);
+    return prop->sharedMemPerMultiprocessor /
+           (sla_score_smem_bytes(d, rows, mk_i, bufs) + prop->reservedSharedMemPerBlock);
   };
   p.key_bufs = sla_score_smem_bytes(d, rows, mk_i, 2) <= max_smem && ctas_per_sm(2) >= ctas_per_sm(1) ? 2 : 1;
   p.q_sums = q_sums.data_ptr<float>();
