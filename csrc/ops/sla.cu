@@ -86,11 +86,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   // A second pooled-k tile hides the staging latency (H100, 14B-720p 64x64: scores + top-k 1.87 vs 2.05 ms,
   // one CTA per SM either way), but where it costs a CTA per SM it was slower (14B 64x128: 0.99 vs 0.76 ms,
   // the score rows of 591 key blocks let two one-buffer CTAs share an SM; docs/sla.md).
-  auto ctas_per_sm = [&](int bufs) {
+  auto score_ctas_per_sm = [&](int bufs) {  // CTAs per SM by shared memory
     return prop->sharedMemPerMultiprocessor /
            (sla_score_smem_bytes(d, rows, mk_i, bufs) + prop->reservedSharedMemPerBlock);
   };
-  p.key_bufs = sla_score_smem_bytes(d, rows, mk_i, 2) <= max_smem && ctas_per_sm(2) >= ctas_per_sm(1) ? 2 : 1;
+  const bool two_fit = sla_score_smem_bytes(d, rows, mk_i, 2) <= max_smem;
+  p.key_bufs = two_fit && score_ctas_per_sm(2) >= score_ctas_per_sm(1) ? 2 : 1;
   p.q_sums = q_sums.data_ptr<float>();
   p.k_sums = k_sums.data_ptr<float>();
   p.k_mean = k_mean.data_ptr<float>();
