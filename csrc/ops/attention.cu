@@ -41,7 +41,7 @@ BHND check_quantized_attention_tensor(const at::Tensor& t, const char* name, con
 struct QuantizedAttention {
   AttnInt8Fp8Params p{};
   at::Tensor out, lse;
-  at::Tensor lin_frag;  // sparse with SLA's linear state: lin in B-fragment order (kept alive to the launch)
+  at::Tensor lin_frag;  // sparse with SLA's linear state: lin in the kernel's layout (kept alive to the launch)
   BHND sq, sk;
 };
 
@@ -172,7 +172,7 @@ Sm90TensorMaps sm90_tensor_maps(const QuantizedAttention& a, const at::Tensor& q
 // in a.p. Block sizes must be multiples of the kernel's units (its CTA rows, its KV tile).
 void set_sparse_args(QuantizedAttention& a, const at::Tensor& lut, const at::Tensor& count,
                      const std::optional<at::Tensor>& lin, const std::optional<at::Tensor>& lin_bias, int64_t blkq,
-                     int64_t blkk, int64_t unit_q, int64_t unit_k) {
+                     int64_t blkk, int64_t unit_q, int64_t unit_k, bool wgmma_lin) {
   const c10::Device device = lut.device();
   for (auto [name, blk, unit] : {std::tuple<const char*, int64_t, int64_t>{"blkq", blkq, unit_q}, {"blkk", blkk, unit_k}})
     TORCH_CHECK_VALUE(blk > 0 && blk % unit == 0 && blk <= 1024, name, ": expected a positive multiple of ", num(unit),
@@ -212,10 +212,10 @@ void set_sparse_args(QuantizedAttention& a, const at::Tensor& lut, const at::Ten
                       "at element offset ", num(lin->storage_offset()));
     check_f32(*lin_bias, "lin_bias", {sq.d}, device);
     TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
-      a.lin_frag = at::empty({sq.b * sq.h * sla_detail::LinFragments<D>::kPerSlice * 4}, lin->options().dtype(c10::kInt));
-      sla_detail::launch_lin_fragments<D>(reinterpret_cast<const __half*>(lin->data_ptr()),
-                                          reinterpret_cast<uint4*>(a.lin_frag.data_ptr()), sq.b * sq.h,
-                                          at::cuda::getCurrentCUDAStream());
+      a.lin_frag = at::empty({sq.b * sq.h * sla_detail::LinWgmma<D>::kBytes / 4}, lin->options().dtype(c10::kInt));
+      sla_detail::launch_lin_layout<D>(reinterpret_cast<const __half*>(lin->data_ptr()),
+                                       reinterpret_cast<uint4*>(a.lin_frag.data_ptr()), sq.b * sq.h, wgmma_lin,
+                                       at::cuda::getCurrentCUDAStream());
     });
     p.lin_frag = reinterpret_cast<const uint4*>(a.lin_frag.data_ptr());
     p.lin_bias = lin_bias->data_ptr<float>();
@@ -275,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention(
   QuantizedAttention a =
       prepare_quantized_attention(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale);
   const c10::cuda::CUDAGuard guard(q.device());
-  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, attn::kKvTile);
+  set_sparse_args(a, lut, count, lin, lin_bias, blkq, blkk, 64, attn::kKvTile, kSm90);
   return launch_quantized_attention<kSm90, true>(a, op, q_int8, k_int8, v_fp8, layout);
 }
 

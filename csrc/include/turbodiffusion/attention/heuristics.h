@@ -66,8 +66,8 @@ struct MmaAttnConfig {
 //         D = 128: three consumer groups per CTA (192 rows, 160 registers, the dense D 128 kernel's serial
 //         schedule), each walking its own query block's LUT row through its own ring (kGroupRings; one
 //         CTA per SM): 64-key tiles 3 rings x 3 x 16 KB + Q 24 KB + the SLA linear-term fragments 35 KB =
-//         203 KB; 128-key tiles 3 x 2 x 32 KB + Q 24 KB = 216 KB, the lin fragments then read from L2 in
-//         the epilogue (kLinInSmem off). Measured on the H100 (2026-11-27) against one group per CTA and
+//         203 KB; 128-key tiles 3 x 2 x 32 KB + Q 24 KB = 216 KB, lin then copied into each ring's
+//         slots after its group's walk (kLinInSmem off). Measured on the H100 (2026-11-27) against one group per CTA and
 //         two CTAs per SM (232 registers, overlapped schedule): SageSLA 64x64 sparse stage 1.3B-480p
 //         1.32 / 1.33 vs 1.43 / 1.42 ms, 14B-720p 20.3 / 20.3 vs 21.5 / 21.4 ms (same machine start, two
 //         rounds); 64x128 (bench_sla, same machine, consecutive calls) 1.18 vs 1.22 ms and 19.2 vs 19.9 ms.
@@ -91,8 +91,9 @@ struct Sm90AttnConfig {
   static constexpr int kRowsPerCta = 64 * kConsumers;
   static constexpr int kBN = BN;
   static constexpr int kSlots = kSparse && BN == 128 ? 2 : 3;
-  // Sparse: the slice's SLA linear-term fragments staged in shared memory once per CTA (35 KB at D 128),
-  // except where three rings of 128-key slots leave no room (the epilogue then reads them from L2).
+  // Sparse: the slice's SLA lin (the linear term's wgmma B operand) staged in shared memory once per CTA
+  // (35 KB at D 128), except where three rings of 128-key slots leave no room (then each ring's producer
+  // copies it into the ring's slots once its group's walk is done).
   static constexpr bool kLinInSmem = kSparse && !(kGroupRings && BN == 128);
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kSparse ? 232 : 240;

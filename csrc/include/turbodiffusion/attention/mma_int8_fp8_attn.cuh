@@ -52,7 +52,7 @@ __device__ __forceinline__ int chunk_offset(int row, int chunk) {
 }  // namespace mma_attn
 
 // TD_SPILL_OK(mma_int8_fp8_attn_kernel): at D = 128, ptxas (nvcc 13.0) uses all 255 registers and
-// spills a few loop-carried scalars (L1-resident): 40 bytes dense / 8-32 bytes block-sparse on sm_90a and
+// spills a few loop-carried scalars (L1-resident): 40 bytes dense / 8-48 bytes block-sparse on sm_90a and
 // sm_120a since the softmax got a separate tail-tile variant (softmax_fp8.cuh; it was 8-16 bytes before,
 // and the kernel got faster: 0.42x -> 0.50x cuDNN on the H100). A 168-register cap (3 CTAs per SM)
 // spilled 68-100 bytes. Removing it needs a leaner fragment schedule (to do).
@@ -194,9 +194,9 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
     __syncthreads();  // every warp is done with `stage` before the next iteration refills it
   }
 
-  attn::store_warp_rows<D, kSparse>(
-      p, slice, b, h, row0, o, m, l,
-      p.lin_frag ? p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice : nullptr);
+  sla_detail::LinFragmentsB<D> lin_b;
+  if (p.lin_frag) lin_b.frag = p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice;
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, lin_b);
 }
 
 // Host launcher: one CTA per (rows-per-CTA query rows, head, batch), on `stream`.

@@ -35,8 +35,8 @@ struct AttnInt8Fp8Params {
   // optionally SLA's folded linear branch added in the epilogue.
   const int32_t* lut;       // [B*H, sparse_q_blocks, lut_width] key-block indices
   const int32_t* count;     // [B*H, sparse_q_blocks] entries of each LUT row to use
-  const uint4* lin_frag;    // sla_linear_state's [B*H, D + 8, D] fp16 in mma B-fragment order
-                            // (sla_detail::lin_fragments_kernel), or nullptr
+  const uint4* lin_frag;    // sla_linear_state's [B*H, D + 8, D] fp16 in the kernel's layout (mma.sync:
+                            // sla_detail::LinFragments, sm90: sla_detail::LinWgmma), or nullptr
   const float* lin_bias;    // [D] proj_l bias (with lin)
   int lut_width, sparse_q_blocks;
   int blkq, blkk;           // multiples of the CTA's query rows and of the KV tile

@@ -8,7 +8,8 @@
 // sparse: 3 at D 128, each walking its own query block, 1 at D 64 with two CTAs per SM; heuristics.h
 // Sm90AttnConfig says why), one CTA per (query rows, head, batch):
 //   warpgroup 0: producer. TMA loads: the CTA's Q tiles once (sparse with SLA's linear term: also a
-//                bulk copy of the slice's lin fragments, lin_full, unless kLinInSmem is off), then K
+//                bulk copy of the slice's lin, lin_full; without kLinInSmem each ring's producer copies
+//                it into the ring's emptied slots once its group has released the last tile), then K
 //                and V tiles into ring slots (full: bytes landed and K scales staged; empty: the
 //                ring's consumer warps are done), plus each tile's K scales staged in shared memory
 //                (sparse: also the tile's index, and -1 in the slot after the last: the consumers
@@ -57,6 +58,58 @@ struct SlotScales {
   __device__ __forceinline__ float operator[](int j) const { return __fmul_rn(qs, ks[j]); }
 };
 
+// SLA's lin in shared memory (sla_detail::LinWgmma layout: D / 64 column halves of D + 8 rows of 128 bytes,
+// each 1024-aligned): the B operand of the linear term's wgmmas for store_warp_rows (A = e, registers).
+// The whole warpgroup runs them. `full`: the barrier that says lin has landed.
+template <int D>
+struct LinWgmmaB {
+  static constexpr int kSteps = D / 16;
+  const uint8_t* half[D / 64] = {};
+  uint64_t* full = nullptr;  // (nullptr: no linear term)
+  __device__ __forceinline__ bool active() const { return full != nullptr; }
+  // K-major descriptor of k16 step s (32 bytes of a half's 128-byte rows) from row `row` on.
+  __device__ __forceinline__ uint64_t desc(int s, int row) const {
+    return sm90::desc_advance(sm90::kmajor_desc<128>(half[s / 4] + row * 128), 32 * (s % 4));
+  }
+  // c = e . zeta (rows D..D+7: an m64n8 accumulator, laid out like mma.sync's C fragment).
+  __device__ __forceinline__ void zeta(const uint32_t (&a)[kSteps][4], float (&c)[4]) const {
+    sm90::mbar_wait(full, 0);
+    float d[1][4];
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      if (s == 0) sm90::wgmma_m64n8k16_f16_rs<false>(d, a[s], desc(s, D));
+      else sm90::wgmma_m64n8k16_f16_rs<true>(d, a[s], desc(s, D));
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    sm90::fence_operands(d);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c[e] = d[0][e];
+  }
+  // o += e . G (rows 0..D-1), 64 columns at a time through a fresh accumulator (wgmma accumulating into O
+  // itself made ptxas serialize every wgmma of the kernel at 160 registers: C7512).
+  __device__ __forceinline__ void accumulate(const uint32_t (&a)[kSteps][4], float (&o)[D / 8][4]) const {
+#pragma unroll
+    for (int hn = 0; hn < D / 64; ++hn) {
+      float y[8][4];
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        if (s == 0) sm90::wgmma_m64n64k16_f16_rs<false>(y, a[s], desc(s, 64 * hn));
+        else sm90::wgmma_m64n64k16_f16_rs<true>(y, a[s], desc(s, 64 * hn));
+      }
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(y);
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[8 * hn + n][e] += y[n][e];
+    }
+  }
+};
+
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
 // swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kRings rings of
 // kSlots K/V slots: one read by every consumer group, or one per group (kGroupRings).
@@ -67,22 +120,23 @@ struct alignas(1024) Smem {
   uint8_t q[Cfg::kConsumers][64 * D];   // [row][channel], one 64-row tile per group
   uint8_t k[R][S][Cfg::kBN * D];        // [key][channel]
   uint8_t v[R][S][D * Cfg::kBN];        // [channel][token] (quantize_v_fp8's layout)
+  // Sparse: the slice's SLA lin (p.lin_frag, sla_detail::LinWgmma layout, 35 KB at D = 128), the B operand
+  // of every group's linear-term wgmmas (without kLinInSmem each ring's emptied K and V slots take it).
+  alignas(1024) uint4 lin[Cfg::kLinInSmem ? sla_detail::LinWgmma<D>::kBytes / 16 : 1];
   float k_scale[R][S][Cfg::kBN / attn::kBlkK];  // the K tile's scales
   int tile[R][S];  // sparse: the slot's KV tile (position in units of kBN keys), -1 past the walk
-  // Sparse: the slice's SLA linear-term fragments (p.lin_frag), read by every warp's epilogue (loaded
-  // once per CTA instead of once per warp from L2: 35 KB at D = 128).
-  uint4 lin[Cfg::kLinInSmem ? sla_detail::LinFragments<D>::kPerSlice : 1];
   uint64_t q_full;
-  uint64_t lin_full;
+  uint64_t lin_full[R];  // lin landed (kLinInSmem: [0], loaded with Q; else per ring after its walk)
   uint64_t full[R][S];
   uint64_t empty[R][S];
 };
 
 }  // namespace sm90_attn
 
-// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): three consumer groups per CTA at 160 registers; with
-// 128-key tiles (S is 64 registers) ptxas (nvcc 13.0) keeps three values in local memory (12 B stored and
-// loaded, L1-resident); with 64-key tiles nothing spills.
+// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): three consumer groups per CTA at 160 registers. In the
+// tile loop ptxas (nvcc 13.0) keeps one value in local memory with 128-key tiles (a 4-byte store and load
+// per tile, L1-resident), none with 64-key tiles; the SLA epilogue (q pairs, e fragments and O live at
+// once, once per group) spills 32-124 B, also L1-resident.
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
 // registers, keeps one or two values in local memory (4-8 B, one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
@@ -118,7 +172,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
-    mbar_init(&sm.lin_full, 1);
+#pragma unroll
+    for (int r = 0; r < Cfg::kRings; ++r) mbar_init(&sm.lin_full[r], 1);
 #pragma unroll
     for (int r = 0; r < Cfg::kRings; ++r)
 #pragma unroll
@@ -142,6 +197,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     // for ring r in one loop (count 1), warp 0's lane 0 loads Q first. (The one-ring kernels keep two
     // loops: the combined loop made the dense D 64 kernel 7% slower on the H100, 2026-11-27.)
     // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.
+    using Lin = sla_detail::LinWgmma<D>;
+    const uint4* lin_g = p.lin_frag ? p.lin_frag + slice * (Lin::kBytes / 16) : nullptr;
     auto load_rows = [&](const CUtensorMap* map, void* dst, uint64_t* bar, int row) {
       if (tma_nhd) tma_load_4d(dst, map, bar, 0, h, row, b);
       else tma_load_4d(dst, map, bar, 0, row, h, b);
@@ -154,9 +211,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 #pragma unroll
       for (int c = 0; c < Cfg::kConsumers; ++c) load_rows(&tm_q, sm.q[c], &sm.q_full, q_row0 + 64 * c);
       if (Cfg::kLinInSmem && p.lin_frag) {
-        constexpr uint32_t kLinBytes = sizeof(sm.lin);
-        mbar_arrive_expect_tx(&sm.lin_full, kLinBytes);
-        bulk_load(sm.lin, p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice, kLinBytes, &sm.lin_full);
+        mbar_arrive_expect_tx(&sm.lin_full[0], Lin::kBytes);
+        bulk_load(sm.lin, lin_g, Lin::kBytes, &sm.lin_full[0]);
       }
     };
     auto wait_free = [&](int r, int i) {  // walk position i's slot: its previous use released
@@ -180,7 +236,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
       if (warp < Cfg::kRings) {
         const float* ks_g = p.k_scale + slice * p.k_blocks;
         Tiles tiles = walk(warp);
-        for (int i = 0, tile = 0; tile >= 0; ++i) {
+        int i = 0;
+        for (int tile = 0; tile >= 0; ++i) {
           tile = tiles.next();
           const int s = i % S;
           wait_free(warp, i);
@@ -188,6 +245,19 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
           if (lane == 0) {
             if (tile >= 0) load_tile(warp, s, tile);
             else mbar_arrive(&sm.full[warp][s]);
+          }
+        }
+        // Without room for lin beside the rings: once the group has released its last tile (walk position
+        // i - 2; the one before was released earlier), lin goes into the ring's first K and V slots (a
+        // column half each), while the group runs the first part of its epilogue.
+        if (!Cfg::kLinInSmem && p.lin_frag) {
+          static_assert(Cfg::kLinInSmem || (Lin::kHalves == 2 && Lin::kHalfBytes <= sizeof(sm.k[0]) &&
+                                            Lin::kHalfBytes <= sizeof(sm.v[0])), "a column half per ring half");
+          if (i >= 2) wait_free(warp, i - 2 + S);
+          if (lane == 0) {
+            mbar_arrive_expect_tx(&sm.lin_full[warp], Lin::kBytes);
+            bulk_load(sm.k[warp][0], lin_g, Lin::kHalfBytes, &sm.lin_full[warp]);
+            bulk_load(sm.v[warp][0], lin_g + Lin::kHalfBytes / 16, Lin::kHalfBytes, &sm.lin_full[warp]);
           }
         }
       }
@@ -365,17 +435,20 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     }
     if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume the last group's last arrival
   }
-  const bool linear = kSparse && p.lin_frag;
-  const uint4* lin = nullptr;
-  if (linear) {
+  sm90_attn::LinWgmmaB<D> lin_b;  // SLA's lin: staged with Q (kLinInSmem) or in the ring after the walk
+  if (kSparse && p.lin_frag) {
     if constexpr (Cfg::kLinInSmem) {
-      mbar_wait(&sm.lin_full, 0);
-      lin = sm.lin;
+      const uint8_t* base = reinterpret_cast<const uint8_t*>(sm.lin);
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) lin_b.half[c] = base + c * sla_detail::LinWgmma<D>::kHalfBytes;
+      lin_b.full = &sm.lin_full[0];
     } else {
-      lin = p.lin_frag + slice * sla_detail::LinFragments<D>::kPerSlice;
+      lin_b.half[0] = sm.k[ring][0];
+      lin_b.half[D / 64 - 1] = sm.v[ring][0];
+      lin_b.full = &sm.lin_full[ring];
     }
   }
-  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, lin);
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, lin_b);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif

@@ -159,19 +159,20 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
 // with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
 // constant per row: it cancels in the softmax, not in the LSE). m and l are per lane (rows g, g+8);
 // l holds the lane's partial sum, added over the quad here. Rows >= nq are not written. kSparse: a
-// row that kept no key block (l = 0) gets 0 and LSE -inf, and with lin_frag (the slice's p.lin_frag, in
-// global or shared memory) SLA's projected linear branch is added (sla_detail::LinearTerm).
-template <int D, bool kSparse = false>
+// row that kept no key block (l = 0) gets 0 and LSE -inf, and where lin_b (the B source of SLA's
+// linear term: sla_detail::LinFragmentsB or sm90_attn::LinWgmmaB, whose MMAs every warp of the
+// warpgroup runs) is active, SLA's projected linear branch is added (sla_detail::LinearTerm).
+template <int D, bool kSparse = false, typename LinB = sla_detail::LinFragmentsB<D>>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
-                                                int64_t row0, const float (&o)[D / 8][4], const float (&m)[2],
-                                                float (&l)[2], const uint4* lin_frag = nullptr) {
+                                                int64_t row0, float (&o)[D / 8][4], const float (&m)[2],
+                                                float (&l)[2], const LinB& lin_b = LinB{}) {
   constexpr int NO = D / 8;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // q . k_mean for the LSE, and SLA's projected linear term of the warp's rows (sla_detail::LinearTerm),
   // from one read of the warp's unquantized q rows (sla_detail::load_q_pairs: the same sum either way).
   bool linear = false;
   sla_detail::LinearTerm<D> lin;
-  if constexpr (kSparse) linear = lin_frag != nullptr;
+  if constexpr (kSparse) linear = lin_b.active();
   float qkm[2];
   const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
   const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
@@ -179,9 +180,9 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
   const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
   if (linear) {
     if (p.out_bf16)
-      lin.template load<true>(q_lo, q_hi, p, slice, lin_frag, g, t, lane, qkm);
+      lin.template load<true>(q_lo, q_hi, p, slice, lin_b, lane, qkm);
     else
-      lin.template load<false>(q_lo, q_hi, p, slice, lin_frag, g, t, lane, qkm);
+      lin.template load<false>(q_lo, q_hi, p, slice, lin_b, lane, qkm);
   } else {
     uint32_t w[2][D / 16][2];  // (unused here)
     const float* km = p.k_mean + slice * D;
@@ -209,22 +210,36 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
     }
   }
   const float* vs = p.v_scale + slice * D;
+  // out = O / l * v_scale, plus with the linear term (e . G) / den + b: O scaled by den first, e . G
+  // accumulated into it by the tensor cores (every n8 block before any store), then one FMA with 1 / den.
+  float scale[2];  // of O: 1 / l, times den with the linear term
+#pragma unroll
+  for (int r = 0; r < 2; ++r) scale[r] = linear ? inv_l[r] * lin.den[r] : inv_l[r];
+  if (linear) {
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        o[n][e] = __fmul_rn(__fmul_rn(o[n][e], scale[e >> 1]), __ldg(vs + 8 * n + 2 * t + (e & 1)));
+    }
+    lin_b.accumulate(lin.a, o);
+  }
 #pragma unroll
   for (int n = 0; n < NO; ++n) {
-    float y[4] = {0.f, 0.f, 0.f, 0.f};
-    if (linear) {
-      lin.product(lin_frag, n, y);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) y[e] = fmaf(y[e], lin.inv_den[e >> 1], __ldg(p.lin_bias + 8 * n + 2 * t + (e & 1)));
-    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t row = row0 + g + 8 * r;
       if (row >= p.nq) continue;
       const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
       const int c = 8 * n + 2 * t;
-      const float x0 = __fmaf_rn(__fmul_rn(o[n][2 * r], inv_l[r]), __ldg(vs + c), y[2 * r]);
-      const float x1 = __fmaf_rn(__fmul_rn(o[n][2 * r + 1], inv_l[r]), __ldg(vs + c + 1), y[2 * r + 1]);
+      float x0, x1;
+      if (linear) {
+        x0 = __fmaf_rn(o[n][2 * r], lin.inv_den[r], __ldg(p.lin_bias + c));
+        x1 = __fmaf_rn(o[n][2 * r + 1], lin.inv_den[r], __ldg(p.lin_bias + c + 1));
+      } else {
+        x0 = __fmul_rn(__fmul_rn(o[n][2 * r], scale[r]), __ldg(vs + c));
+        x1 = __fmul_rn(__fmul_rn(o[n][2 * r + 1], scale[r]), __ldg(vs + c + 1));
+      }
       if (p.out_bf16)
         *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + off + c) = __floats2bfloat162_rn(x0, x1);
       else

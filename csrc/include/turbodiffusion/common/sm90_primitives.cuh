@@ -131,6 +131,7 @@ __device__ __forceinline__ void fence_operands(T (&d)[R][C]) {
 
 // Operand lists of the wgmma wrappers below: an asm statement needs one operand per accumulator register.
 #define TD_WGMMA_ACC_ROW(c, d, i) c(d[i][0]), c(d[i][1]), c(d[i][2]), c(d[i][3])
+#define TD_WGMMA_ACC1(c, d) TD_WGMMA_ACC_ROW(c, d, 0)
 #define TD_WGMMA_ACC8(c, d)                                                                            \
   TD_WGMMA_ACC_ROW(c, d, 0), TD_WGMMA_ACC_ROW(c, d, 1), TD_WGMMA_ACC_ROW(c, d, 2), TD_WGMMA_ACC_ROW(c, d, 3), \
       TD_WGMMA_ACC_ROW(c, d, 4), TD_WGMMA_ACC_ROW(c, d, 5), TD_WGMMA_ACC_ROW(c, d, 6), TD_WGMMA_ACC_ROW(c, d, 7)
@@ -187,11 +188,28 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3_rs(float (&d)[16][4], cons
            "}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n",
            TD_WGMMA_ACC16, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
+
+// A(64x16 f16, registers: the mma.sync m16n8k16 A fragment per warp) B(Nx16 f16, smem desc, K-major), f32
+// (SLA's linear term: N = 8, 64).
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_m64n8k16_f16_rs(float (&d)[1][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+           "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n",
+           TD_WGMMA_ACC1, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_m64n64k16_f16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+           "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {" TD_WGMMA_REGS32
+           "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n",
+           TD_WGMMA_ACC8, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
 #undef TD_WGMMA
 #undef TD_WGMMA_REGS64
 #undef TD_WGMMA_REGS32
 #undef TD_WGMMA_ACC16
 #undef TD_WGMMA_ACC8
+#undef TD_WGMMA_ACC1
 #undef TD_WGMMA_ACC_ROW
 
 }  // namespace sm90

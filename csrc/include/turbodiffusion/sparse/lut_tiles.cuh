@@ -81,15 +81,17 @@ struct SparseTiles {
 };
 
 // SLA's linear term for a warp's 16 query rows, evaluated with tensor cores in the epilogue:
-//   phi(q) (H W^T) / (1e-5 + phi(q) . z) + b  =  (e . G) / (eps sum(e) / nk + e . zeta) + b
+//   phi(q) (H W^T) / (1e-5 + phi(q) . z) + b  =  (e . G) / den + b,  den = eps sum(e) / nk + e . zeta
 // with e = exp(q - max q) (phi(q) = e / sum e: the 1 / sum e cancels), G = lin rows < D (H W^T / nk)
 // and zeta = lin row D (z / nk). e is rounded to fp16 ((0, 1]: 11-bit mantissa) to be the A operand
-// of mma.sync m16n8k16; the products accumulate in fp32. Lane (g, t) holds the A fragment of rows g and
-// g + 8: channels 16 s + 2 t + {0, 1, 8, 9} for every k16 step s, which the lane reads from q itself.
-// B comes from the slice's part of p.lin_frag (global memory; staged in shared memory by the sm90
-// kernel), lin rearranged by lin_fragments_kernel so that a warp reads the B fragments
-// of two k16 steps as 512 contiguous bytes (16 per lane): read straight from lin's rows, each 4-byte
-// fragment piece touched 8 rows, and the epilogue was bound by L1 wavefronts (14B-720p: 1.6 ms of 22).
+// (the mma.sync m16n8k16 A fragment, which is also the per-warp A fragment of a 16-bit wgmma); the
+// products accumulate in fp32. Lane (g, t) holds the A fragment of rows g and g + 8: channels
+// 16 s + 2 t + {0, 1, 8, 9} for every k16 step s, which the lane reads from q itself.
+// B (lin) comes in one of two layouts, made from sla_linear_state's lin by a small kernel per call:
+//  - LinFragments (mma.sync kernel, read from global memory by LinFragmentsB): a warp reads the B
+//    fragments of two k16 steps as 512 contiguous bytes (16 per lane); read straight from lin's rows,
+//    each 4-byte fragment piece touched 8 rows, and the epilogue was bound by L1 wavefronts.
+//  - LinWgmma (sm90 kernel, bulk-copied into shared memory and read by wgmma: sm90_attn::LinWgmmaB).
 template <int D>
 struct LinFragments {
   static constexpr int kBlocks = D / 8 + 1;  // n8 blocks of lin's D + 8 rows
@@ -112,13 +114,40 @@ __global__ void lin_fragments_kernel(const __half* __restrict__ lin, uint4* __re
   frag[i] = make_uint4(__ldg(row), __ldg(row + 4), __ldg(row + 8), __ldg(row + 12));
 }
 
-// Host launcher: frag (LinFragments<D>::kPerSlice uint4 per slice) from lin, on `stream`.
+// The wgmma layout: per slice D / 64 column halves, each [D + 8 rows][64 channels] fp16 = rows of 128 bytes
+// whose 16-byte chunks are permuted like TMA's 128-byte swizzle (chunk j of row r at j ^ (r % 8)). Copied
+// byte for byte into 1024-aligned shared memory, a half is a K-major tile that kmajor_desc<128> describes:
+// rows 0..D-1 the N = D operand of e . G, rows D..D+7 (zeta) one more 8-row swizzle atom (1024 bytes).
 template <int D>
-void launch_lin_fragments(const __half* lin, uint4* frag, int64_t slices, cudaStream_t stream) {
-  const int64_t total = slices * LinFragments<D>::kPerSlice;
+struct LinWgmma {
+  static constexpr int kHalves = D / 64;
+  static constexpr uint32_t kHalfBytes = (D + 8) * 128;
+  static constexpr uint32_t kBytes = kHalves * kHalfBytes;  // per slice (= LinFragments' size)
+};
+
+template <int D>
+__global__ void lin_wgmma_kernel(const __half* __restrict__ lin, uint4* __restrict__ out, int64_t total) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // destination chunk
+  if (i >= total) return;
+  const int j = static_cast<int>(i % 8), r = static_cast<int>((i / 8) % (D + 8));
+  const int half = static_cast<int>((i / (8 * (D + 8))) % LinWgmma<D>::kHalves);
+  const int64_t slice = i / (8 * (D + 8) * LinWgmma<D>::kHalves);
+  const uint32_t* src =  // (4-byte loads: lin need only be 4-byte aligned)
+      reinterpret_cast<const uint32_t*>(lin + (slice * (D + 8) + r) * D + 64 * half + 8 * (j ^ (r % 8)));
+  out[i] = make_uint4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
+}
+
+// Host launcher: lin in the layout the kernel wants (kWgmma: LinWgmma, else LinFragments), on `stream`.
+// out: LinWgmma<D>::kBytes per slice either way.
+template <int D>
+void launch_lin_layout(const __half* lin, uint4* out, int64_t slices, bool wgmma, cudaStream_t stream) {
+  const int64_t total = slices * (LinWgmma<D>::kBytes / 16);
+  static_assert(LinWgmma<D>::kBytes == LinFragments<D>::kPerSlice * 16, "both layouts hold lin's D + 8 rows");
   if (total == 0) return;
   constexpr int kThreads = 256;
-  lin_fragments_kernel<D><<<static_cast<unsigned>(cdiv(total, kThreads)), kThreads, 0, stream>>>(lin, frag, total);
+  const unsigned blocks = static_cast<unsigned>(cdiv(total, kThreads));
+  if (wgmma) lin_wgmma_kernel<D><<<blocks, kThreads, 0, stream>>>(lin, out, total);
+  else lin_fragments_kernel<D><<<blocks, kThreads, 0, stream>>>(lin, out, total);
   TD_CHECK_LAUNCH();
 }
 
@@ -153,18 +182,48 @@ __device__ __forceinline__ void load_q_pairs(const T* q_lo, const T* q_hi, const
   }
 }
 
+// The mma.sync kernel's B source: the slice's LinFragments in global memory.
+template <int D>
+struct LinFragmentsB {
+  const uint4* frag = nullptr;  // the slice's fragments (nullptr: no linear term)
+  static constexpr int kSteps = D / 16;
+  __device__ __forceinline__ bool active() const { return frag != nullptr; }
+  // c (+)= e . lin[8 n .. 8 n + 7]^T for the lane's rows (C fragment of n8 block n).
+  template <bool kAccumulate>
+  __device__ __forceinline__ void block(const uint32_t (&a)[kSteps][4], int n, float (&c)[4]) const {
+    using F = LinFragments<D>;
+    const uint4* f = frag + n * F::kPairs * 32 + threadIdx.x % 32;
+    if (!kAccumulate) c[0] = c[1] = c[2] = c[3] = 0.f;
+#pragma unroll
+    for (int u = 0; u < F::kPairs; ++u) {
+      const uint4 b = f[32 * u];
+      mma_16bit<false>(c, a[2 * u], b.x, b.y);
+      mma_16bit<false>(c, a[2 * u + 1], b.z, b.w);
+    }
+  }
+  // c = e . zeta (the n8 block of rows D..D+7; column 0 lands in lane t = 0 of each quad).
+  __device__ __forceinline__ void zeta(const uint32_t (&a)[kSteps][4], float (&c)[4]) const { block<false>(a, D / 8, c); }
+  // o += e . G, every n8 block (16 independent MMA chains; no store in between, so the loads overlap).
+  __device__ __forceinline__ void accumulate(const uint32_t (&a)[kSteps][4], float (&o)[D / 8][4]) const {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) block<true>(a, n, o[n]);
+  }
+};
+
 template <int D>
 struct LinearTerm {
   static constexpr int kSteps = D / 16;
   uint32_t a[kSteps][4];
-  float inv_den[2];
+  float den[2], inv_den[2];
 
   // q_lo / q_hi: the unquantized rows g and g + 8 of the warp (nullptr past nq: those rows get e = 1 and are
-  // never stored), read once by load_q_pairs, which also gives the lane's part of q . k_mean (qkm).
-  template <bool kBf16>
+  // never stored), read once by load_q_pairs, which also gives the lane's part of q . k_mean (qkm). LinB:
+  // the B source (LinFragmentsB, sm90_attn::LinWgmmaB), whose zeta() gives e . zeta.
+  template <bool kBf16, typename LinB>
   __device__ __forceinline__ void load(const void* q_lo, const void* q_hi, const AttnInt8Fp8Params& p, int64_t slice,
-                                       const uint4* frag, int g, int t, int lane, float (&qkm)[2]) {
+                                       const LinB& lin_b, int lane, float (&qkm)[2]) {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    const int t = lane % 4;
     float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
     // Raw pairs (half the registers of floats; the exact conversion is redone in the exp pass).
     uint32_t w[2][kSteps][2];
@@ -203,27 +262,15 @@ struct LinearTerm {
       sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
       sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
     }
-    // e . zeta: the n8 block of rows D..D+7 of lin; its column 0 (zeta) lands in lane t = 0 of the quad.
     float c[4];
-    product(frag, D / 8, c);
+    lin_b.zeta(a, c);
     const int src = lane & ~3;
     const float ez[2] = {__shfl_sync(0xffffffffu, c[0], src), __shfl_sync(0xffffffffu, c[2], src)};
     const float eps = 1e-5f / static_cast<float>(p.nk);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) inv_den[r] = 1.f / fmaf(eps, sum[r], ez[r]);
-  }
-
-  // c = e . lin[8 n .. 8 n + 7]^T for the lane's rows (C fragment of n8 block n); frag: the slice's
-  // LinFragments, in shared memory (sm90 kernel) or global memory (generic loads serve both).
-  __device__ __forceinline__ void product(const uint4* frag, int n, float (&c)[4]) const {
-    using F = LinFragments<D>;
-    const uint4* f = frag + n * F::kPairs * 32 + threadIdx.x % 32;
-    c[0] = c[1] = c[2] = c[3] = 0.f;
-#pragma unroll
-    for (int u = 0; u < F::kPairs; ++u) {
-      const uint4 b = f[32 * u];
-      mma_16bit<false>(c, a[2 * u], b.x, b.y);
-      mma_16bit<false>(c, a[2 * u + 1], b.z, b.w);
+    for (int r = 0; r < 2; ++r) {
+      den[r] = fmaf(eps, sum[r], ez[r]);  // >= 1e-5 / nk: e <= 1 with max e = 1, zeta >= 0
+      inv_den[r] = 1.f / den[r];
     }
   }
 };
