@@ -137,7 +137,7 @@ __global__ void lin_wgmma_kernel(const __half* __restrict__ lin, uint4* __restri
   out[i] = make_uint4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
 }
 
-// Host launcher: lin in the layout the kernel wants (kWgmma: LinWgmma, else LinFragments), on `stream`.
+// Host launcher: lin in the layout the kernel wants (wgmma: LinWgmma, else LinFragments), on `stream`.
 // out: LinWgmma<D>::kBytes per slice either way.
 template <int D>
 void launch_lin_layout(const __half* lin, uint4* out, int64_t slices, bool wgmma, cudaStream_t stream) {
