@@ -564,15 +564,35 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
+    # The linear branch depends on k and v alone: on a GPU it runs on a side stream while the block map and
+    # the Q/K quantizer run (it is bound by latency, not by HBM bandwidth, so the two overlap), and joins
+    # before V's quantizer, which takes its amax_N |v|. (Traced by torch.compile: in order, one stream.)
+    side = _sla_side_stream(q.device) if q.is_cuda and not torch.compiler.is_compiling() else None
+    if side is not None:
+        main = torch.cuda.current_stream(q.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
     k_mean = None  # the block map's mean_N(k) makes quantize_qk_int8's K pass single
     if lut is None:
         lut, count, k_mean = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
     q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
                                                 q_scale_factor=scale * _LOG2E, k_mean=k_mean)
-    lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+    if side is None:
+        lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+    else:
+        main.wait_stream(side)
+        lin.record_stream(main)  # (allocated on the side stream, used and freed on this one)
+        v_amax.record_stream(main)
     v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax)  # (one pass with the amax)
     out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)
     return (out, lse) if return_lse else out
+
+
+@functools.cache
+def _sla_side_stream(device: torch.device) -> torch.cuda.Stream:
+    """sage_sla's second stream on `device` (one per device and process)."""
+    return torch.cuda.Stream(device=device)
 
 
 SLA_BACKENDS = ("auto", "flex", "sdpa")
