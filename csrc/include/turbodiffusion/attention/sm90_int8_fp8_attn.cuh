@@ -218,8 +218,11 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     auto wait_free = [&](int r, int i) {  // walk position i's slot: its previous use released
       if (i >= S) mbar_wait(&sm.empty[r][i % S], ((i / S) - 1) & 1);
     };
-    auto load_tile = [&](int r, int s, int tile) {  // one thread; its arrival carries the bytes
-      mbar_arrive_expect_tx(&sm.full[r][s], 2 * BN * D);
+    // One thread; with `arrive` its arrival carries the bytes, else it only announces them (expect_tx) and
+    // arrives later.
+    auto load_tile = [&](int r, int s, int tile, bool arrive = true) {
+      if (arrive) mbar_arrive_expect_tx(&sm.full[r][s], 2 * BN * D);
+      else mbar_expect_tx(&sm.full[r][s], 2 * BN * D);
       load_rows(&tm_k, sm.k[r][s], &sm.full[r][s], tile * BN);  // keys >= nk: zeros (masked below)
       tma_load_3d(sm.v[r][s], &tm_v, &sm.full[r][s], tile * BN, 0, static_cast<int>(slice));
     };
@@ -241,11 +244,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
           tile = tiles.next();
           const int s = i % S;
           wait_free(warp, i);
+          // The TMA first, the K scales (a global load) under it, then the arrival that completes the slot.
+          if (lane == 0 && tile >= 0) load_tile(warp, s, tile, false);
           stage_scales(ks_g, warp, s, tile);
-          if (lane == 0) {
-            if (tile >= 0) load_tile(warp, s, tile);
-            else mbar_arrive(&sm.full[warp][s]);
-          }
+          if (lane == 0) mbar_arrive(&sm.full[warp][s]);
         }
         // Without room for lin beside the rings: once the group has released its last tile (walk position
         // i - 2; the one before was released earlier), lin goes into the ring's first K and V slots (a
