@@ -3,7 +3,8 @@ torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map),
 (quantize_qk_int8 + quantize_v_fp8), linear branch (sla_linear_state: one pass over k and v plus the
 proj_l fold), sparse attention (the block-sparse kernel with the linear epilogue: sm90 on Hopper at every
 block size, the default blocks also on the mma.sync kernel for comparison), and the
-total (ops.sage_sla). Effective TOPS count the dense-equivalent 4 B H N^2 D; the sparse kernel's row
+total (ops.sage_sla, wall time on the calling stream: the linear branch runs on a side stream beside the
+block map and the Q/K quantizer, so the stages add up to more than the total). Effective TOPS count the dense-equivalent 4 B H N^2 D; the sparse kernel's row
 also gives the TOPS of the work it actually does (kept / Mk of it). Dense SageAttention (same kernel,
 dense) is timed too, for the "x of 10% dense" comparison.
 
