@@ -283,8 +283,9 @@ LINEAR_EPILOGUE_CASES = [  # (b, h, nq, nk, d, blkq, blkk, layout, dtype)
 @pytest.mark.parametrize("case", LINEAR_EPILOGUE_CASES, ids=lambda c: "q{}k{}d{}_{}x{}_{}_{}".format(*c[2:8], _ids(c[8])))
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_sparse_linear_epilogue(device, kernel, case):
-    """The kernels' linear epilogue (phi(q) from the unquantized q, lin read as B fragments: from shared
-    memory in the sm90 kernel) against the emulation, both input dtypes, odd N, an empty row."""
+    """The kernels' linear epilogue (phi(q) from the unquantized q; lin as mma.sync B fragments from global
+    memory, or as the sm90 kernel's wgmma operand in shared memory: copied with Q for 64-key tiles, into the
+    ring after the walk for 128-key tiles) against the emulation, both input dtypes, odd N, an empty row."""
     b, h, nq, nk, d, blkq, blkk, layout, dtype = case
     op, emulation = _sparse_kernel(device, kernel)
     q, k, v = _qkv(b, h, nq, nk, d, layout, dtype, device, family="bias")

@@ -565,8 +565,9 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
     # The linear branch depends on k and v alone: on a GPU it runs on a side stream while the block map and
-    # the Q/K quantizer run (it is bound by latency, not by HBM bandwidth, so the two overlap), and joins
-    # before V's quantizer, which takes its amax_N |v|. (Traced by torch.compile: in order, one stream.)
+    # the Q/K quantizer run (it is bound by latency more than by HBM bandwidth, so they overlap in part:
+    # docs/sla.md), and joins before V's quantizer, which takes its amax_N |v|. (Traced by torch.compile: in
+    # order, one stream.)
     side = _sla_side_stream(q.device) if q.is_cuda and not torch.compiler.is_compiling() else None
     if side is not None:
         main = torch.cuda.current_stream(q.device)
