@@ -4,8 +4,9 @@ torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map),
 proj_l fold), sparse attention (the block-sparse kernel with the linear epilogue: sm90 on Hopper at every
 block size, the default blocks also on the mma.sync kernel for comparison), and the
 total (ops.sage_sla, wall time on the calling stream: the linear branch runs on a side stream beside the
-block map and the Q/K quantizer, so the stages add up to more than the total). Effective TOPS count the dense-equivalent 4 B H N^2 D; the sparse kernel's row
-also gives the TOPS of the work it actually does (kept / Mk of it). Dense SageAttention (same kernel,
+block map and the Q/K quantizer, so the stages add up to more than the total). Effective TOPS count the
+dense-equivalent 4 B H N^2 D; the sparse kernel's row also gives the TOPS of the work it actually does
+(kept / Mk of it). Dense SageAttention (same kernel,
 dense) is timed too, for the "x of 10% dense" comparison.
 
   python -m benchmarks.bench_sla --out benchmarks/results

@@ -50,22 +50,26 @@ def block_means(x: torch.Tensor, blk: int) -> torch.Tensor:
     return sums / lens[:, None]
 
 
-def sla_block_scores(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int) -> torch.Tensor:
-    """score [B, H, Mq, Mk] = mean-pooled q @ mean-pooled (k - mean_N k)^T, float32 (no scale, no softmax)."""
+def _scores_and_k_mean(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int):
     q32 = _bhnd(q, layout).float()
     k32 = _bhnd(k, layout).float()
-    k32 = k32 - k32.mean(dim=2, keepdim=True)
-    return block_means(q32, blkq) @ block_means(k32, blkk).transpose(2, 3)
+    k_mean = k32.mean(dim=2)
+    score = block_means(q32, blkq) @ block_means(k32 - k_mean[:, :, None, :], blkk).transpose(2, 3)
+    return score, k_mean
+
+
+def sla_block_scores(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int) -> torch.Tensor:
+    """score [B, H, Mq, Mk] = mean-pooled q @ mean-pooled (k - mean_N k)^T, float32 (no scale, no softmax)."""
+    return _scores_and_k_mean(q, k, layout, blkq, blkk)[0]
 
 
 def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float):
     """(lut [B, H, Mq, kept] int32, kept key-block indices sorted ascending; count [B, H, Mq] int32 = kept;
     k_mean [B, H, D] float32, the mean_N k the key blocks are centred with)."""
-    score = sla_block_scores(q, k, layout, blkq, blkk)
+    score, k_mean = _scores_and_k_mean(q, k, layout, blkq, blkk)
     b, h, mq, mk = score.shape
     kept = kept_blocks(topk, mk)
     lut = torch.topk(score, kept, dim=-1).indices.sort(dim=-1).values.to(torch.int32)
-    k_mean = _bhnd(k, layout).float().mean(dim=2)
     return lut.contiguous(), torch.full((b, h, mq), kept, dtype=torch.int32, device=q.device), k_mean
 
 

@@ -79,7 +79,7 @@ __device__ void store_v_tile_fp8(const VTile<T, D>& t, const float (&inv)[8], ui
 // One pass with the given amax (p.amax): one CTA per tile, tile-major like Q's.
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
-    quantize_v_fp8_given_amax_kernel(QuantVParams p, int tiles_pad) {
+    quantize_v_fp8_given_amax_kernel(QuantVParams p) {
   __shared__ __align__(16) uint8_t tile_smem[VTile<T, D>::SMEM_BYTES];
   const int s = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
   VTile<T, D> t(tile_smem);
@@ -143,7 +143,7 @@ void launch_quantize_v_fp8(const QuantVParams& p, int num_sms, cudaStream_t stre
   if (p.amax) {
     static const bool carveout_set = (prefer_shared_memory(quantize_v_fp8_given_amax_kernel<T, D>), true);
     (void)carveout_set;  // (set once)
-    quantize_v_fp8_given_amax_kernel<T, D><<<p.slices * tiles_pad, quant::kTileThreads, 0, stream>>>(p, tiles_pad);
+    quantize_v_fp8_given_amax_kernel<T, D><<<p.slices * tiles_pad, quant::kTileThreads, 0, stream>>>(p);
     TD_CHECK_LAUNCH();
     return;
   }
