@@ -72,6 +72,30 @@ def time_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 5, reps: in
     return times[len(times) // 2]
 
 
+def graphed(fn: Callable, input_sets: Sequence[tuple]) -> list[tuple]:
+    """One CUDA graph of fn(*inputs) per input set, as 1-tuples for time_ms(replay, ...): timing the
+    replays leaves the host's dispatch out, which otherwise bounds ops of a few tens of microseconds (the
+    GPU waits for the next launch). The calls run once outside capture first (lazy set-up); the graphs
+    share one memory pool (their outputs are not read)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for args in input_sets:
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    pool, graphs = torch.cuda.graph_pool_handle(), []
+    for args in input_sets:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=pool):
+            fn(*args)
+        graphs.append((g,))
+    return graphs
+
+
+def replay(g: torch.cuda.CUDAGraph) -> None:
+    g.replay()
+
+
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()

@@ -93,9 +93,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   const int sms = num_sms(q);
   TD_DISPATCH_HALF(q.scalar_type() == at::kBFloat16, T, [&] {
     TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
-      launch_quantize_int8_single_pass<T, D, false>(pq, stream);
-      if (k_mean_given) launch_quantize_int8_single_pass<T, D, true>(pk, stream);  // k - k_mean in one pass
-      else launch_quantize_k_int8_smooth<T, D>(pk, sms, stream);
+      if (k_mean_given) {
+        launch_quantize_qk_int8_single_pass<T, D>(pq, pk, stream);  // q and k - k_mean, one pass, one launch
+      } else {
+        QuantQKParams none = pk;
+        none.slices = 0;
+        launch_quantize_qk_int8_single_pass<T, D>(pq, none, stream);
+        launch_quantize_k_int8_smooth<T, D>(pk, sms, stream);
+      }
     });
   });
   return {q_i8, q_scale, k_i8, k_scale, k_mean};

@@ -35,10 +35,10 @@ __device__ __forceinline__ int8_t quant_int8(float x, float inv) {
   return static_cast<int8_t>(__float2int_rn(__fmul_rn(x, inv)));
 }
 
-// FP8 E4M3 with round-to-nearest-even and saturation to +-448 (cvt.rn.satfinite.e4m3x2.f32 on
-// sm_89+, an exact software conversion elsewhere).
-__device__ __forceinline__ uint8_t quant_fp8_e4m3(float x, float inv) {
-  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(__fmul_rn(x, inv), __NV_SATFINITE, __NV_E4M3));
+// Two FP8 E4M3 codes of x * inv and y * inv (IEEE products), x in the low byte: round-to-nearest-even
+// and saturation to +-448 (cvt.rn.satfinite.e4m3x2.f32 on sm_89+, an exact software conversion elsewhere).
+__device__ __forceinline__ uint32_t quant_fp8_e4m3x2(float x, float y, float inv) {
+  return __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(x, inv), __fmul_rn(y, inv)), __NV_SATFINITE, __NV_E4M3);
 }
 
 // 1 / s for a quantizer with s = amax / qmax: inv = qmax / amax (IEEE), 0 for an all-zero group

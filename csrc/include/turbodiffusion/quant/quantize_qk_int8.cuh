@@ -59,15 +59,15 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
   __syncthreads();  // blk_amax is reused by the next tile
 }
 
-// Single pass, one CTA per tile: Q, and K when its mean is given (p.mean, read: SMOOTH). Tile-major
-// block order: CTAs running together read the same tokens of every head, i.e. whole contiguous rows of
-// an NHD tensor (DRAM page locality).
+// Single pass, one CTA per tile: the q_ctas first CTAs take Q's tiles, the rest K's, whose mean is given
+// (p.mean, read: SMOOTH); launched with Q's tiles only where K takes the two-phase kernel. One launch for
+// both pays the ramp-up and the last wave's tail once (H100, D 64 16k, mean given: 0.043 ms against
+// 0.050 ms as two launches, CUDA-graph replays). Tile-major block order: CTAs running together read the same tokens of every
+// head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
 template <typename T, int D, bool SMOOTH>
-__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
-    quantize_int8_single_pass_kernel(QuantQKParams p, int tiles_per_slice) {
-  __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
-  __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
-  const int slice = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
+__device__ __forceinline__ void quantize_tile_single_pass(const QuantQKParams& p, int cta, float* blk_amax,
+                                                          uint8_t* stage) {
+  const int slice = cta % p.slices, tile = cta / p.slices;
   QKTile<T, D> t(stage);
   t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
   float mu[8] = {};
@@ -76,6 +76,15 @@ __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerS
     for (int j = 0; j < 8; ++j) mu[j] = __ldg(p.mean + int64_t(slice) * D + t.col + j);
   }
   quantize_tile_int8<T, D, SMOOTH>(t, p, slice, tile, mu, blk_amax);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
+    quantize_qk_int8_single_pass_kernel(QuantQKParams pq, QuantQKParams pk, int q_ctas) {
+  __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
+  __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
+  if (int(blockIdx.x) < q_ctas) quantize_tile_single_pass<T, D, false>(pq, blockIdx.x, blk_amax, stage);
+  else quantize_tile_single_pass<T, D, true>(pk, blockIdx.x - q_ctas, blk_amax, stage);
 }
 
 // K: persistent, slice-grouped (slice_groups.cuh). Phase 1 sums channels into p.workspace;
@@ -123,14 +132,15 @@ __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerS
       });
 }
 
-// q (SMOOTH off), or k with its mean given in p.mean (SMOOTH on), in one pass.
-template <typename T, int D, bool SMOOTH>
-void launch_quantize_int8_single_pass(const QuantQKParams& p, cudaStream_t stream) {
-  const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
-  if (p.slices == 0 || tiles == 0) return;
-  static const bool carveout_set = (prefer_shared_memory(quantize_int8_single_pass_kernel<T, D, SMOOTH>), true);
+// q, and k with its mean given in pk.mean (pk.slices = 0: q only), in one launch.
+template <typename T, int D>
+void launch_quantize_qk_int8_single_pass(const QuantQKParams& pq, const QuantQKParams& pk, cudaStream_t stream) {
+  const int64_t q_ctas = pq.slices * cdiv(pq.n, QKTile<T, D>::ROWS), k_ctas = pk.slices * cdiv(pk.n, QKTile<T, D>::ROWS);
+  if (q_ctas + k_ctas == 0) return;
+  static const bool carveout_set = (prefer_shared_memory(quantize_qk_int8_single_pass_kernel<T, D>), true);
   (void)carveout_set;  // (set once)
-  quantize_int8_single_pass_kernel<T, D, SMOOTH><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
+  quantize_qk_int8_single_pass_kernel<T, D>
+      <<<static_cast<unsigned>(q_ctas + k_ctas), quant::kTileThreads, 0, stream>>>(pq, pk, static_cast<int>(q_ctas));
   TD_CHECK_LAUNCH();
 }
 
