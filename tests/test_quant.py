@@ -217,8 +217,8 @@ def test_quantize_per_token_int8_strided_rows(device):
 
 
 # --------------------------------------------------------------------------------------------------
-# GPU-only: long sequences (several tiles per CTA of the persistent kernels), many slices (several
-# slice groups), stream/graph friendliness.
+# GPU-only: long sequences (several tiles per CTA of V's persistent kernel), many slices (several slice
+# groups; K's mean over many tiles), stream/graph friendliness.
 @pytest.mark.gpu
 @pytest.mark.parametrize("b,h,n,d", [(1, 2, 32760, 128), (1, 1, 75600, 128), (3, 16, 1000, 64), (1, 40, 4096, 128)])
 def test_quantize_kv_long_and_many_slices_cuda(b, h, n, d):

@@ -129,8 +129,7 @@ def quantize_qk_int8(q: torch.Tensor, k: torch.Tensor, *, layout: str = "NHD", b
 
     q [B, Nq, H, D] / k [B, Nk, H, D] (layout "NHD") or [B, H, N, D] ("HND"), bf16/fp16, D in {64, 128}.
     k_mean: mean_N(k) as float32 [B, H, D] where the caller has it (sla_block_map returns it): k is then
-    quantized in one pass instead of two (the kernel reads k once either way, but the two-phase kernel
-    holds a slice on chip across a grid barrier), else computed.
+    read once instead of twice (a reduction kernel for the mean, then the quantizer), else computed.
     Returns (q_int8, q_scale [B, H, ceil(Nq/blk_q)] * q_scale_factor, k_int8, k_scale [B, H, ceil(Nk/blk_k)],
     k_mean [B, H, D] float32, a copy of the given one); int8 tensors keep the input layout, contiguous.
     """

@@ -55,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   at::Tensor k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
   // A given mean is returned as a copy (an op's outputs do not alias its inputs).
   at::Tensor k_mean = k_mean_given ? k_mean_given->clone() : at::empty({sk.b, sk.h, sk.d}, f32);
-  // Two-phase kernel: running channel sums (kReplicas copies per slice), then the slice barrier counters.
+  // K's mean where it is not given: running channel sums (kReplicas copies per slice), then per slice the
+  // count of tiles summed.
   const int64_t slices = sk.b * sk.h;
   at::Tensor workspace = k_mean_given ? at::Tensor() : at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -90,17 +91,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   pk.num_blocks = static_cast<int>(k_scale.size(2));
   pk.scale_factor = 1.f;
 
-  const int sms = num_sms(q);
   TD_DISPATCH_HALF(q.scalar_type() == at::kBFloat16, T, [&] {
     TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
-      if (k_mean_given) {
-        launch_quantize_qk_int8_single_pass<T, D>(pq, pk, stream);  // q and k - k_mean, one pass, one launch
-      } else {
-        QuantQKParams none = pk;
-        none.slices = 0;
-        launch_quantize_qk_int8_single_pass<T, D>(pq, none, stream);
-        launch_quantize_k_int8_smooth<T, D>(pk, sms, stream);
-      }
+      if (!k_mean_given) launch_quantize_k_mean<T, D>(pk, stream);
+      launch_quantize_qk_int8_single_pass<T, D>(pq, pk, stream);  // q and k - k_mean in one launch
     });
   });
   return {q_i8, q_scale, k_i8, k_scale, k_mean};

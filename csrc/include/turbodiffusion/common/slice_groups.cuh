@@ -1,6 +1,6 @@
 // Persistent two-phase processing of "slices" (one (batch, head) of a [B, H, N, D] tensor) whose
-// second phase needs a reduction over the whole slice from the first: the mean of K for smoothing,
-// the per-channel amax of V.
+// second phase needs a reduction over the whole slice from the first: the per-channel amax of V (K's
+// mean is cheaper as a reduction kernel before a single pass that reads k again: quantize_qk_int8.cuh).
 //
 // Reading the tensor twice from HBM would cost 2 reads + 1 write instead of 1 + 1. Instead a group
 // of co-resident CTAs (a cooperative launch guarantees co-residency, so spinning cannot deadlock)

@@ -14,16 +14,16 @@ namespace quant {
 constexpr int kTileThreads = 256;
 constexpr int kTileVectorsPerThread = 8;
 // 5 CTAs per SM (<= 48 registers; with the shared-memory carveout at its maximum, 5 x ~37 KB fit;
-// 6 spills): the slice-grouped K and V kernels keep one tile per CTA in shared memory across their
-// barrier, so the co-resident CTA count bounds the tokens per slice they can hold (5 x 132 x 128 =
-// 84k, above Wan-14B-720p's 75,600) and how many slices proceed at once. ncu at 4 CTAs per SM
-// (62 registers): Wan-14B-720p K fell back to re-reading tiles and reached 33% of DRAM bandwidth.
+// 6 spills): the slice-grouped V kernel keeps one tile per CTA in shared memory across its barrier, so
+// the co-resident CTA count bounds the tokens per slice it can hold (5 x 132 x 128 = 84k, above
+// Wan-14B-720p's 75,600) and how many slices proceed at once. ncu at 4 CTAs per SM (62 registers):
+// Wan-14B-720p K (then slice-grouped too) fell back to re-reading tiles and reached 33% of DRAM bandwidth.
 constexpr int kTileMinBlocksPerSM = 5;
 
 // Per-slice channel reductions (K's sums, V's amax) are combined with global atomics by every CTA of a
-// slice group (hundreds). Into one [D] array that serialises ~250 atomics per address in L2; spread
-// over kReplicas copies (CTA rank % kReplicas) the contention drops 16x, and the reader adds the
-// 16 copies once per slice.
+// slice (hundreds). Into one [D] array that serialises ~250 atomics per address in L2; spread over
+// kReplicas copies (by tile or CTA rank) the contention drops 16x, and the reader adds the 16 copies
+// once per slice.
 constexpr int kReplicas = 16;
 
 // Activation rows: one CTA of 128 threads per row; each thread keeps up to 16 vectors in registers

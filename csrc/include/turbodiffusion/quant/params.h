@@ -23,9 +23,9 @@ struct QuantQKParams {
   int8_t* x_int8;         // output, same shape, contiguous in the input's layout
   SliceView out;
   float* scale;           // [B*H, num_blocks]
-  float* mean;            // k only: [B*H, D] the mean of k: written (two-phase kernel) or given (single pass)
-  float* workspace;       // k, two phases: [B*H, kReplicas, D] zero-initialised running sums
-  unsigned* arrived;      // k, two phases: [B*H] zero-initialised barrier counters
+  float* mean;            // k only: [B*H, D] the mean of k: given, or written by quantize_k_mean_kernel
+  float* workspace;       // k's mean kernel: [B*H, kReplicas, D] zero-initialised running sums
+  unsigned* arrived;      // k's mean kernel: [B*H] zero-initialised counts of tiles summed
   int slices;             // B*H
   int64_t n;              // tokens
   int blk;                // tokens per scale (a power of two)

@@ -59,11 +59,11 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
   __syncthreads();  // blk_amax is reused by the next tile
 }
 
-// Single pass, one CTA per tile: the q_ctas first CTAs take Q's tiles, the rest K's, whose mean is given
-// (p.mean, read: SMOOTH); launched with Q's tiles only where K takes the two-phase kernel. One launch for
-// both pays the ramp-up and the last wave's tail once (H100, D 64 16k, mean given: 0.043 ms against
-// 0.050 ms as two launches, CUDA-graph replays). Tile-major block order: CTAs running together read the same tokens of every
-// head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
+// Single pass, one CTA per tile: Q's tiles, and K's with its mean in p.mean (given, or from
+// quantize_k_mean_kernel just before: K's CTAs come first, in reverse order, see there). One launch for both
+// pays the ramp-up and the last wave's tail once (H100, D 64 16k, mean given: 0.043 ms against 0.050 ms as
+// two launches, CUDA-graph replays). Tile-major block order: CTAs running together read the same tokens of
+// every head, i.e. whole contiguous rows of an NHD tensor (DRAM page locality).
 template <typename T, int D, bool SMOOTH>
 __device__ __forceinline__ void quantize_tile_single_pass(const QuantQKParams& p, int cta, float* blk_amax,
                                                           uint8_t* stage) {
@@ -83,56 +83,49 @@ __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerS
     quantize_qk_int8_single_pass_kernel(QuantQKParams pq, QuantQKParams pk, int q_ctas) {
   __shared__ float blk_amax[QKTile<T, D>::ROWS / 16];
   __shared__ __align__(16) uint8_t stage[QKTile<T, D>::SMEM_BYTES];
-  if (int(blockIdx.x) < q_ctas) quantize_tile_single_pass<T, D, false>(pq, blockIdx.x, blk_amax, stage);
-  else quantize_tile_single_pass<T, D, true>(pk, blockIdx.x - q_ctas, blk_amax, stage);
+  const int k_ctas = int(gridDim.x) - q_ctas;
+  if (int(blockIdx.x) < k_ctas) quantize_tile_single_pass<T, D, true>(pk, k_ctas - 1 - blockIdx.x, blk_amax, stage);
+  else quantize_tile_single_pass<T, D, false>(pq, blockIdx.x - k_ctas, blk_amax, stage);
 }
 
-// K: persistent, slice-grouped (slice_groups.cuh). Phase 1 sums channels into p.workspace;
-// phase 2 subtracts the mean and quantizes the tile still in shared memory.
+// K's mean where it is not given: one CTA per tile adds the tile's channel sums into p.workspace
+// (kReplicas copies per slice, against atomic contention); the slice's last CTA adds the copies and writes
+// the mean. The single-pass kernel then reads k a second time; its K tiles run first and in reverse
+// order, so the first of them are still in L2 from this pass (all of k where it fits in L2). HBM sees k
+// read twice, yet this beat a persistent kernel that kept each tile in shared memory across a grid
+// barrier per (b, h) (slice_groups.cuh, still V's): H100, 2026-11-27, Q+K 0.68x / 0.75x / 0.53x of copy
+// bandwidth at 1.3B-480p / 14B-720p / D 64 16k against 0.64x / 0.70x / 0.52x (docs/quant_kernels.md).
 template <typename T, int D>
 __global__ void __launch_bounds__(quant::kTileThreads, quant::kTileMinBlocksPerSM)
-    quantize_k_int8_smooth_kernel(QuantQKParams p, int tiles_per_slice, SliceGroups g) {
+    quantize_k_mean_kernel(QuantQKParams p, int tiles) {
   using Tile = QKTile<T, D>;
   __shared__ float red[Tile::WARPS * D];
   __shared__ float chan[D];
-  __shared__ float blk_amax[Tile::ROWS / 16];
+  __shared__ bool last;
   __shared__ __align__(16) uint8_t stage[Tile::SMEM_BYTES];
-  const int rank = blockIdx.x % g.group_size;
-  const bool resident = tiles_per_slice <= g.group_size;  // one tile per CTA: it stays in shared memory
-  const T* x = static_cast<const T*>(p.x);
-  run_slices(
-      g, p.slices,
-      [&](int s) {
-        float acc[8] = {};
-        for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
-          Tile t(stage);
-          t.load(x, p.in, s, tile, p.n);
+  const int slice = blockIdx.x % p.slices, tile = blockIdx.x / p.slices;
+  Tile t(stage);
+  t.load(static_cast<const T*>(p.x), p.in, slice, tile, p.n);
+  float acc[8] = {};
 #pragma unroll
-          for (int i = 0; i < Tile::VECS; ++i)
+  for (int i = 0; i < Tile::VECS; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[j] += t.vec(i).get(j);
-        }
-        reduce_channels_to_global<D, quant::kTileThreads, false>(
-            acc, red, [&](int c, float v) {
-              atomicAdd(&p.workspace[(int64_t(s) * quant::kReplicas + rank % quant::kReplicas) * D + c], v);
-            });
-      },
-      [&](int s) {
-        Tile t(stage);
-        float mu[8];
-        const float n = static_cast<float>(p.n);
-        combine_replicas<D, false>(p.workspace + int64_t(s) * quant::kReplicas * D, chan);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) mu[j] = __fdiv_rn(chan[t.col + j], n);
-        if (rank == 0 && threadIdx.x < D) p.mean[int64_t(s) * D + threadIdx.x] = __fdiv_rn(chan[threadIdx.x], n);
-        for (int tile = rank; tile < tiles_per_slice; tile += g.group_size) {
-          if (!resident) t.load(x, p.in, s, tile, p.n);
-          quantize_tile_int8<T, D, true>(t, p, s, tile, mu, blk_amax);
-        }
-      });
+    for (int j = 0; j < 8; ++j) acc[j] += t.vec(i).get(j);
+  float* sums = p.workspace + int64_t(slice) * quant::kReplicas * D;
+  reduce_channels_to_global<D, quant::kTileThreads, false>(
+      acc, red, [&](int c, float v) { atomicAdd(&sums[(tile % quant::kReplicas) * D + c], v); });
+  if (threadIdx.x == 0) {
+    __threadfence();  // this CTA's sums are visible before its arrival (cumulative over the CTA's barrier)
+    last = atomicAdd(&p.arrived[slice], 1u) == static_cast<unsigned>(tiles - 1);
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  combine_replicas<D, false>(sums, chan);
+  if (threadIdx.x < D) p.mean[int64_t(slice) * D + threadIdx.x] = __fdiv_rn(chan[threadIdx.x], static_cast<float>(p.n));
 }
 
-// q, and k with its mean given in pk.mean (pk.slices = 0: q only), in one launch.
+// q, and k with its mean in pk.mean, in one launch.
 template <typename T, int D>
 void launch_quantize_qk_int8_single_pass(const QuantQKParams& pq, const QuantQKParams& pk, cudaStream_t stream) {
   const int64_t q_ctas = pq.slices * cdiv(pq.n, QKTile<T, D>::ROWS), k_ctas = pk.slices * cdiv(pk.n, QKTile<T, D>::ROWS);
@@ -144,12 +137,15 @@ void launch_quantize_qk_int8_single_pass(const QuantQKParams& pq, const QuantQKP
   TD_CHECK_LAUNCH();
 }
 
+// k's mean into p.mean (p.workspace and p.arrived zero-initialised).
 template <typename T, int D>
-void launch_quantize_k_int8_smooth(const QuantQKParams& p, int num_sms, cudaStream_t stream) {
+void launch_quantize_k_mean(const QuantQKParams& p, cudaStream_t stream) {
   const int tiles = static_cast<int>(cdiv(p.n, QKTile<T, D>::ROWS));
   if (p.slices == 0 || tiles == 0) return;
-  launch_slice_groups(quantize_k_int8_smooth_kernel<T, D>, quant::kTileThreads, num_sms, p.slices, tiles,
-                      p.arrived, stream, p, tiles);
+  static const bool carveout_set = (prefer_shared_memory(quantize_k_mean_kernel<T, D>), true);
+  (void)carveout_set;  // (set once)
+  quantize_k_mean_kernel<T, D><<<p.slices * tiles, quant::kTileThreads, 0, stream>>>(p, tiles);
+  TD_CHECK_LAUNCH();
 }
 
 }  // namespace td
