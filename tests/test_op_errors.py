@@ -54,6 +54,7 @@ def _cases(device):
         (lambda: V(_t((1, 16, 2, 96), device), "NHD", 128), ValueError, ["v", "head dim 96"]),
         (lambda: V(_t((1, 16, 2, 128), device)[..., ::2], "NHD", 128), ValueError, ["v", "unit stride"]),
         (lambda: V(q, "NHD", 24), ValueError, ["pad_to", "24"]),
+        (lambda: V(_t((1, 0, 2, 64), device), "NHD", 128), ValueError, ["v", "at least one token", "[1, 0, 2, 64]"]),
         (lambda: TOK(_t((4, 64), device, torch.float32)), TypeError, ["x", "float32"]),
         (lambda: TOK(_t((4, 64), device)[:, ::2]), ValueError, ["x", "unit stride"]),
         (lambda: TOK(_t((4, 0), device)), ValueError, ["x", "non-empty"]),

@@ -153,6 +153,18 @@ def test_quantize_v_fp8_layout_semantics(device):
     assert err.max() < 2 ** -4, f"fp8 E4M3 relative error {err.max():.4f}"  # 3 mantissa bits, values <= 448
 
 
+def test_quantize_qk_int8_no_keys(device):
+    """Nk = 0: no K code or scale, and k's mean is NaN (0 / 0, the reference's), not uninitialised memory."""
+    q = torch.randn(1, 5, 2, 64, dtype=torch.bfloat16, device=device)
+    k = torch.randn(1, 0, 2, 64, dtype=torch.bfloat16, device=device)
+    poison_allocator(device)
+    q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, k, blk_q=64, blk_k=64)
+    r = ref.quantize_qk_int8(q.cpu(), k.cpu(), "NHD", 64, 64, 1.0)
+    assert torch.equal(q_i8.cpu(), r[0]) and torch.equal(q_s.cpu(), r[1])
+    assert k_i8.shape == (1, 0, 2, 64) and k_s.shape == (1, 2, 0)
+    assert km.shape == (1, 2, 64) and km.isnan().all()
+
+
 @pytest.mark.parametrize("case", V_CASES[1:4], ids=lambda c: "b{}h{}n{}d{}pad{}".format(*c))
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_quantize_v_fp8_given_amax(device, case, layout):

@@ -82,7 +82,9 @@ _register("quantize_qk_int8(Tensor q, Tensor k, str layout, int blk_q, int blk_k
 # quantize_v_fp8: per-channel FP8 E4M3, transposed [B, H, D, N_pad], tokens permuted (§4.1)
 def _check_v(v, layout, pad_to, v_amax=None):
     C.check_layout(layout)
-    b, h, _, d = C.check_attention_tensor("v", v, layout)
+    b, h, n, d = C.check_attention_tensor("v", v, layout)
+    if n == 0:
+        raise ValueError(f"v: expected at least one token (the scales are amax_N |v| / 448), got shape {list(v.shape)}")
     if pad_to <= 0 or pad_to % 16:
         raise ValueError(f"pad_to: expected a positive multiple of 16 (the token-permutation group), got {pad_to}")
     if v_amax is not None:

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -53,8 +54,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   at::Tensor k_i8 = at::empty(k.sizes(), k.options().dtype(at::kChar));
   at::Tensor q_scale = at::empty({sq.b, sq.h, (sq.n + blk_q - 1) / blk_q}, f32);
   at::Tensor k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
-  // A given mean is returned as a copy (an op's outputs do not alias its inputs).
-  at::Tensor k_mean = k_mean_given ? k_mean_given->clone() : at::empty({sk.b, sk.h, sk.d}, f32);
+  // A given mean is returned as a copy (an op's outputs do not alias its inputs); the mean of no tokens is
+  // NaN (0 / 0, like the reference), with no K tile to quantize.
+  at::Tensor k_mean = k_mean_given ? k_mean_given->clone()
+                      : sk.n == 0  ? at::full({sk.b, sk.h, sk.d}, std::numeric_limits<float>::quiet_NaN(), f32)
+                                   : at::empty({sk.b, sk.h, sk.d}, f32);
   // K's mean where it is not given: running channel sums (kReplicas copies per slice), then per slice the
   // count of tiles summed.
   const int64_t slices = sk.b * sk.h;
@@ -104,6 +108,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, cons
                                                        int64_t pad_to, const std::optional<at::Tensor>& v_amax) {
   check_layout(layout);
   const BHND s = check_attention_tensor(v, "v", layout, v.device());
+  TORCH_CHECK_VALUE(s.n > 0, "v: expected at least one token (the scales are amax_N |v| / 448), got shape ",
+                    dims_str(v.sizes()));
   TORCH_CHECK_VALUE(pad_to > 0 && pad_to % 16 == 0,
                     "pad_to: expected a positive multiple of 16 (the token-permutation group), got ", num(pad_to));
   check_vector_aligned(v, "v");
