@@ -58,21 +58,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   const int64_t mq = (sq.n + blkq - 1) / blkq, mk = (sk.n + blkk - 1) / blkk;
   // int(topk * Mk) of a double product, like the reference's Python float arithmetic.
   const int64_t kept = std::min<int64_t>(mk, static_cast<int64_t>(topk * static_cast<double>(mk)));
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(q.device().index());
-  const size_t max_smem = prop->sharedMemPerBlockOptin;
-  const int d = static_cast<int>(sq.d), mk_i = static_cast<int>(mk);
-  int rows = sla::kMaxRowsPerCta;
-  while (rows > 1 && sla_score_smem_bytes(d, rows, mk_i, 1) > max_smem) rows /= 2;
-  const size_t need = sla_score_smem_bytes(d, 1, mk_i, 1);
-  TORCH_CHECK_VALUE(need <= max_smem, "k: ", num(mk), " key blocks (Nk ", num(sk.n), " / blkk ", num(blkk),
-                    ") need ", num(int64_t(need)), " bytes of shared memory for one score row; this GPU allows ",
-                    num(int64_t(max_smem)), ": use a larger blkk");
   auto f32 = q.options().dtype(at::kFloat);
   at::Tensor lut = at::empty({sq.b, sq.h, mq, kept}, q.options().dtype(at::kInt));
   at::Tensor count = at::empty({sq.b, sq.h, mq}, q.options().dtype(at::kInt));
   at::Tensor q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
   at::Tensor k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
   at::Tensor k_mean = at::empty({sq.b, sq.h, sq.d}, f32);
+  // The scores go through a scratch of at most kScoreScratchBytes (whole (b, h) slices per pass, at least one).
+  TORCH_CHECK_VALUE(mq * mk <= (int64_t(1) << 28), "blkq, blkk: ", num(mq), " x ", num(mk),
+                    " query x key blocks per (b, h) need more than 1 GiB of fp32 scores: use larger blocks");
+  const int64_t per_pass = std::clamp<int64_t>(sla::kScoreScratchBytes / (4 * std::max<int64_t>(1, mq * mk)), 1,
+                                               sq.b * sq.h);
+  at::Tensor scores = at::empty({per_pass * mq * mk}, f32);
   SlaBlockMapParams p{};
   p.q = view_of(q, sq, layout);
   p.k = view_of(k, sk, layout);
@@ -82,24 +79,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   p.mq = static_cast<int>(mq);
   p.mk = static_cast<int>(mk);
   p.kept = static_cast<int>(kept);
-  p.rows_per_cta = rows;
-  // A second pooled-k tile hides the staging latency (H100, 14B-720p 64x64: scores + top-k 1.87 vs 2.05 ms,
-  // one CTA per SM either way), but where it costs a CTA per SM it was slower (14B 64x128: 0.99 vs 0.76 ms,
-  // the score rows of 591 key blocks let two one-buffer CTAs share an SM; docs/sla.md).
-  auto score_ctas_per_sm = [&](int bufs) {  // CTAs per SM by shared memory
-    return prop->sharedMemPerMultiprocessor /
-           (sla_score_smem_bytes(d, rows, mk_i, bufs) + prop->reservedSharedMemPerBlock);
-  };
-  const bool two_fit = sla_score_smem_bytes(d, rows, mk_i, 2) <= max_smem;
-  p.key_bufs = two_fit && score_ctas_per_sm(2) >= score_ctas_per_sm(1) ? 2 : 1;
   p.q_sums = q_sums.data_ptr<float>();
   p.k_sums = k_sums.data_ptr<float>();
   p.k_mean = k_mean.data_ptr<float>();
+  p.scores = scores.data_ptr<float>();
+  p.slices_per_pass = static_cast<int>(per_pass);
   p.lut = lut.data_ptr<int32_t>();
   p.count = count.data_ptr<int32_t>();
   p.bf16 = q.scalar_type() == c10::kBFloat16;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_sla_block_map<D>(p, static_cast<int>(sq.b), max_smem, stream); });
+  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_sla_block_map<D>(p, static_cast<int>(sq.b), stream); });
   return {lut, count, k_mean};
 }
 

@@ -1,5 +1,6 @@
 // Tunables of the SLA kernels and why.
 #pragma once
+#include <cstdint>
 
 namespace td {
 namespace sla {
@@ -11,16 +12,16 @@ constexpr int kPoolThreads = 256;
 // mean_N k and centring: one CTA per (b, h) (a few dozen at Wan shapes), so each is wide: kKmeanThreads / D
 // threads per channel split the key blocks.
 constexpr int kKmeanThreads = 1024;
-// Scores + top-k: a CTA takes up to kMaxRowsPerCta query blocks so every pooled-k tile it stages in
-// shared memory (kKeyTile key blocks, row-major) serves that many rows: the L2 traffic of the pooled
-// k is Mq / rows_per_cta passes over it. Each thread computes 4 x 1 scores (one key block against 4
-// query blocks, 4 channels per step: a float4 of its key row and 4 broadcast float4s of the query rows):
-// kKeyTile threads per 4 rows, so 16 rows use all 256 threads. The whole score rows (rows x Mk fp32)
-// stay in shared memory for the top-k; the launcher lowers rows_per_cta until that fits the device's
-// opt-in shared memory (sm_120: 99 KB, sm_90: 227 KB).
+// Scores: a CTA takes a tile of kScoreTile query blocks x kScoreTile key blocks (pooled means staged in
+// shared memory, 68 KB at D = 128: three CTAs per SM), 4 x 4 scores per thread, and writes them to a
+// scratch in global memory (Mq x Mk fp32 per (b, h), read back from L2 by the top-k; at most
+// kScoreScratchBytes, so the (b, h) slices go in passes where it would be more: Wan-14B-720p 64x64 needs
+// 224 MB, two passes). Keeping each CTA's whole score rows in shared memory for the top-k instead bounded the
+// tile to 16 query blocks x 64 keys at 4 x 1 scores per thread and one CTA per SM at long rows.
+// Top-k: a warp per query block (its row), kScoreThreads / 32 rows per CTA.
 constexpr int kScoreThreads = 256;
-constexpr int kMaxRowsPerCta = 16;
-constexpr int kKeyTile = 64;
+constexpr int kScoreTile = 64;
+constexpr int64_t kScoreScratchBytes = int64_t(128) << 20;
 constexpr int kRadixBins = 256;   // 8-bit digits: the top-k threshold is found in 4 passes per row
 
 // ---- linear branch (sla_linear_state.cuh) ----

@@ -19,11 +19,11 @@ struct SlaBlockMapParams {
   int blkq, blkk;           // pooling block sizes (any positive size)
   int mq, mk;               // ceil(nq / blkq), ceil(nk / blkk)
   int kept;                 // key blocks kept per query block: min(mk, int(topk * mk))
-  int rows_per_cta;         // query blocks per CTA of the score/top-k kernel (<= kMaxRowsPerCta)
-  int key_bufs;             // pooled-k tiles it stages at once: 2 (the next loads under this one) or 1
   float* q_sums;            // scratch [B*H, mq, D]: per-block sums of q (fp32)
   float* k_sums;            // scratch [B*H, mk, D]: per-block sums of k, then centred block means
   float* k_mean;            // output [B*H, D]: mean_N k (fp32)
+  float* scores;            // scratch [slices_per_pass, mq, mk]: the block scores (fp32)
+  int slices_per_pass;      // (b, h) slices scored, then top-k'd, per pass (the scratch's bound)
   int32_t* lut;             // [B*H, mq, kept], ascending
   int32_t* count;           // [B*H, mq]
   bool bf16;                // element type of q and k: bf16, else fp16

@@ -1,13 +1,14 @@
-// SLA block map (ARCHITECTURE §4.3) in three launches, emitting the LUT of §4.2 directly:
+// SLA block map (ARCHITECTURE §4.3) in five launches, emitting the LUT of §4.2 directly:
 //   1. sla_pool_kernel (q, then k): fp32 sums of every block of tokens (the last block is partial);
 //   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), a fixed order; also an output:
 //      sage_sla hands it to quantize_qk_int8, whose K pass is then single), and the centred key-block
 //      means in place of the sums;
-//   3. sla_score_topk_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a group of query
-//      blocks against all key blocks (fp32 CUDA-core FMAs, scores kept in shared memory), then per row a
-//      warp finds the kept-th largest score by MSB radix select (4 passes of 8-bit histograms over the
-//      order-preserving integer image of the floats) and writes the kept indices in ascending order:
-//      every index whose score is above the threshold, then the lowest-indexed ties.
+//   3. sla_score_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a tile of query blocks x
+//      key blocks (fp32 CUDA-core FMAs) into a scratch [B*H, Mq, Mk];
+//   4. sla_topk_kernel: per row a warp finds the kept-th largest score by MSB radix select (4 passes of
+//      8-bit histograms over the order-preserving integer image of the floats, the row read from L2) and
+//      writes the kept indices in ascending order: every index whose score is above the threshold, then
+//      the lowest-indexed ties.
 // The reference (turbodiffusion/reference/sla.py) pools the centred k instead of centring the pooled
 // k and sums in another order: scores agree to float32 rounding, so only near-ties can be chosen
 // differently (tests/test_sla.py compares sets up to ties).
@@ -169,103 +170,87 @@ __global__ void __launch_bounds__(sla::kKmeanThreads)
   }
 }
 
-// Pooled-q rows the score kernel stages for `rows` query blocks per CTA: a thread scores 4 rows at once.
-constexpr int sla_score_q_rows(int rows) { return (rows + 3) / 4 * 4; }
+// Dynamic shared memory of the score kernel: a tile of pooled q means and one of centred pooled k means,
+// rows padded by 4 floats.
+constexpr int sla_score_smem_bytes(int d) { return 2 * sla::kScoreTile * (d + 4) * int(sizeof(float)); }
 
-// Shared memory of the score/top-k kernel for `rows` query blocks per CTA and `key_bufs` pooled-k tiles.
-inline size_t sla_score_smem_bytes(int d, int rows, int mk, int key_bufs) {
-  return sizeof(float) *
-             (size_t(sla_score_q_rows(rows)) * d + size_t(key_bufs) * sla::kKeyTile * (d + 4) + size_t(rows) * mk) +
-         sizeof(uint32_t) * (sla::kScoreThreads / 32) * sla::kRadixBins;
-}
-
-// Scores of rows_per_cta query blocks against every key block, then their top-k. Grid
-// (ceil(mq / rows_per_cta), H, B).
+// Scores of a tile of kScoreTile query blocks x kScoreTile key blocks of (b, h) slice0 + blockIdx.z into
+// p.scores [slices of the launch, mq, mk]. Grid (ceil(mk / tile), ceil(mq / tile), slices). Thread (ty, tx) = (tid / 16, tid % 16) takes query blocks
+// 4 ty + i and key blocks tx + 16 j (i, j < 4): per 4 channels, 4 broadcast float4s of q rows (two rows per
+// warp: one wavefront each) and 4 float4s of key rows (16 keys at a 4-bank shift: two wavefronts each) feed
+// 64 FMAs, against 16 for five loads when a CTA also kept its score rows for the top-k (shared memory
+// bound: H100, 14B-720p 64x64, 2.36 ms at one CTA per SM). Each score is one FMA chain over d ascending,
+// as before (the same bits).
 template <int D>
-__global__ void __launch_bounds__(sla::kScoreThreads) sla_score_topk_kernel(const SlaBlockMapParams p) {
-  // Key rows padded by 4 floats: the 8 lanes of a float4 wavefront (keys c .. c + 7 at one channel quad)
-  // then hit 8 different bank quads.
-  constexpr int KT = sla::kKeyTile, DP = D + 4;
-  static_assert(KT * sla::kMaxRowsPerCta / 4 == sla::kScoreThreads, "4 x 1 scores per thread");
+__global__ void __launch_bounds__(sla::kScoreThreads) sla_score_kernel(const SlaBlockMapParams p, int64_t slice0) {
+  constexpr int TL = sla::kScoreTile, DP = D + 4;
+  static_assert(TL * TL / 16 == sla::kScoreThreads, "4 x 4 scores per thread");
   extern __shared__ __align__(16) float smem[];
-  const int rows_max = p.rows_per_cta;
-  const int pq_rows = sla_score_q_rows(rows_max);           // whole groups of 4 (a thread's rows), zero past rows
-  float* pq = smem;                                         // [pq_rows][D] pooled q means
-  float* pk = pq + pq_rows * D;                             // [key_bufs][KT][DP] pooled centred k means
-  uint32_t* hist = reinterpret_cast<uint32_t*>(pk + p.key_bufs * KT * DP);  // [warps][256]
-  float* score = reinterpret_cast<float*>(hist + (sla::kScoreThreads / 32) * sla::kRadixBins);  // [rows][mk]
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int64_t slice = int64_t(b) * p.heads + h;
-  const int qb0 = blockIdx.x * rows_max;
-  const int rows = min(rows_max, p.mq - qb0);
-  const int mk = p.mk;
-
-  for (int i = tid; i < pq_rows * D; i += sla::kScoreThreads) {
+  float* pq = smem;            // [TL][DP] pooled q means (zeros past mq)
+  float* pk = smem + TL * DP;  // [TL][DP] centred pooled k means (zeros past mk)
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int64_t slice = slice0 + blockIdx.z;
+  const int kb0 = blockIdx.x * TL, qb0 = blockIdx.y * TL;
+  for (int i = 4 * tid; i < TL * D; i += 4 * sla::kScoreThreads) {
+    const int r = i / D, d = i % D, kb = kb0 + r;
+    cp_async_16(pk + r * DP + d, p.k_sums + (slice * p.mk + min(kb, p.mk - 1)) * D + d, kb < p.mk);
+  }
+  cp_async_commit();
+  for (int i = tid; i < TL * D; i += sla::kScoreThreads) {
     const int r = i / D, qb = qb0 + r;
     float v = 0.f;
-    if (r < rows) {
+    if (qb < p.mq) {
       const int64_t len = std::min<int64_t>(p.blkq, p.q.n - int64_t(qb) * p.blkq);
       v = p.q_sums[(slice * p.mq + qb) * D + i % D] / static_cast<float>(len);
     }
-    pq[i] = v;
+    pq[r * DP + i % D] = v;
   }
-  const int c = tid % KT, r0 = 4 * (tid / KT);  // this thread's key block in the tile, its first row
-  // Centred key-block means (sla_kmean_kernel) of the tile at kt0 into buffer buf: 16-byte cp.async
-  // copies (zeros past mk), one commit group. Two buffers (p.key_bufs, where the launcher finds they cost
-  // no CTA per SM): the next tile loads under this one's FMAs; one: after them.
-  auto stage = [&](int kt0, int buf) {
-    for (int i = 4 * tid; i < KT * D; i += 4 * sla::kScoreThreads) {
-      const int kc = i / D, d = i % D, kb = kt0 + kc;
-      cp_async_16(pk + (buf * KT + kc) * DP + d, p.k_sums + (slice * mk + min(kb, mk - 1)) * D + d, kb < mk);
-    }
-    cp_async_commit();
-  };
-  const bool ahead = p.key_bufs == 2;
-  stage(0, 0);
-  for (int kt0 = 0, buf = 0; kt0 < mk; kt0 += KT, buf = ahead ? buf ^ 1 : 0) {
-    if (ahead && kt0 + KT < mk) {
-      stage(kt0 + KT, buf ^ 1);  // (its buffer was last read before the barrier closing the previous tile)
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // the tile (and, first time, pq) visible to every thread
-    if (r0 < rows && kt0 + c < mk) {
-      // score[r][c] = sum_d q[r][d] k[c][d], d ascending (one FMA chain per score).
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
-      const float* kr = pk + (buf * KT + c) * DP;
-#pragma unroll 4
-      for (int d = 0; d < D; d += 4) {
-        const float4 kv = *reinterpret_cast<const float4*>(kr + d);
+  cp_async_wait<0>();
+  __syncthreads();
+  float acc[4][4] = {};
+#pragma unroll 2
+  for (int d = 0; d < D; d += 4) {
+    float4 kv[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float4 qv = *reinterpret_cast<const float4*>(pq + (r0 + j) * D + d);
-          acc[j] = fmaf(qv.x, kv.x, acc[j]);
-          acc[j] = fmaf(qv.y, kv.y, acc[j]);
-          acc[j] = fmaf(qv.z, kv.z, acc[j]);
-          acc[j] = fmaf(qv.w, kv.w, acc[j]);
-        }
+    for (int j = 0; j < 4; ++j) kv[j] = *reinterpret_cast<const float4*>(pk + (tx + 16 * j) * DP + d);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float4 qv = *reinterpret_cast<const float4*>(pq + (4 * ty + i) * DP + d);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        acc[i][j] = fmaf(qv.x, kv[j].x, acc[i][j]);
+        acc[i][j] = fmaf(qv.y, kv[j].y, acc[i][j]);
+        acc[i][j] = fmaf(qv.z, kv[j].z, acc[i][j]);
+        acc[i][j] = fmaf(qv.w, kv[j].w, acc[i][j]);
       }
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (r0 + j < rows) score[(r0 + j) * mk + kt0 + c] = acc[j];
     }
-    __syncthreads();  // the tile consumed before the next iteration stages over it
-    if (!ahead && kt0 + KT < mk) stage(kt0 + KT, 0);
   }
-  for (int rr = warp; rr < rows; rr += sla::kScoreThreads / 32) {
-    const int64_t row = slice * p.mq + qb0 + rr;
-    sla_detail::select_topk_row(score + rr * mk, mk, p.kept, hist + warp * sla::kRadixBins, p.lut + row * p.kept,
-                                lane);
-    if (lane == 0) p.count[row] = p.kept;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int qb = qb0 + 4 * ty + i;
+    if (qb >= p.mq) break;
+    float* row = p.scores + (int64_t(blockIdx.z) * p.mq + qb) * p.mk;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (kb0 + tx + 16 * j < p.mk) row[kb0 + tx + 16 * j] = acc[i][j];
   }
 }
 
-// The whole block map on `stream`. max_smem: the device's opt-in shared memory per block; the
-// launcher has checked that one query block per CTA fits (rows_per_cta >= 1).
+// Per query block (a warp each) of the launch's `rows` (from slice slice0 on), its top-k of the score row into
+// the LUT and its count.
+__global__ void __launch_bounds__(sla::kScoreThreads) sla_topk_kernel(const SlaBlockMapParams p, int64_t slice0,
+                                                                      int64_t rows) {
+  __shared__ uint32_t hist[sla::kScoreThreads / 32][sla::kRadixBins];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * (sla::kScoreThreads / 32) + warp, out = slice0 * p.mq + row;
+  if (row >= rows) return;
+  sla_detail::select_topk_row(p.scores + row * p.mk, p.mk, p.kept, hist[warp], p.lut + out * p.kept, lane);
+  if (lane == 0) p.count[out] = p.kept;
+}
+
+// The whole block map on `stream`.
 template <int D>
-void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaStream_t stream) {
+void launch_sla_block_map(SlaBlockMapParams p, int batch, cudaStream_t stream) {
   if (batch == 0 || p.heads == 0) return;
   const dim3 pool_q(p.mq, p.heads, batch), pool_k(p.mk, p.heads, batch);  // (mk >= 1: the launcher checks)
   if (p.bf16) {
@@ -282,11 +267,19 @@ void launch_sla_block_map(SlaBlockMapParams p, int batch, size_t max_smem, cudaS
   else
     sla_pool_kernel<D, __half><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
   TD_CHECK_LAUNCH();
-  allow_dynamic_shared_memory(sla_score_topk_kernel<D>, static_cast<int>(max_smem));
-  const size_t smem = sla_score_smem_bytes(D, p.rows_per_cta, p.mk, p.key_bufs);
-  const dim3 grid(static_cast<unsigned>(cdiv(p.mq, p.rows_per_cta)), p.heads, batch);
-  sla_score_topk_kernel<D><<<grid, sla::kScoreThreads, smem, stream>>>(p);
-  TD_CHECK_LAUNCH();
+  constexpr int smem = sla_score_smem_bytes(D);
+  allow_dynamic_shared_memory(sla_score_kernel<D>, smem, true);
+  const int64_t slices = int64_t(batch) * p.heads;
+  for (int64_t s0 = 0; s0 < slices; s0 += p.slices_per_pass) {  // the scratch holds slices_per_pass slices
+    const int64_t n = std::min<int64_t>(p.slices_per_pass, slices - s0), rows = n * p.mq;
+    const dim3 grid(static_cast<unsigned>(cdiv(p.mk, sla::kScoreTile)), static_cast<unsigned>(cdiv(p.mq, sla::kScoreTile)),
+                    static_cast<unsigned>(n));
+    sla_score_kernel<D><<<grid, sla::kScoreThreads, smem, stream>>>(p, s0);
+    TD_CHECK_LAUNCH();
+    sla_topk_kernel<<<static_cast<unsigned>(cdiv(rows, sla::kScoreThreads / 32)), sla::kScoreThreads, 0, stream>>>(
+        p, s0, rows);
+    TD_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace td
