@@ -157,6 +157,7 @@ def _sla_cases(device):
     bf = dict(dtype=torch.bfloat16, device=device)
     q = torch.randn(1, 100, 2, 64, **bf)
     w = torch.randn(64, 64, device=device)
+    q16k = torch.zeros(1, 16385, 1, 64, **bf)  # 16385^2 > 2^28 block pairs at blocks of one token
     q_i8, q_s, k_i8, k_s, km = ops.quantize_qk_int8(q, q, blk_q=16, blk_k=16, q_scale_factor=0.18)
     args = [q, q_i8, q_s, k_i8, k_s, km, *ops.quantize_v_fp8(q, pad_to=64)]
     lut = torch.zeros(1, 2, 2, 1, dtype=torch.int32, device=device)
@@ -169,6 +170,7 @@ def _sla_cases(device):
         (lambda: SLA_MAP(q, q, "NHD", 0, 64, 0.1), ValueError, ["blkq", "0"]),
         (lambda: SLA_MAP(q, q, "NHD", 64, 64, 1.5), ValueError, ["topk", "1.5"]),
         (lambda: SLA_MAP(q, q[:, :0], "NHD", 64, 64, 0.1), ValueError, ["k", "at least one key"]),
+        (lambda: SLA_MAP(q16k, q16k, "NHD", 1, 1, 0.1), ValueError, ["blkq, blkk", "16385 x 16385", "1 GiB"]),
         (lambda: SLA_LIN(q, q, w.double(), "NHD"), TypeError, ["proj_weight", "float32", "float64"]),
         (lambda: SLA_LIN(q, q, w[:32], "NHD"), ValueError, ["proj_weight", "[64, 64]", "[32, 64]"]),
         (lambda: SLA_LIN(q, q[:, :50], w, "NHD"), ValueError, ["v", "like k"]),
@@ -185,6 +187,6 @@ def _sla_cases(device):
     ]
 
 
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(16))
 def test_sla_bad_input_names_the_argument(device, index):
     _expect_error(*_sla_cases(device)[index])

@@ -420,11 +420,19 @@ def _check_topk(topk):
         raise ValueError(f"topk: expected a fraction in [0, 1], got {topk!r}")
 
 
+# Query x key blocks of one (b, h) the block map scores at most (1 GiB of fp32 scores; csrc/ops/sla.cu).
+MAX_BLOCK_PAIRS = 1 << 28
+
+
 def _check_block_map(q, k, layout, blkq, blkk, topk):
     _check_same_qk(q, k, layout)
     _check_block("blkq", blkq)
     _check_block("blkk", blkk)
     _check_topk(topk)
+    mq, mk = _cdiv(C.bhnd(q, layout)[2], blkq), _cdiv(C.bhnd(k, layout)[2], blkk)
+    if mq * mk > MAX_BLOCK_PAIRS:
+        raise ValueError(f"blkq, blkk: {mq} x {mk} query x key blocks per (b, h) need more than 1 GiB of fp32 "
+                         "scores: use larger blocks")
 
 
 def _fake_block_map(q, k, layout, blkq, blkk, topk):

@@ -64,11 +64,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   at::Tensor q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
   at::Tensor k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
   at::Tensor k_mean = at::empty({sq.b, sq.h, sq.d}, f32);
-  // The scores go through a scratch of at most kScoreScratchBytes (whole (b, h) slices per pass, at least one).
+  // The scores go through a scratch of at most kScoreScratchBytes: whole (b, h) slices per pass, at least one,
+  // at most 65535 (the score kernel's grid z).
   TORCH_CHECK_VALUE(mq * mk <= (int64_t(1) << 28), "blkq, blkk: ", num(mq), " x ", num(mk),
                     " query x key blocks per (b, h) need more than 1 GiB of fp32 scores: use larger blocks");
   const int64_t per_pass = std::clamp<int64_t>(sla::kScoreScratchBytes / (4 * std::max<int64_t>(1, mq * mk)), 1,
-                                               sq.b * sq.h);
+                                               std::max<int64_t>(1, std::min<int64_t>(sq.b * sq.h, 65535)));
   at::Tensor scores = at::empty({per_pass * mq * mk}, f32);
   SlaBlockMapParams p{};
   p.q = view_of(q, sq, layout);

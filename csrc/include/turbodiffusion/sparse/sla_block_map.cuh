@@ -175,12 +175,12 @@ __global__ void __launch_bounds__(sla::kKmeanThreads)
 constexpr int sla_score_smem_bytes(int d) { return 2 * sla::kScoreTile * (d + 4) * int(sizeof(float)); }
 
 // Scores of a tile of kScoreTile query blocks x kScoreTile key blocks of (b, h) slice0 + blockIdx.z into
-// p.scores [slices of the launch, mq, mk]. Grid (ceil(mk / tile), ceil(mq / tile), slices). Thread (ty, tx) = (tid / 16, tid % 16) takes query blocks
-// 4 ty + i and key blocks tx + 16 j (i, j < 4): per 4 channels, 4 broadcast float4s of q rows (two rows per
-// warp: one wavefront each) and 4 float4s of key rows (16 keys at a 4-bank shift: two wavefronts each) feed
-// 64 FMAs, against 16 for five loads when a CTA also kept its score rows for the top-k (shared memory
-// bound: H100, 14B-720p 64x64, 2.36 ms at one CTA per SM). Each score is one FMA chain over d ascending,
-// as before (the same bits).
+// p.scores [slices of the launch, mq, mk]. Grid (ceil(mk / tile), ceil(mq / tile), slices). Thread
+// (ty, tx) = (tid / 16, tid % 16) takes query blocks 4 ty + i and key blocks tx + 16 j (i, j < 4): per 4
+// channels, 4 broadcast float4s of q rows (two rows per warp: one wavefront each) and 4 float4s of key
+// rows (16 keys at a 4-bank shift: two wavefronts each) feed 64 FMAs, against 16 for five loads when a CTA
+// also kept its score rows for the top-k (shared memory bound: H100, 14B-720p 64x64, 2.36 ms at one CTA
+// per SM). Each score is one FMA chain over d ascending, as before (the same bits).
 template <int D>
 __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_kernel(const SlaBlockMapParams p, int64_t slice0) {
   constexpr int TL = sla::kScoreTile, DP = D + 4;
