@@ -36,7 +36,7 @@ using VTile = TokenTile<T, D, quant::kTileThreads, quant::kTileVectorsPerThread>
 //     lanes two rows apart, take 8 wavefronts, twice the minimum; with pitch ROWS, 32).
 //  3. Each 16-byte global store takes a chunk of one row, ROWS / 16 consecutive lanes a whole row of the
 //     tile: a warp's store covers whole 128-byte lines of a few rows.
-// H100, v_amax given, 1.3B-480p / 14B-720p: 0.90x / 0.96x of copy bandwidth. Stored straight from step 1
+// H100 (2026-11-27), v_amax given, 1.3B-480p / 14B-720p: 0.90x / 0.96x of copy bandwidth. Stored straight from step 1
 // (a warp's 16-byte stores to 32 rows: 32 L2 requests of half a sector each) 0.45x / 0.44x; the earlier
 // byte-wise gather from token-major codes in shared memory 0.61x / 0.63x.
 template <typename T, int D>
