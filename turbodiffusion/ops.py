@@ -420,7 +420,7 @@ def _check_topk(topk):
         raise ValueError(f"topk: expected a fraction in [0, 1], got {topk!r}")
 
 
-# Query x key blocks of one (b, h) the block map scores at most (1 GiB of fp32 scores; csrc/ops/sla.cu).
+# Query x key blocks of one (b, h) the block map scores at most (1 GiB of fp32 scores; sla::kMaxBlockPairs).
 MAX_BLOCK_PAIRS = 1 << 28
 
 

@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   at::Tensor k_mean = at::empty({sq.b, sq.h, sq.d}, f32);
   // The scores go through a scratch of at most kScoreScratchBytes: whole (b, h) slices per pass, at least one,
   // at most 65535 (the score kernel's grid z).
-  TORCH_CHECK_VALUE(mq * mk <= (int64_t(1) << 28), "blkq, blkk: ", num(mq), " x ", num(mk),
+  TORCH_CHECK_VALUE(mq * mk <= sla::kMaxBlockPairs, "blkq, blkk: ", num(mq), " x ", num(mk),
                     " query x key blocks per (b, h) need more than 1 GiB of fp32 scores: use larger blocks");
   const int64_t per_pass = std::clamp<int64_t>(sla::kScoreScratchBytes / (4 * std::max<int64_t>(1, mq * mk)), 1,
                                                std::max<int64_t>(1, std::min<int64_t>(sq.b * sq.h, 65535)));

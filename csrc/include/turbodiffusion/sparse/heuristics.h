@@ -22,6 +22,9 @@ constexpr int kKmeanThreads = 1024;
 constexpr int kScoreThreads = 256;
 constexpr int kScoreTile = 64;
 constexpr int64_t kScoreScratchBytes = int64_t(128) << 20;
+// Query x key blocks of one (b, h) the block map scores at most: 1 GiB of fp32 scores (one slice per pass
+// past the scratch). Mirrored by turbodiffusion.ops.MAX_BLOCK_PAIRS for the CPU path's check.
+constexpr int64_t kMaxBlockPairs = int64_t(1) << 28;
 constexpr int kRadixBins = 256;   // 8-bit digits: the top-k threshold is found in 4 passes per row
 
 // ---- linear branch (sla_linear_state.cuh) ----
