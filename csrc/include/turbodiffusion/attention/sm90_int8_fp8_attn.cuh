@@ -133,10 +133,6 @@ struct alignas(1024) Smem {
 
 }  // namespace sm90_attn
 
-// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<128, true>): three consumer groups per CTA at 160 registers. In the
-// tile loop ptxas (nvcc 13.0) keeps one value in local memory with 128-key tiles (a 4-byte store and load
-// per tile, L1-resident), none with 64-key tiles; the SLA epilogue (q pairs, e fragments and O live at
-// once, once per group) spills 32-124 B, also L1-resident.
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
 // registers, keeps one or two values in local memory (4-8 B, one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
@@ -236,18 +232,19 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     };
     if constexpr (Cfg::kGroupRings) {
       if (warp == 0 && lane == 0) load_q();
-      if (warp < Cfg::kRings) {
+      const int r = __shfl_sync(0xffffffffu, warp, 0);  // (warp-uniform for ptxas: the ring's addresses)
+      if (r < Cfg::kRings) {
         const float* ks_g = p.k_scale + slice * p.k_blocks;
-        Tiles tiles = walk(warp);
+        Tiles tiles = walk(r);
         int i = 0;
         for (int tile = 0; tile >= 0; ++i) {
           tile = tiles.next();
           const int s = i % S;
-          wait_free(warp, i);
+          wait_free(r, i);
           // The TMA first, the K scales (a global load) under it, then the arrival that completes the slot.
-          if (lane == 0 && tile >= 0) load_tile(warp, s, tile, false);
-          stage_scales(ks_g, warp, s, tile);
-          if (lane == 0) mbar_arrive(&sm.full[warp][s]);
+          if (lane == 0 && tile >= 0) load_tile(r, s, tile, false);
+          stage_scales(ks_g, r, s, tile);
+          if (lane == 0) mbar_arrive(&sm.full[r][s]);
         }
         // Without room for lin beside the rings: once the group has released its last tile (walk position
         // i - 2; the one before was released earlier), lin goes into the ring's first K and V slots (a
@@ -255,11 +252,11 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
         if (!Cfg::kLinInSmem && p.lin_frag) {
           static_assert(Cfg::kLinInSmem || (Lin::kHalves == 2 && Lin::kHalfBytes <= sizeof(sm.k[0]) &&
                                             Lin::kHalfBytes <= sizeof(sm.v[0])), "a column half per ring half");
-          if (i >= 2) wait_free(warp, i - 2 + S);
+          if (i >= 2) wait_free(r, i - 2 + S);
           if (lane == 0) {
-            mbar_arrive_expect_tx(&sm.lin_full[warp], Lin::kBytes);
-            bulk_load(sm.k[warp][0], lin_g, Lin::kHalfBytes, &sm.lin_full[warp]);
-            bulk_load(sm.v[warp][0], lin_g + Lin::kHalfBytes / 16, Lin::kHalfBytes, &sm.lin_full[warp]);
+            mbar_arrive_expect_tx(&sm.lin_full[r], Lin::kBytes);
+            bulk_load(sm.k[r][0], lin_g, Lin::kHalfBytes, &sm.lin_full[r]);
+            bulk_load(sm.v[r][0], lin_g + Lin::kHalfBytes / 16, Lin::kHalfBytes, &sm.lin_full[r]);
           }
         }
       }
@@ -291,7 +288,18 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 
   // ---------------- consumers ----------------
   regs_alloc<Cfg::kConsumerRegs>();
-  const int cg = wg - 1, ring = Cfg::kGroupRings ? cg : 0;
+  // The group index broadcast from lane 0: ptxas then knows it is warp-uniform and keeps what derives from
+  // it (the ring's slot addresses, wgmma descriptors, the exp turns' barrier ids) in uniform registers;
+  // derived from threadIdx, it computed them per thread and moved them over (R2UR) in every tile (the
+  // sparse kernel's loop body: ~1230 instructions per warp and tile vs the dense kernel's ~1100, in ncu).
+  // Measured on the H100 (2026-11-27, same machine start, kernel only, two rounds): dense 1.3B-480p 6.89 /
+  // 6.84 vs 7.45 / 7.44 ms, 14B-720p 120.3 / 120.6 vs 129.5 / 127.6 ms; sparse (with the tile index below and
+  // the scales in registers) 1.3B-480p 64x128 0.961 / 0.959 vs 1.116 / 1.101 ms, 64x64 1.10 vs 1.27 ms,
+  // 14B-720p 64x128 15.0 vs 16.8-17.1 ms; but the dense D 64 kernel (two groups, overlapped schedule) 2.42 vs
+  // 2.12 ms: not there. (Since then ptxas spills nothing in the sparse D 128 kernels.)
+  constexpr bool kUniformGroup = D == 128 || kSparse;
+  const int cg = Cfg::kConsumers == 1 ? 0 : kUniformGroup ? __shfl_sync(0xffffffffu, wg - 1, 0) : wg - 1;
+  const int ring = Cfg::kGroupRings ? cg : 0;
   const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
   const int qblk = static_cast<int>(row0 / attn::kBlkQ);
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
@@ -327,7 +335,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   auto next_tile = [&](int i) {
     if constexpr (kSparse) {
       mbar_wait(&sm.full[ring][i % S], (i / S) & 1);
-      return sm.tile[ring][i % S];
+      return __shfl_sync(0xffffffffu, sm.tile[ring][i % S], 0);  // (warp-uniform for ptxas, as cg)
     } else {
       return dense_tiles.next();
     }
@@ -378,9 +386,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   };
   // Softmax of S (walk position i) into pa. Overlapped schedule: for i >= 1, PV_{i-1} is still in flight;
   // the row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase
-  // rewrites pa. sc: q scale
-  // x the tile's K scales (staged by the producer with the K tile), held in registers (dense) or read
-  // from shared memory at each use (sparse: sm90_attn::SlotScales).
+  // rewrites pa. sc: q scale x the tile's K scales (staged by the producer with the K tile), held in
+  // registers, or read from shared memory at each use where registers are short (the sparse kernel's
+  // overlapped schedule: sm90_attn::SlotScales). (The sparse serial schedule read them at each use too
+  // until 2026-11-27: in registers, 64x128 1.3B-480p 0.955 vs 0.983 ms, 14B-720p 15.3 vs 15.7 ms.)
   auto softmax_scaled = [&](int i, int tile, const auto& sc) {
     attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
       if (!Cfg::kSerialPV && i > 0) {
@@ -392,7 +401,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     if constexpr (kExpTurns) named_bar_arrive(next_bar, kTurnThreads);  // the next group's turn
   };
   auto softmax = [&](int i, int tile) {
-    if constexpr (kSparse) {
+    if constexpr (kSparse && !Cfg::kSerialPV) {
       softmax_scaled(i, tile, sm90_attn::SlotScales{sm.k_scale[ring][i % S], qs});
     } else {
       float sc[NB / 2];
