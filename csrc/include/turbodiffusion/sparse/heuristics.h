@@ -34,8 +34,12 @@ constexpr int kRadixBins = 256;   // 8-bit digits: the top-k threshold is found 
 constexpr int kLinTile = 32;
 // N is split so that the grid fills kLinWaves whole waves of co-resident CTAs (2 per SM at D = 128: 128
 // registers x 256 threads); a split is at least kLinMinTiles tiles, so its fixed cost (the partial write,
-// D x (D + 8) fp32) stays small next to its k/v reads.
-constexpr int kLinWaves = 4;
+// D x (D + 8) fp32) stays small next to its k/v reads. One wave: sage_sla runs this pass on a side stream
+// beside the block map and Q/K's quantizer, and a grid of several waves kept their CTAs off the SMs until
+// its last wave (H100, 2026-11-27, sage_sla wall time, two rounds: 1.3B-480p 64x128 1.377 / 1.394 ms with
+// one wave vs 1.411 / 1.421 with four, 64x64 1.562 / 1.569 vs 1.592 / 1.592; 14B-720p 64x128 18.5 / 18.7
+// either way; half a wave 1.383 / 1.385, a quarter 1.48).
+constexpr int kLinWaves = 1;
 constexpr int kLinMinTiles = 16;
 
 }  // namespace sla
