@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   // The group index broadcast from lane 0: ptxas then knows it is warp-uniform and keeps what derives from
   // it (the ring's slot addresses, wgmma descriptors, the exp turns' barrier ids) in uniform registers;
   // derived from threadIdx, it computed them per thread and moved them over (R2UR) in every tile (the
-  // sparse kernel's loop body: ~1230 instructions per warp and tile vs the dense kernel's ~1100, in ncu).
+  // sparse kernel's loop body: ~615 instructions per warp and tile vs the dense kernel's ~550, in ncu).
   // Measured on the H100 (2026-11-27, same machine start, kernel only, two rounds): dense 1.3B-480p 6.89 /
   // 6.84 vs 7.45 / 7.44 ms, 14B-720p 120.3 / 120.6 vs 129.5 / 127.6 ms; sparse (with the tile index below and
   // the scales in registers) 1.3B-480p 64x128 0.961 / 0.959 vs 1.116 / 1.101 ms, 64x64 1.10 vs 1.27 ms,
