@@ -4,9 +4,10 @@
 //   out [B*H, D, n_pad]: tokens contiguous (the PV MMA reads V K-major), zero-padded past n, and
 //   reordered inside each 16-token group: position p holds token kVPerm[p] (see below).
 //
-// Persistent and slice-grouped like K's smoothing (slice_groups.cuh): phase 1 reduces the channel amax,
-// phase 2 quantizes the tile kept in shared memory. Where the caller has the amax (sage_sla:
-// sla_linear_state reads all of v and returns it), one pass: one CTA per tile, like Q's.
+// Persistent and slice-grouped (slice_groups.cuh): phase 1 reduces the channel amax, phase 2 quantizes the
+// tile kept in shared memory. (K's smoothing left this scheme for a mean kernel plus a single pass:
+// quantize_qk_int8.cuh; for V the same split measured slower, docs/quant_kernels.md.) Where the caller has
+// the amax (sage_sla: sla_linear_state reads all of v and returns it), one pass: one CTA per tile, like Q's.
 #pragma once
 #include "turbodiffusion/common/launch.cuh"
 #include "turbodiffusion/quant/heuristics.h"
