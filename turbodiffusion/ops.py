@@ -536,8 +536,8 @@ def attention_int8_fp8_sparse(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8
     """Block-sparse attention_int8_fp8: each query block (blkq rows) attends to the keys of the key blocks
     (blkk keys) listed in lut[b, h, qblock, :count]. Empty rows give 0 and lse -inf. With lin
     (sla_linear_state) and lin_bias (proj_l.bias), the epilogue adds SLA's projected linear branch.
-    blkq, blkk: multiples of 64. backend: "mma", "sm90" (sm_90 GPUs; 128-key tiles where blkk % 128 == 0, else
-    64-key tiles with the mma kernel's numerics) or "auto" (sm90 on sm_90 GPUs, else mma)."""
+    blkq, blkk: multiples of 64. backend: "mma" (64-key tiles), "sm90" (sm_90 GPUs; 128-key tiles, each two
+    consecutive 64-key tiles of the walk) or "auto" (sm90 on sm_90 GPUs, else mma)."""
     kernel = _sparse_kernel(q, backend)
     return getattr(torch.ops.turbodiffusion, kernel)(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale,
                                                      lut, count, lin, lin_bias, layout, float(sm_scale), blkq, blkk)

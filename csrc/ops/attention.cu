@@ -146,7 +146,8 @@ CUtensorMap qk_tensor_map(const at::Tensor& t, const char* name, const BHND& s, 
 }
 
 // The three TMA tensor maps of the sm90 kernel: q, k (one head's rows per box) and the transposed V, for
-// KV tiles of `bn` keys (128, or 64: a V box row is then 64 bytes, 64-byte swizzle).
+// boxes of `bn` keys (128, or 64 for the sparse kernel's tile halves: a V box row is then 64 bytes, 64-byte
+// swizzle).
 struct Sm90TensorMaps {
   CUtensorMap q, k, v;
 };
@@ -231,17 +232,10 @@ std::tuple<at::Tensor, at::Tensor> launch_quantized_attention(QuantizedAttention
   const int batch = static_cast<int>(a.sq.b);
   if constexpr (kSm90) {
     const bool nhd = layout == "NHD";
-    // Sparse key blocks that are not multiples of 128 keys take 64-key tiles (heuristics.h).
-    const bool tiles64 = kSparse && a.p.blkk % 128 != 0;
-    const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd, tiles64 ? 64 : 128);
-    TD_DISPATCH_HEAD_DIM(a.sq.d, D, [&] {
-      if constexpr (kSparse) {
-        if (tiles64) launch_sm90_int8_fp8_attn<D, true, 64>(m.q, m.k, m.v, a.p, nhd, batch, stream);
-        else launch_sm90_int8_fp8_attn<D, true, 128>(m.q, m.k, m.v, a.p, nhd, batch, stream);
-      } else {
-        launch_sm90_int8_fp8_attn<D, false>(m.q, m.k, m.v, a.p, nhd, batch, stream);
-      }
-    });
+    constexpr uint32_t box_keys = attn::Sm90AttnConfig<128, kSparse>::kBoxKeys;  // (the same at D 64)
+    const Sm90TensorMaps m = sm90_tensor_maps(a, q_int8, k_int8, v_fp8, nhd, box_keys);
+    TD_DISPATCH_HEAD_DIM(a.sq.d, D,
+                         [&] { launch_sm90_int8_fp8_attn<D, kSparse>(m.q, m.k, m.v, a.p, nhd, batch, stream); });
   } else {
     const int cc = compute_capability(q_int8.device());
     TORCH_CHECK(cc >= 89, op, ": needs FP8 mma.sync (sm_89 or newer), got sm_", num(int64_t(cc)),
@@ -265,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> dense_attention(const char* op, const at::Ten
 
 // Block-sparse variants (ARCHITECTURE §4.2) with SLA's optional linear epilogue (§4.3). Block-size units:
 // a query block covers whole 64-row tiles (an mma.sync CTA, a wgmma consumer group) and whole KV tiles
-// (64 keys; the wgmma kernel takes 128-key tiles where blkk allows).
+// (64 keys; the wgmma kernel's 128-key tiles pair two of them).
 template <bool kSm90>
 std::tuple<at::Tensor, at::Tensor> sparse_attention(
     const char* op, const at::Tensor& q, const at::Tensor& q_int8, const at::Tensor& q_scale,

@@ -33,8 +33,8 @@ MMA_BLK_Q = 16      # one Q scale per 16 query rows = one warp's m16 rows of the
 MMA_BLK_K = 16      # one K scale per 16 keys = two n8 columns of the QK^T accumulator
 MMA_KV_TILE = 64    # keys per KV tile; V must be padded to a multiple of it
 # The sm90 (wgmma) kernel has the same granularity with 128-key tiles (heuristics.h Sm90AttnConfig; its
-# block-sparse variant takes 64-key tiles for key blocks that are not multiples of 128); it takes the same
-# 64-padded V (TMA zero-fills the rest of a tile).
+# block-sparse variant pairs 64-key tiles of its walk into them); it takes the same 64-padded V (TMA
+# zero-fills the rest of a tile).
 SM90_KV_TILE = 128
 LOG2_448 = math.log2(448.0)
 LN2 = math.log(2.0)

@@ -204,15 +204,10 @@ def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v
     return _from_bhnd(out.to(q.dtype), layout), lse
 
 
-def sm90_sparse_kv_tile(blkk: int) -> int:
-    """Keys per KV tile of the block-sparse sm90 kernel: 128, or the mma kernel's 64 where blkk is not a
-    multiple of 128 (heuristics.h Sm90AttnConfig; csrc/ops/attention.cu picks the kernel the same way)."""
-    return SM90_KV_TILE if blkk % SM90_KV_TILE == 0 else MMA_KV_TILE
-
-
 def attention_int8_fp8_sparse_sm90(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
                                    lin_bias, layout: str, sm_scale: float, blkq: int, blkk: int):
-    """Emulation of the block-sparse sm90 wgmma kernel: the mma.sync emulation with its KV tiles
-    (sm90_sparse_kv_tile)."""
+    """Emulation of the block-sparse sm90 wgmma kernel: the mma.sync emulation with 128-key tiles over the kept
+    keys in walk order, i.e. two consecutive 64-key tiles of the walk per tile whatever blkk (the kernel pairs
+    them: sla_detail::PairTiles; with blkk % 128 == 0 these are the block's aligned 128-key tiles)."""
     return attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
-                                         lin_bias, layout, sm_scale, blkq, blkk, kv_tile=sm90_sparse_kv_tile(blkk))
+                                         lin_bias, layout, sm_scale, blkq, blkk, kv_tile=SM90_KV_TILE)

@@ -65,20 +65,25 @@ struct MmaAttnConfig {
 //         tile (each 64-row group lies in one query block, whatever blkq).
 //         D = 128: three consumer groups per CTA (192 rows, 160 registers, the dense D 128 kernel's serial
 //         schedule), each walking its own query block's LUT row through its own ring (kGroupRings; one
-//         CTA per SM): 64-key tiles 3 rings x 3 x 16 KB + Q 24 KB + the SLA linear-term fragments 35 KB =
-//         203 KB; 128-key tiles 3 x 2 x 32 KB + Q 24 KB = 216 KB, lin then copied into each ring's
-//         slots after its group's walk (kLinInSmem off). Measured on the H100 (2026-11-27) against one group per CTA and
-//         two CTAs per SM (232 registers, overlapped schedule): SageSLA 64x64 sparse stage 1.3B-480p
-//         1.32 / 1.33 vs 1.43 / 1.42 ms, 14B-720p 20.3 / 20.3 vs 21.5 / 21.4 ms (same machine start, two
-//         rounds); 64x128 (bench_sla, same machine, consecutive calls) 1.18 vs 1.22 ms and 19.2 vs 19.9 ms.
-//         D = 64: one consumer group (64 rows) per CTA and two CTAs per SM (24 / 232 registers, launched
+//         CTA per SM): 3 rings x 2 slots x 32 KB + Q 24 KB = 216 KB, the SLA linear-term fragments (35 KB)
+//         copied into each ring's slots after its group's walk (kLinInSmem off). Measured on the H100
+//         (2026-11-27) against one group per CTA and two CTAs per SM (232 registers, overlapped schedule):
+//         SageSLA 64x64 sparse stage 1.3B-480p 1.32 / 1.33 vs 1.43 / 1.42 ms, 14B-720p 20.3 / 20.3 vs 21.5 /
+//         21.4 ms (same machine start, two rounds); 64x128 (bench_sla, same machine, consecutive calls) 1.18
+//         vs 1.22 ms and 19.2 vs 19.9 ms.
+//         D = 64: one consumer group (64 rows) per CTA and two CTAs per SM (40 / 216 registers, launched
 //         at 128, overlapped schedule; three groups were slower for the dense D 64 kernel).
-//         Key blocks that are not multiples of 128 keys (SLA's default 64) take 64-key tiles (BN = 64:
-//         the mma.sync kernel's online-softmax granularity, so the same numerics): S is m64n64 and a V
-//         tile row is 64 bytes (64-byte swizzle).
-template <int D, bool kSparse = false, int BN = 128>
+//         KV tiles: 128 keys whose halves are two consecutive 64-key tiles of the walk (sla_detail::PairTiles),
+//         each a TMA box of kBoxKeys = 64 keys (V: 64-byte rows, 64-byte swizzle), so every key block size
+//         (multiples of 64, SLA's default 64) runs 128-key tiles with one numerics. Until 2026-11-27 64-key
+//         blocks took 64-key tiles (m64n64 S: twice the per-tile overhead). H100, sparse kernel alone, same
+//         machine start (two rounds): 1.3B-480p 64x64 1.00 vs 1.09 ms, 128x64 1.01 vs 1.09, 64x128 0.96 vs
+//         0.95; 14B-720p 64x64 15.7 vs 17.4 ms, 64x128 15.4 vs 15.4; D 64 16k 64x64 0.36 vs 0.41 ms, 64x128
+//         0.33 vs 0.32. (V as one 128-token box where a pair is an aligned 128-key tile gained nothing
+//         measurable; the consumers read both halves' tile indices when the slot is full, before S is
+//         issued: read at the softmax, the 64x128 walk was 3-4% slower.)
+template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
-  static_assert(BN == 128 || (kSparse && BN == 64), "128-key tiles, or 64-key tiles for the sparse variant");
   // Sparse D = 128: three groups per CTA, each with its own query block's walk and ring.
   static constexpr bool kGroupRings = kSparse && D == 128;
   static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : (D == 128 ? 3 : 2);
@@ -89,14 +94,17 @@ struct Sm90AttnConfig {
   static constexpr int kCtasPerSm = kSparse && !kGroupRings ? 2 : 1;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
-  static constexpr int kBN = BN;
-  static constexpr int kSlots = kSparse && BN == 128 ? 2 : 3;
+  static constexpr int kBN = 128;                      // keys per KV tile (the softmax step)
+  static constexpr int kBoxKeys = kSparse ? 64 : kBN;  // keys per TMA box: a tile is kBN / kBoxKeys boxes
+  static constexpr int kSlots = kSparse ? 2 : 3;
   // Sparse: the slice's SLA lin (the linear term's wgmma B operand) staged in shared memory once per CTA
-  // (35 KB at D 128), except where three rings of 128-key slots leave no room (then each ring's producer
+  // (9 KB at D 64), except where three rings leave no room for its 35 KB at D 128 (then each ring's producer
   // copies it into the ring's slots once its group's walk is done).
-  static constexpr bool kLinInSmem = kSparse && !(kGroupRings && BN == 128);
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kSparse ? 232 : 240;
+  static constexpr bool kLinInSmem = kSparse && !kGroupRings;
+  // (The one-ring sparse producer, D 64, walks and loads in one thread: at 24 registers its walker and
+  // tile pairs spilled 68 B.)
+  static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : 24;
+  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kSparse ? 216 : 240;
   static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128 (168: dense D 64)
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");

@@ -1,8 +1,8 @@
 // SageAttention-style attention for Hopper (sm_90a): INT8 Q K^T and FP8 E4M3 P V on wgmma, K/V tiles
 // streamed by TMA through a multi-stage shared-memory ring, warp-specialized (ARCHITECTURE §4.1).
-// Same numerics as the mma.sync kernel with BN-key tiles: 128, or 64 for sparse key blocks that are not
-// multiples of 128 (emulated op for op by turbodiffusion/reference/attention.py:attention_int8_fp8_mma with
-// kv_tile = BN).
+// Same numerics as the mma.sync kernel with 128-key tiles (emulated op for op by
+// turbodiffusion/reference/attention.py:attention_int8_fp8_mma with kv_tile = 128; the block-sparse variant
+// steps over the kept keys in 128-key tiles: reference/sla.py:attention_int8_fp8_sparse_sm90).
 //
 // CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3 at D 128, 2 at D 64;
 // sparse: 3 at D 128, each walking its own query block, 1 at D 64 with two CTAs per SM; heuristics.h
@@ -16,7 +16,7 @@
 //                never walk the LUT). One ring: a thread loads, another warp stages; group rings:
 //                warp r does both for ring r. The group gives its registers to the consumers
 //                (setmaxnreg).
-//   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64nBNk32 s8,
+//   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Two groups per SM
@@ -113,18 +113,18 @@ struct LinWgmmaB {
 // Shared memory of one CTA. Every tile is a multiple of 1024 bytes and 1024-aligned: TMA's 128-byte
 // swizzle (and the wgmma descriptors that read it) repeat every 8 rows of 128 bytes. kRings rings of
 // kSlots K/V slots: one read by every consumer group, or one per group (kGroupRings).
-template <int D, bool kSparse, int BN>
+template <int D, bool kSparse>
 struct alignas(1024) Smem {
-  using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
   static constexpr int R = Cfg::kRings, S = Cfg::kSlots;
   uint8_t q[Cfg::kConsumers][64 * D];   // [row][channel], one 64-row tile per group
-  uint8_t k[R][S][Cfg::kBN * D];        // [key][channel]
-  uint8_t v[R][S][D * Cfg::kBN];        // [channel][token] (quantize_v_fp8's layout)
+  uint8_t k[R][S][Cfg::kBN * D];        // [key][channel]: kBN / kBoxKeys boxes of [kBoxKeys][D]
+  uint8_t v[R][S][D * Cfg::kBN];        // boxes of [channel][kBoxKeys tokens] (quantize_v_fp8's layout)
   // Sparse: the slice's SLA lin (p.lin_frag, sla_detail::LinWgmma layout, 35 KB at D = 128), the B operand
   // of every group's linear-term wgmmas (without kLinInSmem each ring's emptied K and V slots take it).
   alignas(1024) uint4 lin[Cfg::kLinInSmem ? sla_detail::LinWgmma<D>::kBytes / 16 : 1];
   float k_scale[R][S][Cfg::kBN / attn::kBlkK];  // the K tile's scales
-  int tile[R][S];  // sparse: the slot's KV tile (position in units of kBN keys), -1 past the walk
+  int2 tile[R][S];  // sparse: the slot's two 64-key tiles (sla_detail::PairTiles: lo, hi), lo = -1 past the walk
   uint64_t q_full;
   uint64_t lin_full[R];  // lin landed (kLinInSmem: [0], loaded with Q; else per ring after its walk)
   uint64_t full[R][S];
@@ -133,28 +133,26 @@ struct alignas(1024) Smem {
 
 }  // namespace sm90_attn
 
-// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, true>): the producer's LUT walker, at the producer's 24
-// registers, keeps one or two values in local memory (4-8 B, one store and one load per CTA).
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
-// p.blkq % 64 == 0 and p.blkk % BN == 0, SLA's linear epilogue with p.lin_frag. BN: keys per KV tile (128;
-// 64 for sparse key blocks that are not multiples of 128).
-template <int D, bool kSparse, int BN>
-__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads,
-                                  attn::Sm90AttnConfig<D, kSparse, BN>::kCtasPerSm)
+// p.blkq % 64 == 0 and p.blkk % 64 == 0, SLA's linear epilogue with p.lin_frag.
+template <int D, bool kSparse>
+__global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
+                                  attn::Sm90AttnConfig<D, kSparse>::kCtasPerSm)
     sm90_int8_fp8_attn_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const AttnInt8Fp8Params p, const int tma_nhd) {
 #ifdef TD_SM90A_ENABLED
   using namespace sm90;
-  using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
   constexpr int S = Cfg::kSlots;
+  constexpr int BN = Cfg::kBN, kBox = Cfg::kBoxKeys;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
-  // (V rows of one tile are BN bytes: the 128- or 64-byte swizzle of the PV descriptor.)
+  // (A V box row is kBox bytes: the 128- or 64-byte swizzle of the PV descriptor.)
 
   extern __shared__ uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<sm90_attn::Smem<D, kSparse, BN>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+  auto& sm = *reinterpret_cast<sm90_attn::Smem<D, kSparse>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
                                                             ~uintptr_t(1023));
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -163,7 +161,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   const int q_row0 = blockIdx.x * Cfg::kRowsPerCta;
   // The KV tiles ring r walks: all, or its query block's LUT row's (a group's 64 rows lie in one block;
   // one ring: the CTA's).
-  using Tiles = std::conditional_t<kSparse, sla_detail::SparseTiles<BN>, sla_detail::DenseTiles<BN>>;
+  using Tiles = std::conditional_t<kSparse, sla_detail::PairTiles, sla_detail::DenseTiles<BN>>;
   auto walk = [&](int r) { return Tiles(p, slice, kSparse ? (q_row0 + 64 * r) / p.blkq : 0); };
 
   if (threadIdx.x == 0) {
@@ -214,21 +212,35 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     auto wait_free = [&](int r, int i) {  // walk position i's slot: its previous use released
       if (i >= S) mbar_wait(&sm.empty[r][i % S], ((i / S) - 1) & 1);
     };
+    // The box of the tile's half h (in units of kBox keys): dense, the tile itself; sparse, the walk's two
+    // 64-key tiles (an absent upper half, hi < 0, loads the lower one again: its scores are masked, and its
+    // V bytes must be finite E4M3 codes, which a stale slot need not hold).
+    auto box = [&](int lo, int hi, int h) { return h == 0 || hi < 0 ? lo : hi; };
     // One thread; with `arrive` its arrival carries the bytes, else it only announces them (expect_tx) and
     // arrives later.
-    auto load_tile = [&](int r, int s, int tile, bool arrive = true) {
+    auto load_tile = [&](int r, int s, int lo, int hi, bool arrive = true) {
       if (arrive) mbar_arrive_expect_tx(&sm.full[r][s], 2 * BN * D);
       else mbar_expect_tx(&sm.full[r][s], 2 * BN * D);
-      load_rows(&tm_k, sm.k[r][s], &sm.full[r][s], tile * BN);  // keys >= nk: zeros (masked below)
-      tma_load_3d(sm.v[r][s], &tm_v, &sm.full[r][s], tile * BN, 0, static_cast<int>(slice));
+#pragma unroll
+      for (int h = 0; h < BN / kBox; ++h) {  // keys >= nk: zeros (masked below)
+        load_rows(&tm_k, sm.k[r][s] + h * kBox * D, &sm.full[r][s], box(lo, hi, h) * kBox);
+        tma_load_3d(sm.v[r][s] + h * kBox * D, &tm_v, &sm.full[r][s], box(lo, hi, h) * kBox, 0,
+                    static_cast<int>(slice));
+      }
     };
-    // A warp: the tile's K scales and index; the warp barrier orders the lanes' stores before lane 0's
-    // release (its arrival on full) that follows.
-    auto stage_scales = [&](const float* ks_g, int r, int s, int tile) {  // ks_g: the slice's K scales
-      if (tile >= 0 && lane < BN / attn::kBlkK)
-        sm.k_scale[r][s][lane] = __ldg(ks_g + min(tile * (BN / attn::kBlkK) + lane, p.k_blocks - 1));
-      if (kSparse && lane == 0) sm.tile[r][s] = tile;
+    // A warp: the tile's K scales and (sparse) tiles; the warp barrier orders the lanes' stores before
+    // lane 0's release (its arrival on full) that follows.
+    auto stage_scales = [&](const float* ks_g, int r, int s, int lo, int hi) {  // ks_g: the slice's K scales
+      constexpr int kPerBox = kBox / attn::kBlkK;
+      if (lo >= 0 && lane < BN / attn::kBlkK)
+        sm.k_scale[r][s][lane] =
+            __ldg(ks_g + min(box(lo, hi, lane / kPerBox) * kPerBox + lane % kPerBox, p.k_blocks - 1));
+      if (kSparse && lane == 0) sm.tile[r][s] = make_int2(lo, hi);
       __syncwarp();
+    };
+    auto hi_of = [](const Tiles& tiles) {
+      if constexpr (kSparse) return tiles.hi;
+      else return -1;
     };
     if constexpr (Cfg::kGroupRings) {
       if (warp == 0 && lane == 0) load_q();
@@ -239,11 +251,11 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
         int i = 0;
         for (int tile = 0; tile >= 0; ++i) {
           tile = tiles.next();
-          const int s = i % S;
+          const int hi = hi_of(tiles), s = i % S;
           wait_free(r, i);
           // The TMA first, the K scales (a global load) under it, then the arrival that completes the slot.
-          if (lane == 0 && tile >= 0) load_tile(r, s, tile, false);
-          stage_scales(ks_g, r, s, tile);
+          if (lane == 0 && tile >= 0) load_tile(r, s, tile, hi, false);
+          stage_scales(ks_g, r, s, tile, hi);
           if (lane == 0) mbar_arrive(&sm.full[r][s]);
         }
         // Without room for lin beside the rings: once the group has released its last tile (walk position
@@ -266,7 +278,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
       int i = 0;
       for (int tile; (tile = tiles.next()) >= 0; ++i) {
         wait_free(0, i);
-        load_tile(0, i % S, tile);
+        load_tile(0, i % S, tile, hi_of(tiles));
       }
       if constexpr (kSparse) {  // the end of the walk
         wait_free(0, i);
@@ -279,7 +291,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
         tile = tiles.next();
         if (!kSparse && tile < 0) break;
         wait_free(0, i);
-        stage_scales(ks_g, 0, i % S, tile);
+        stage_scales(ks_g, 0, i % S, tile, hi_of(tiles));
         if (lane == 0) mbar_arrive(&sm.full[0][i % S]);
       }
     }
@@ -329,16 +341,23 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   float alpha[2];           // its rescale factor of O
 
   // i: the tile's position in the walk (ring stage i % S, phase i / S).
-  // The tile at walk position i (-1: the walk has ended). Sparse: published in the slot by the K-scale
-  // warp (so the consumers hold no LUT walker and load no LUT entries), read once the slot is full.
+  // The tile at walk position i: x its 128-key tile (dense) or its two 64-key tiles x, y (sparse,
+  // sla_detail::PairTiles); x = -1: the walk has ended. Sparse: published in the slot by the K-scale warp
+  // (so the consumers hold no LUT walker and load no LUT entries), read once the slot is full, before
+  // S is issued (read later, at the softmax, its latency sat on the tile's critical path).
   sla_detail::DenseTiles<BN> dense_tiles(p, slice, 0);
   auto next_tile = [&](int i) {
     if constexpr (kSparse) {
       mbar_wait(&sm.full[ring][i % S], (i / S) & 1);
-      return __shfl_sync(0xffffffffu, sm.tile[ring][i % S], 0);  // (warp-uniform for ptxas, as cg)
+      const int2 t = sm.tile[ring][i % S];  // (broadcast: warp-uniform for ptxas, as cg)
+      return make_int2(__shfl_sync(0xffffffffu, t.x, 0), __shfl_sync(0xffffffffu, t.y, 0));
     } else {
-      return dense_tiles.next();
+      return make_int2(dense_tiles.next(), -1);
     }
+  };
+  auto tile_keys = [&](int2 t) -> attn::TileKeys {  // (an absent upper half: keys from nk on, all masked)
+    if constexpr (kSparse) return {int64_t(t.x) * kBox, t.y >= 0 ? int64_t(t.y) * kBox : p.nk};
+    else return {int64_t(t.x) * BN, int64_t(t.x) * BN + BN / 2};
   };
   auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact); one commit group
     if constexpr (!kSparse) mbar_wait(&sm.full[ring][i % S], (i / S) & 1);  // (sparse: next_tile waited)
@@ -347,22 +366,17 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 #pragma unroll
     for (int ks = 0; ks < D / 32; ++ks) {
       const uint64_t da = desc_advance(desc_q, 32 * ks), db = desc_advance(desc_k, 32 * ks);
-      if constexpr (BN == 128) {
-        if (ks == 0) wgmma_m64n128k32_s8<false>(acc, da, db);
-        else wgmma_m64n128k32_s8<true>(acc, da, db);
-      } else {
-        if (ks == 0) wgmma_m64n64k32_s8<false>(acc, da, db);
-        else wgmma_m64n64k32_s8<true>(acc, da, db);
-      }
+      if (ks == 0) wgmma_m64n128k32_s8<false>(acc, da, db);
+      else wgmma_m64n128k32_s8<true>(acc, da, db);
     }
     wgmma_commit();
   };
   auto issue_pv = [&](int i) {  // PV = P V_tile (fp32); one commit group
-    const uint64_t desc_v = kmajor_desc<BN>(sm.v[ring][i % S]);
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < BN / 32; ++ks) {
-      const uint64_t dv = desc_advance(desc_v, 32 * ks);
+    for (int ks = 0; ks < BN / 32; ++ks) {  // k step ks: 32 tokens of the V box 32 ks / kBox
+      const uint8_t* v_box = sm.v[ring][i % S] + 32 * ks / kBox * (kBox * D);
+      const uint64_t dv = desc_advance(kmajor_desc<kBox>(v_box), 32 * ks % kBox);
       if constexpr (D == 128) {
         if (ks == 0) wgmma_m64n128k32_e4m3_rs<false>(pv, pa[ks], dv);
         else wgmma_m64n128k32_e4m3_rs<true>(pv, pa[ks], dv);
@@ -390,8 +404,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   // registers, or read from shared memory at each use where registers are short (the sparse kernel's
   // overlapped schedule: sm90_attn::SlotScales). (The sparse serial schedule read them at each use too
   // until 2026-11-27: in registers, 64x128 1.3B-480p 0.955 vs 0.983 ms, 14B-720p 15.3 vs 15.7 ms.)
-  auto softmax_scaled = [&](int i, int tile, const auto& sc) {
-    attn::softmax_tile_to_fp8<NB>(acc, sc, int64_t(tile) * BN, p.nk, m, l, alpha, pa, [&] {
+  auto softmax_scaled = [&](int i, int2 tile, const auto& sc) {
+    attn::softmax_tile_to_fp8<NB>(acc, sc, tile_keys(tile), p.nk, m, l, alpha, pa, [&] {
       if (!Cfg::kSerialPV && i > 0) {
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
@@ -400,7 +414,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
     });
     if constexpr (kExpTurns) named_bar_arrive(next_bar, kTurnThreads);  // the next group's turn
   };
-  auto softmax = [&](int i, int tile) {
+  auto softmax = [&](int i, int2 tile) {
     if constexpr (kSparse && !Cfg::kSerialPV) {
       softmax_scaled(i, tile, sm90_attn::SlotScales{sm.k_scale[ring][i % S], qs});
     } else {
@@ -413,12 +427,12 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
   // Overlapped schedule (kSerialPV off): at walk position i >= 1, S_i and PV_{i-1} are issued together
   // (two commit groups, which complete in order); the softmax of S_i starts once S_i has landed, so
   // PV_{i-1} runs under it. Serial schedule (three groups): each group's tile is one chain.
-  const int tile = next_tile(0);
-  if (tile >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
+  const int2 tile = next_tile(0);
+  if (tile.x >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     if (kExpTurns && cg == Cfg::kConsumers - 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
     if constexpr (Cfg::kSerialPV) {  // S_i, softmax, PV_i, fold: the other groups fill the gaps
       int i = 0;
-      for (int t = tile; t >= 0; t = next_tile(++i)) {
+      for (int2 t = tile; t.x >= 0; t = next_tile(++i)) {
         issue_qk(i);
         wgmma_wait<0>();
         fence_operands(acc);
@@ -433,7 +447,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
       fence_operands(acc);
       softmax(0, tile);
       int i = 1;
-      for (int next; (next = next_tile(i)) >= 0; ++i) {
+      for (int2 next; (next = next_tile(i)).x >= 0; ++i) {
         issue_qk(i);
         issue_pv(i - 1);
         wgmma_wait<1>();
@@ -465,26 +479,26 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse, BN>::kThreads
 #endif
 }
 
-template <int D, bool kSparse, int BN>
+template <int D, bool kSparse>
 constexpr size_t sm90_int8_fp8_attn_smem_bytes() {
-  return sizeof(sm90_attn::Smem<D, kSparse, BN>) + 1024;  // + alignment slack of the dynamic shared memory base
+  return sizeof(sm90_attn::Smem<D, kSparse>) + 1024;  // + alignment slack of the dynamic shared memory base
 }
 
 // Host launcher: one CTA per (kRowsPerCta query rows, head, batch), on `stream`. The tensor maps are
 // built by the caller (csrc/ops/attention.cu) over q_int8, k_int8 and v_fp8 with the boxes of
-// Sm90AttnConfig (BN keys per K / V box).
-template <int D, bool kSparse = false, int BN = 128>
+// Sm90AttnConfig (kBoxKeys keys per K / V box).
+template <int D, bool kSparse = false>
 void launch_sm90_int8_fp8_attn(const CUtensorMap& tm_q, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
                                const AttnInt8Fp8Params& p, bool tma_nhd, int batch, cudaStream_t stream) {
   if (p.nq == 0 || batch == 0 || p.heads == 0) return;
-  using Cfg = attn::Sm90AttnConfig<D, kSparse, BN>;
-  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse, BN>();
+  using Cfg = attn::Sm90AttnConfig<D, kSparse>;
+  constexpr size_t smem = sm90_int8_fp8_attn_smem_bytes<D, kSparse>();
   static_assert(Cfg::kCtasPerSm * (smem + 1024) <= 228 * 1024,
                 "kCtasPerSm CTAs fit an sm_90 SM's 228 KB of shared memory (the driver reserves 1 KB per CTA)");
   // Several CTAs per SM (sparse) need the largest shared-memory carveout.
-  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse, BN>, static_cast<int>(smem), Cfg::kCtasPerSm > 1);
+  allow_dynamic_shared_memory(sm90_int8_fp8_attn_kernel<D, kSparse>, static_cast<int>(smem), Cfg::kCtasPerSm > 1);
   const dim3 grid(static_cast<unsigned>(cdiv(p.nq, Cfg::kRowsPerCta)), p.heads, batch);
-  sm90_int8_fp8_attn_kernel<D, kSparse, BN><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
+  sm90_int8_fp8_attn_kernel<D, kSparse><<<grid, Cfg::kThreads, smem, stream>>>(tm_q, tm_k, tm_v, p, tma_nhd ? 1 : 0);
   TD_CHECK_LAUNCH();
 }
 

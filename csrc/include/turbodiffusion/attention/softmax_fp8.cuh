@@ -46,7 +46,7 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
 // scripts/sm_pipe_rates.cu: the add-and-subtract bias trick costs the same ALU time plus a float add).
 __device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2float_rn(x); }
 
-// Online softmax of one KV tile of NB n8 blocks (NB * 8 keys starting at key0) held as int32 Q K^T
+// Online softmax of one KV tile of NB n8 blocks (NB * 8 keys: TileKeys below) held as int32 Q K^T
 // accumulators in the m16n8 C layout, in the log2 domain (sm_scale log2 e is folded into q's scale),
 // with sc[q] = q scale x the K scale of 16 keys (n8 blocks 2q, 2q+1):
 //   keys >= nk masked;  m' = max(m, max fl(acc * sc));  alpha = exp2(m - m');  m_off = m' - log2 448
@@ -63,8 +63,20 @@ __device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2fl
 //   softmax_tile_exp: alpha and m_off from m and mn, then P, l, E4M3 packing.
 // kPartial: the tile reaches past nk (only the last tile of a row: the mask code is compiled only
 // into that variant; in the others it cost a compare and a select per score).
+//
+// The keys of a tile's two halves (n8 blocks [0, NB / 2) and [NB / 2, NB)) start at lo and hi: hi = lo + 4 NB
+// (contiguous keys) except in the sm90 kernel's sparse tiles, which pair two 64-key tiles of the walk
+// (sla_detail::PairTiles; hi >= nk: an absent upper half, all masked).
+struct TileKeys {
+  int64_t lo, hi;
+  template <int NB>
+  __device__ __forceinline__ int64_t key(int j) const { return j < NB / 2 ? lo + 8 * j : hi + 8 * (j - NB / 2); }
+  template <int NB>
+  __device__ __forceinline__ bool partial(int64_t nk) const { return (lo > hi ? lo : hi) + 4 * NB > nk; }
+};
+
 template <int NB, bool kPartial, typename Scales>
-__device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const Scales& sc, int64_t key0,
+__device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const Scales& sc, TileKeys keys,
                                                  int64_t nk, const float (&m)[2], float (&mn)[2]) {
   constexpr int32_t kMasked = INT32_MIN;  // below every dot product of INT8 codes
   const int t = threadIdx.x % 4;
@@ -73,7 +85,7 @@ __device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const Sc
     for (int j = 0; j < NB; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        if (key0 + 8 * j + 2 * t + (e & 1) >= nk) acc[j][e] = kMasked;
+        if (keys.key<NB>(j) + 2 * t + (e & 1) >= nk) acc[j][e] = kMasked;
   }
   float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -132,26 +144,26 @@ __device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], co
 // runs after the first, while alpha still holds the previous tile's factor (the sm90 kernel takes its
 // previous P V there; the mma.sync kernel nothing).
 template <int NB, typename Scales, typename Between>
-__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, int64_t key0,
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, TileKeys keys,
                                                     int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                     uint32_t (&pa)[NB / 4][4], Between between) {
   float mn[2];
-  if (key0 + NB * 8 > nk) {
-    softmax_tile_max<NB, true>(acc, sc, key0, nk, m, mn);
+  if (keys.partial<NB>(nk)) {
+    softmax_tile_max<NB, true>(acc, sc, keys, nk, m, mn);
     between();
     softmax_tile_exp<NB, true>(acc, sc, mn, m, alpha, l, pa);
   } else {
-    softmax_tile_max<NB, false>(acc, sc, key0, nk, m, mn);
+    softmax_tile_max<NB, false>(acc, sc, keys, nk, m, mn);
     between();
     softmax_tile_exp<NB, false>(acc, sc, mn, m, alpha, l, pa);
   }
 }
 
 template <int NB, typename Scales>
-__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, int64_t key0,
+__device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, TileKeys keys,
                                                     int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                     uint32_t (&pa)[NB / 4][4]) {
-  softmax_tile_to_fp8<NB>(acc, sc, key0, nk, m, l, alpha, pa, [] {});
+  softmax_tile_to_fp8<NB>(acc, sc, keys, nk, m, l, alpha, pa, [] {});
 }
 
 // Epilogue of one warp's 16 query rows starting at row0 of slice (b, h):

@@ -168,14 +168,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[16][4], uint64_
            TD_WGMMA_ACC16, "r", "l"(desc_a), "l"(desc_b));
 }
 
-// A(64x32 s8, smem desc) B(64x32 s8, smem desc, K-major), s32 (the sparse kernel's 64-key tiles).
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_m64n64k32_s8(int32_t (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
-  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-           "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {" TD_WGMMA_REGS32 "}, %32, %33, p;\n}\n",
-           TD_WGMMA_ACC8, "r", "l"(desc_a), "l"(desc_b));
-}
-
 // A(64x32 e4m3, registers) B(64x32 e4m3, smem desc, K-major), f32.
 template <bool kAccumulate>
 __device__ __forceinline__ void wgmma_m64n64k32_e4m3_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {

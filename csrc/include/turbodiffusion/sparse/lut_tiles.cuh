@@ -80,6 +80,23 @@ struct SparseTiles {
   }
 };
 
+// The sm90 kernel's sparse walk: SparseTiles<64> two at a time, so that every 128-key tile of the kernel
+// holds two consecutive 64-key tiles of the walk, whatever the key blocks (next() the first, `hi` the
+// second; hi = -1 where the walk has an odd number of tiles: the upper half of the last tile is masked).
+// That is the emulation's online softmax in 128-key steps over the kept keys in walk order
+// (reference.sla.attention_int8_fp8_sparse_sm90). With blkk % 128 == 0 the pairs are the block's aligned
+// 128-key tiles, and with a full LUT the dense kernel's tiles.
+struct PairTiles {
+  SparseTiles<64> tiles;
+  int hi = -1;
+  __device__ PairTiles(const AttnInt8Fp8Params& p, int64_t slice, int q_block) : tiles(p, slice, q_block) {}
+  __device__ __forceinline__ int next() {
+    const int lo = tiles.next();
+    hi = lo >= 0 ? tiles.next() : -1;
+    return lo;
+  }
+};
+
 // SLA's linear term for a warp's 16 query rows, evaluated with tensor cores in the epilogue:
 //   phi(q) (H W^T) / (1e-5 + phi(q) . z) + b  =  (e . G) / den + b,  den = eps sum(e) / nk + e . zeta
 // with e = exp(q - max q) (phi(q) = e / sum e: the 1 / sum e cancels), G = lin rows < D (H W^T / nk)
