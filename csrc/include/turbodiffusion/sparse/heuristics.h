@@ -9,9 +9,13 @@ namespace sla {
 // Pooling: one CTA per block of tokens; 16-byte loads (8 elements), so D / 8 threads cover a row and
 // kPoolThreads / (D / 8) rows are read at once.
 constexpr int kPoolThreads = 256;
-// mean_N k and centring: one CTA per (b, h) (a few dozen at Wan shapes), so each is wide: kKmeanThreads / D
-// threads per channel split the key blocks.
-constexpr int kKmeanThreads = 1024;
+// mean_N k and centring: one CTA per (b, h) and kKmeanCols channels, kKmeanThreads / kKmeanCols threads per
+// channel splitting the key blocks. One thread per channel walking all Mk blocks was latency-bound (H100,
+// 2026-11-27, 1.3B-480p 64x64: 0.107 ms), and so was one 1024-thread CTA per (b, h) (12 CTAs at Wan-1.3B:
+// 0.037 ms; 256 threads and 8 channels: 0.022 ms; 14B-720p 64x64 0.18 -> 0.15 ms); small CTAs also fit beside
+// the linear branch's, which sage_sla runs at the same time.
+constexpr int kKmeanThreads = 256;
+constexpr int kKmeanCols = 8;
 // Scores: a CTA takes a tile of kScoreTile query blocks x kScoreTile key blocks (pooled means staged in
 // shared memory, 68 KB at D = 128: three CTAs per SM), 4 x 4 scores per thread, and writes them to a
 // scratch in global memory (Mq x Mk fp32 per (b, h), read back from L2 by the top-k; at most

@@ -19,7 +19,7 @@ struct SlaBlockMapParams {
   int blkq, blkk;           // pooling block sizes (any positive size)
   int mq, mk;               // ceil(nq / blkq), ceil(nk / blkk)
   int kept;                 // key blocks kept per query block: min(mk, int(topk * mk))
-  float* q_sums;            // scratch [B*H, mq, D]: per-block sums of q (fp32)
+  float* q_sums;            // scratch [B*H, mq, D]: per-block means of q (fp32)
   float* k_sums;            // scratch [B*H, mk, D]: per-block sums of k, then centred block means
   float* k_mean;            // output [B*H, D]: mean_N k (fp32)
   float* scores;            // scratch [slices_per_pass, mq, mk]: the block scores (fp32)

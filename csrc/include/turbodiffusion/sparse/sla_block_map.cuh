@@ -1,7 +1,8 @@
 // SLA block map (ARCHITECTURE §4.3) in five launches, emitting the LUT of §4.2 directly:
-//   1. sla_pool_kernel (q, then k): fp32 sums of every block of tokens (the last block is partial);
-//   2. sla_kmean_kernel: mean_N k from the block sums (one CTA per (b, h), a fixed order; also an output:
-//      sage_sla hands it to quantize_qk_int8, whose K pass is then single), and the centred key-block
+//   1. sla_pool_kernel (k, then q): fp32 sums of every block of tokens of k, means of q (the last block is
+//      partial);
+//   2. sla_kmean_kernel: mean_N k from the block sums (a CTA per (b, h) and 8 channels, a fixed order; also an
+//      output: sage_sla hands it to quantize_qk_int8, whose K pass is then single), and the centred key-block
 //      means in place of the sums;
 //   3. sla_score_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a tile of query blocks x
 //      key blocks (fp32 CUDA-core FMAs) into a scratch [B*H, Mq, Mk];
@@ -112,10 +113,11 @@ __device__ __forceinline__ void select_topk_row(const float* s, int mk, int kept
 
 }  // namespace sla_detail
 
-// Sums of every `blk` tokens of x [B, H, N, D] -> sums [B*H, nblocks, D] (fp32). Grid (nblocks, H, B).
+// Sums of every `blk` tokens of x [B, H, N, D] -> sums [B*H, nblocks, D] (fp32; with `means` divided by the
+// block's length, the last block partial). Grid (nblocks, H, B).
 template <int D, typename T>
 __global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnTensorView x, int heads, int blk,
-                                                                     int nblocks, float* sums) {
+                                                                     int nblocks, float* sums, bool means) {
   constexpr int kVec = 8, kCols = D / kVec, kRows = sla::kPoolThreads / kCols;
   static_assert(sla::kPoolThreads % kCols == 0, "whole rows per pass");
   __shared__ float red[kRows][D];
@@ -138,30 +140,31 @@ __global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnT
     float s = 0.f;
 #pragma unroll 4
     for (int i = 0; i < kRows; ++i) s += red[i][col];
-    out[col] = s;
+    out[col] = means ? s / static_cast<float>(row_end - row0) : s;
   }
 }
 
 // mean_N k from the block sums, then the block sums turned in place into centred block means (sum / len
-// - mean_N k, the two roundings the score kernel used to do per CTA). Grid (B*H), kKmeanThreads threads:
-// column c = tid % D, the key blocks j = tid / D (mod kKmeanThreads / D) summed in ascending order, the
-// partial sums added in a fixed order (deterministic). One thread per column walking all Mk blocks was
-// latency-bound: H100 (2026-11-27) Wan-1.3B-480p 64x64 (12 CTAs) 0.018 vs 0.107 ms, 14B-720p 0.044 vs 0.26 ms.
+// - mean_N k, the two roundings the score kernel used to do per CTA). Grid (B*H, D / kKmeanCols),
+// kKmeanThreads threads: column c = blockIdx.y * kKmeanCols + tid % kKmeanCols, the key blocks j = tid /
+// kKmeanCols (mod kKmeanThreads / kKmeanCols) summed in ascending order, the partial sums added in a fixed
+// order (deterministic).
 template <int D>
 __global__ void __launch_bounds__(sla::kKmeanThreads)
     sla_kmean_kernel(float* k_sums, float* k_mean, int mk, int blkk, int64_t nk) {
-  constexpr int G = sla::kKmeanThreads / D;
-  __shared__ float part[G][D];
-  const int c = threadIdx.x % D, g = threadIdx.x / D;
+  constexpr int C = sla::kKmeanCols, G = sla::kKmeanThreads / C;
+  static_assert(D % C == 0, "whole column groups");
+  __shared__ float part[G][C];
+  const int cl = threadIdx.x % C, g = threadIdx.x / C, c = blockIdx.y * C + cl;
   float* col = k_sums + int64_t(blockIdx.x) * mk * D + c;
   float s = 0.f;
 #pragma unroll 8
   for (int j = g; j < mk; j += G) s += col[int64_t(j) * D];
-  part[g][c] = s;
+  part[g][cl] = s;
   __syncthreads();
   float total = 0.f;
-#pragma unroll
-  for (int i = 0; i < G; ++i) total += part[i][c];
+#pragma unroll 8
+  for (int i = 0; i < G; ++i) total += part[i][cl];
   const float km = total / static_cast<float>(nk);
   if (g == 0) k_mean[int64_t(blockIdx.x) * D + c] = km;
   for (int j = g; j < mk; j += G) {
@@ -191,20 +194,15 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_kernel(const Sla
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
   const int64_t slice = slice0 + blockIdx.z;
   const int kb0 = blockIdx.x * TL, qb0 = blockIdx.y * TL;
+  // Both tiles with cp.async (the q means come from the pool kernel): a load, a division and a store per
+  // q element here serialized on global-load latency (H100, 2026-11-27: 14B-720p 64x64 0.84 -> 0.49 ms,
+  // 64x128 0.44 -> 0.27 ms; 1.3B-480p 64x64 0.051 -> 0.035 ms).
   for (int i = 4 * tid; i < TL * D; i += 4 * sla::kScoreThreads) {
-    const int r = i / D, d = i % D, kb = kb0 + r;
+    const int r = i / D, d = i % D, kb = kb0 + r, qb = qb0 + r;
     cp_async_16(pk + r * DP + d, p.k_sums + (slice * p.mk + min(kb, p.mk - 1)) * D + d, kb < p.mk);
+    cp_async_16(pq + r * DP + d, p.q_sums + (slice * p.mq + min(qb, p.mq - 1)) * D + d, qb < p.mq);
   }
   cp_async_commit();
-  for (int i = tid; i < TL * D; i += sla::kScoreThreads) {
-    const int r = i / D, qb = qb0 + r;
-    float v = 0.f;
-    if (qb < p.mq) {
-      const int64_t len = std::min<int64_t>(p.blkq, p.q.n - int64_t(qb) * p.blkq);
-      v = p.q_sums[(slice * p.mq + qb) * D + i % D] / static_cast<float>(len);
-    }
-    pq[r * DP + i % D] = v;
-  }
   cp_async_wait<0>();
   __syncthreads();
   float acc[4][4] = {};
@@ -252,21 +250,20 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_topk_kernel(const SlaB
 template <int D>
 void launch_sla_block_map(SlaBlockMapParams p, int batch, cudaStream_t stream) {
   if (batch == 0 || p.heads == 0) return;
-  const dim3 pool_q(p.mq, p.heads, batch), pool_k(p.mk, p.heads, batch);  // (mk >= 1: the launcher checks)
-  if (p.bf16) {
-    sla_pool_kernel<D, __nv_bfloat16><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
-  } else {
-    sla_pool_kernel<D, __half><<<pool_k, sla::kPoolThreads, 0, stream>>>(p.k, p.heads, p.blkk, p.mk, p.k_sums);
-  }
-  TD_CHECK_LAUNCH();
-  sla_kmean_kernel<D><<<batch * p.heads, sla::kKmeanThreads, 0, stream>>>(p.k_sums, p.k_mean, p.mk, p.blkk, p.k.n);
+  auto pool = [&](const AttnTensorView& x, int blk, int nblocks, float* sums, bool means) {
+    const dim3 grid(nblocks, p.heads, batch);
+    if (p.bf16)
+      sla_pool_kernel<D, __nv_bfloat16><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
+    else
+      sla_pool_kernel<D, __half><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
+    TD_CHECK_LAUNCH();
+  };
+  pool(p.k, p.blkk, p.mk, p.k_sums, false);  // (mk >= 1: the launcher checks)
+  sla_kmean_kernel<D><<<dim3(batch * p.heads, D / sla::kKmeanCols), sla::kKmeanThreads, 0, stream>>>(
+      p.k_sums, p.k_mean, p.mk, p.blkk, p.k.n);
   TD_CHECK_LAUNCH();
   if (p.mq == 0) return;
-  if (p.bf16)
-    sla_pool_kernel<D, __nv_bfloat16><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
-  else
-    sla_pool_kernel<D, __half><<<pool_q, sla::kPoolThreads, 0, stream>>>(p.q, p.heads, p.blkq, p.mq, p.q_sums);
-  TD_CHECK_LAUNCH();
+  pool(p.q, p.blkq, p.mq, p.q_sums, true);
   constexpr int smem = sla_score_smem_bytes(D);
   allow_dynamic_shared_memory(sla_score_kernel<D>, smem, true);
   const int64_t slices = int64_t(batch) * p.heads;
