@@ -75,10 +75,10 @@ def run(out_dir: str) -> list[Row]:
             total = time_ms(lambda: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), [()], warmup=3,
                             reps=reps)
             stage(f"  block map {blkq}x{blkk}", lambda: ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk))
-            lut, count = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk)
-            lin, v_amax, km = ops.sla_linear_state(k, v, w, return_stats=True)
-            # (as in sage_sla: k's mean and v's amax come from the linear branch, so both quantizations are
-            # one pass)
+            lut, count, km = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk, return_k_mean=True)
+            lin, v_amax = ops.sla_linear_state(k, v, w, return_v_amax=True)
+            # (as in sage_sla: k's mean comes from the block map and v's amax from the linear branch, so both
+            # quantizations are one pass)
             stage(f"  {blkq}x{blkk}: quantization (q, k int8; v fp8)", lambda: (
                 ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
                 ops.quantize_v_fp8(v, pad_to=64, v_amax=v_amax)))

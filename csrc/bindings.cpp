@@ -36,9 +36,8 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
                                                       const std::string& layout, int64_t blkq, int64_t blkk,
                                                       double topk);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
-                                                                      const at::Tensor& proj_weight,
-                                                                      const std::string& layout);
+std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
+                                                          const at::Tensor& proj_weight, const std::string& layout);
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
                           const std::string& backend, at::IntArrayRef sm90_config);

@@ -465,11 +465,10 @@ def _check_linear_state(k, v, proj_weight, layout):
 def _fake_linear_state(k, v, proj_weight, layout):
     b, h, _, d = C.bhnd(k, layout)
     return (torch.empty((b, h, d + SLA_LIN_PAD, d), dtype=torch.float16, device=k.device),
-            torch.empty((b, h, d), dtype=torch.float32, device=k.device),
             torch.empty((b, h, d), dtype=torch.float32, device=k.device))
 
 
-_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) -> (Tensor, Tensor, Tensor)",
+_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) -> (Tensor, Tensor)",
           _check_linear_state, ref.sla_linear_state, _fake_linear_state)
 
 
@@ -523,13 +522,12 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 
 
 
 def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD",
-                     return_stats: bool = False):
+                     return_v_amax: bool = False):
     """SLA's linear branch over all keys folded with proj_l.weight W: float16 [B, H, D + 8, D] holding
     (phi(k)^T v W^T)^T / Nk in rows < D and sum_N phi(k) / Nk in row D (phi = softmax over the head dim);
-    with return_stats also amax_N |v| and mean_N k (float32 [B, H, D] each, read on the way: quantize_v_fp8
-    and quantize_qk_int8 take them)."""
-    lin, v_amax, k_mean = torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
-    return (lin, v_amax, k_mean) if return_stats else lin
+    with return_v_amax also amax_N |v| (float32 [B, H, D], read on the way; quantize_v_fp8 takes it)."""
+    lin, v_amax = torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
+    return (lin, v_amax) if return_v_amax else lin
 
 
 def attention_int8_fp8_sparse(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin=None,
@@ -575,32 +573,28 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
-    # The linear branch and then the quantizers depend on q, k and v alone: the linear branch's one pass over
-    # k and v also gives mean_N k and amax_N |v|, so that Q/K's and V's quantizations are one pass each. On a
-    # GPU they run on a side stream while the block map runs on this one (the quantizers are bound by HBM
-    # bandwidth, the block map's scores and top-k by latency: docs/sla.md), and the streams join before the
-    # sparse kernel. (Traced by torch.compile: in order, one stream.)
-    def prepare():
-        lin, v_amax, k_mean = sla_linear_state(k, v, proj_weight, layout=layout, return_stats=True)
-        qk = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
-                              q_scale_factor=scale * _LOG2E, k_mean=k_mean)
-        return (lin, *qk, *quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax))
-
+    # The linear branch depends on k and v alone: on a GPU it runs on a side stream while the block map and
+    # the Q/K quantizer run (it is bound by latency more than by HBM bandwidth, so they overlap in part:
+    # docs/sla.md), and joins before V's quantizer, which takes its amax_N |v|. (Traced by torch.compile: in
+    # order, one stream.)
     side = _sla_side_stream(q.device) if q.is_cuda and not torch.compiler.is_compiling() else None
     if side is not None:
         main = torch.cuda.current_stream(q.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            prepared = prepare()
+            lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+    k_mean = None  # the block map's mean_N(k) makes quantize_qk_int8's K pass single
     if lut is None:
-        lut, count = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout)
+        lut, count, k_mean = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
+    q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
+                                                q_scale_factor=scale * _LOG2E, k_mean=k_mean)
     if side is None:
-        prepared = prepare()
+        lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
     else:
         main.wait_stream(side)
-        for t in prepared:
-            t.record_stream(main)  # (allocated on the side stream, used and freed on this one)
-    lin, q_i8, q_s, k_i8, k_s, km, v8, vs = prepared
+        lin.record_stream(main)  # (allocated on the side stream, used and freed on this one)
+        v_amax.record_stream(main)
+    v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax)  # (one pass with the amax)
     out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)
     return (out, lse) if return_lse else out
 

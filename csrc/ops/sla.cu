@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   return {lut, count, k_mean};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
+std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
                                                           const at::Tensor& proj_weight, const std::string& layout) {
   const auto [sk, sv] = check_pair(k, "k", v, "v", layout);
   TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected shape ", dims_str(k.sizes()), " (like k), got ",
@@ -115,9 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_linear_state_cuda(const at::T
   const int64_t per_split = std::max<int64_t>(sla::kLinMinTiles, (tiles + target - 1) / target);
   const int64_t splits = (tiles + per_split - 1) / per_split;
   at::Tensor lin = at::empty({sk.b, sk.h, sk.d + 8, sk.d}, k.options().dtype(at::kHalf));
-  at::Tensor partial = at::empty({sk.b * sk.h * splits * sk.d * (sk.d + 10)}, k.options().dtype(at::kFloat));
+  at::Tensor partial = at::empty({sk.b * sk.h * splits * sk.d * (sk.d + 9)}, k.options().dtype(at::kFloat));
   at::Tensor v_amax = at::empty({sk.b, sk.h, sk.d}, k.options().dtype(at::kFloat));
-  at::Tensor k_mean = at::empty({sk.b, sk.h, sk.d}, k.options().dtype(at::kFloat));
   SlaLinearParams p{};
   p.k = view_of(k, sk, layout);
   p.v = view_of(v, sv, layout);
@@ -129,11 +128,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_linear_state_cuda(const at::T
   p.proj_weight = proj_weight.data_ptr<float>();
   p.lin = reinterpret_cast<uint16_t*>(lin.data_ptr());
   p.v_amax = v_amax.data_ptr<float>();
-  p.k_mean = k_mean.data_ptr<float>();
   p.bf16 = k.scalar_type() == c10::kBFloat16;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   TD_DISPATCH_HEAD_DIM(sk.d, D, [&] { launch_sla_linear_state<D>(p, static_cast<int>(sk.b), stream); });
-  return {lin, v_amax, k_mean};
+  return {lin, v_amax};
 }
 
 }  // namespace td

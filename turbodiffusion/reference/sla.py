@@ -131,8 +131,8 @@ def sla_attention(q, k, v, proj_weight, proj_bias, topk: float, layout: str, blk
 
 def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, layout: str):
     """The linear branch folded with proj_l for the sparse kernel's epilogue: float16 [B, H, D + 8, D]
-    (module docstring), computed in float32; amax_N |v| and mean_N k per channel, float32 [B, H, D] each (the
-    kernel reads all of k and v: quantize_v_fp8 and quantize_qk_int8 take them)."""
+    (module docstring), computed in float32; and amax_N |v| per channel, float32 [B, H, D] (the kernel reads
+    all of v: quantize_v_fp8 takes it)."""
     k32, v32 = _bhnd(k, layout).float(), _bhnd(v, layout).float()
     b, h, n, d = k32.shape
     pk = k32.softmax(dim=-1)
@@ -140,7 +140,7 @@ def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor
     out = torch.zeros(b, h, d + LIN_PAD, d, dtype=torch.float32, device=k.device)
     out[:, :, :d] = hw.transpose(2, 3) / n
     out[:, :, d] = pk.sum(dim=2) / n
-    return out.to(torch.float16), v32.abs().amax(dim=2), k32.mean(dim=2)
+    return out.to(torch.float16), v32.abs().amax(dim=2)
 
 
 def linear_epilogue(q: torch.Tensor, lin: torch.Tensor, lin_bias: torch.Tensor, nk: int) -> torch.Tensor:

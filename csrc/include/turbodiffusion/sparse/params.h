@@ -37,12 +37,10 @@ struct SlaLinearParams {
   int splits;               // chunks of N per (b, h)
   int tiles_per_split;      // 32-token tiles per chunk
   float* partial;           // scratch [B*H, splits, D, D + 8]: columns < D: H, column D: z; then
-                            // [B*H, splits, D]: each chunk's amax |v| per channel; then the same of
-                            // each chunk's sum of k per channel
+                            // [B*H, splits, D]: each chunk's amax |v| per channel
   const float* proj_weight; // [D, D] fp32 (nn.Linear weight: [out, in])
   uint16_t* lin;            // [B*H, D + 8, D] fp16: rows c < D: (H W^T)[:, c] / nk, row D: z / nk, rest 0
   float* v_amax;            // [B*H, D]: amax_N |v| per channel (quantize_v_fp8 takes it)
-  float* k_mean;            // [B*H, D]: mean_N k per channel (quantize_qk_int8 takes it)
   bool bf16;                // element type of k and v
 };
 

@@ -7,9 +7,8 @@
 //      n8 block with an all-ones B operand accumulates z = sum phi(k) in the same MMAs.
 //   2. sla_linear_fold_kernel: sums the chunks (fixed order: deterministic) and folds proj_l's weight:
 //      lin[c][d] = sum_e W[c][e] H[d][e] / nk, lin[D][d] = z[d] / nk, rows D+1..D+7 = 0, as fp16.
-// On the way, amax_N |v| per channel (each chunk's, then their maximum: exact in any order) and mean_N k
-// (each chunk's fp32 column sums, then their sum in chunk order / nk: deterministic), which sage_sla hands
-// to quantize_v_fp8 and quantize_qk_int8 so that their passes are single and need not wait for the block map.
+// On the way, amax_N |v| per channel (each chunk's, then their maximum: exact in any order), which
+// sage_sla hands to quantize_v_fp8 so that V's quantization is one pass.
 // Numerics: phi(k) is rounded to bf16/fp16 (like v) before its MMA: relative error 2^-9 (bf16) per
 // element, random in sign, averaged over N tokens. Dividing by nk bounds every lin entry by max|v W^T|
 // (rows of phi(k) sum to 1), which fp16 holds unless v W^T itself passes 65504.
@@ -62,7 +61,6 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
   using T2 = std::conditional_t<kBf16, __nv_bfloat162, __half2>;
   static_assert(kThreads % CH == 0 && kThreads >= D, "a fixed chunk column per thread; a thread per channel");
   __shared__ __align__(16) uint4 sAmax[kThreads];
-  __shared__ __align__(16) float4 sKsum[kThreads][2];  // the running fp32 sums of the same chunks of k
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
@@ -88,7 +86,6 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
 #pragma unroll
   for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   sAmax[tid] = make_uint4(0u, 0u, 0u, 0u);  // (+0: padded tokens are zero-filled, so they never raise it)
-  sKsum[tid][0] = sKsum[tid][1] = make_float4(0.f, 0.f, 0.f, 0.f);  // (padded tokens add zeros)
   if (tile0 < tile_end) load(tile0, 0);
   cp_async_commit();
   for (int64_t tile = tile0; tile < tile_end; ++tile) {
@@ -110,20 +107,6 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
         for (int e = 0; e < 4; ++e) m2[e] = __hmax2(m2[e], __habs2(x2[e]));
       }
       sAmax[tid] = mx;
-      // k's column sums (before phi(k) overwrites the tile), token by token in order
-      float ks[8];
-      *reinterpret_cast<float4*>(ks) = sKsum[tid][0];
-      *reinterpret_cast<float4*>(ks + 4) = sKsum[tid][1];
-#pragma unroll
-      for (int it = 0; it < BN * CH / kThreads; ++it) {
-        const int i = tid + it * kThreads;
-        uint4 x = *reinterpret_cast<const uint4*>(&sK[st][swz<D>(i / CH, 8 * (i % CH))]);
-        const T* xe = reinterpret_cast<const T*>(&x);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) ks[e] += to_float(xe[e]);
-      }
-      sKsum[tid][0] = *reinterpret_cast<const float4*>(ks);
-      sKsum[tid][1] = *reinterpret_cast<const float4*>(ks + 4);
     }
 
     // phi(k) in place: a warp per token row, kElems consecutive channels per lane (within one chunk); each
@@ -186,17 +169,13 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
     __syncthreads();  // the stage is refilled two iterations on
   }
 
-  // The chunk's amax |v| and sum of k per channel: thread c < D takes those of the threads that loaded
-  // chunk column c / 8, in thread order (sAmax and sKsum are final: the loop ended on a barrier).
+  // The chunk's amax |v| per channel: thread c < D takes the maxima of the threads that loaded chunk
+  // column c / 8 (sAmax is final: the loop ended on a barrier).
   if (tid < D) {
-    float m = 0.f, sum = 0.f;
-    for (int th = tid / 8; th < kThreads; th += CH) {
+    float m = 0.f;
+    for (int th = tid / 8; th < kThreads; th += CH)
       m = fmaxf(m, to_float(reinterpret_cast<const T*>(&sAmax[th])[tid % 8]));
-      sum += reinterpret_cast<const float*>(&sKsum[th][0])[tid % 8];
-    }
-    float* chunk = p.partial + int64_t(p.slices) * p.splits * D * (D + 8) + (slice * p.splits + blockIdx.x) * D + tid;
-    chunk[0] = m;
-    chunk[int64_t(p.slices) * p.splits * D] = sum;
+    p.partial[int64_t(p.slices) * p.splits * D * (D + 8) + (slice * p.splits + blockIdx.x) * D + tid] = m;
   }
   // Partial [D, D + 8]: accumulator element e of block j is row 16 warp + g + 8 (e / 2), column 8 j + 2 t + e % 2.
   float* out = p.partial + (slice * p.splits + blockIdx.x) * D * (D + 8);
@@ -244,16 +223,11 @@ __global__ void __launch_bounds__(D) sla_linear_fold_kernel(const SlaLinearParam
 #pragma unroll
     for (int r = 0; r < RD; ++r)
       lin[(D + c) * D + d0 + r] = __half_as_ushort(__float2half_rn(c == 0 ? hs[r][D] / nk : 0.f));
-  if (blockIdx.x == 0) {  // amax_N |v| and mean_N k of channel c: the maximum and the sum over the chunks
+  if (blockIdx.x == 0) {  // amax_N |v| of channel c: the maximum over the chunks
     const float* chunk_amax = p.partial + int64_t(p.slices) * p.splits * D * (D + 8) + slice * p.splits * D + c;
-    const float* chunk_ksum = chunk_amax + int64_t(p.slices) * p.splits * D;
-    float m = 0.f, sum = 0.f;
-    for (int sp = 0; sp < p.splits; ++sp) {
-      m = fmaxf(m, chunk_amax[sp * D]);
-      sum += chunk_ksum[sp * D];
-    }
+    float m = 0.f;
+    for (int sp = 0; sp < p.splits; ++sp) m = fmaxf(m, chunk_amax[sp * D]);
     p.v_amax[slice * D + c] = m;
-    p.k_mean[slice * D + c] = sum / nk;
   }
 }
 
