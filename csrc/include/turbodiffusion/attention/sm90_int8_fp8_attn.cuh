@@ -12,7 +12,7 @@
 //                it into the ring's emptied slots once its group has released the last tile), then K
 //                and V tiles into ring slots (full: bytes landed and K scales staged; empty: the
 //                ring's consumer warps are done), plus each tile's K scales staged in shared memory
-//                (sparse: also the tile's index, and -1 in the slot after the last: the consumers
+//                (sparse: also the tile's two 64-key tiles, and -1 in the slot after the last: the consumers
 //                never walk the LUT). One ring: a thread loads, another warp stages; group rings:
 //                warp r does both for ring r. The group gives its registers to the consumers
 //                (setmaxnreg).
@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
     // Roles: one ring: warp 0's lane 0 issues the TMA loads (Q and the linear term's fragments first),
     // warp 2 stages each tile's K scales (one per lane, clamped past the last block: those keys are
     // masked) so that the consumers read them from shared memory instead of waiting on global loads,
-    // and (sparse) the slot's tile index; each arrives on full (count 2). Group rings: warp r does both
+    // and (sparse) the slot's two 64-key tiles; each arrives on full (count 2). Group rings: warp r does both
     // for ring r in one loop (count 1), warp 0's lane 0 loads Q first. (The one-ring kernels keep two
     // loops: the combined loop made the dense D 64 kernel 7% slower on the H100, 2026-11-27.)
     // Rows past nq (and whole boxes past it) are zero-filled by TMA; the box still counts in full.

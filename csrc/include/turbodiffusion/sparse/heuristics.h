@@ -10,10 +10,11 @@ namespace sla {
 // kPoolThreads / (D / 8) rows are read at once.
 constexpr int kPoolThreads = 256;
 // mean_N k and centring: one CTA per (b, h) and kKmeanCols channels, kKmeanThreads / kKmeanCols threads per
-// channel splitting the key blocks. One thread per channel walking all Mk blocks was latency-bound (H100,
-// 2026-11-27, 1.3B-480p 64x64: 0.107 ms), and so was one 1024-thread CTA per (b, h) (12 CTAs at Wan-1.3B:
-// 0.037 ms; 256 threads and 8 channels: 0.022 ms; 14B-720p 64x64 0.18 -> 0.15 ms); small CTAs also fit beside
-// the linear branch's, which sage_sla runs at the same time.
+// channel splitting the key blocks. One thread per channel walking all Mk blocks was latency-bound, and so
+// was one 1024-thread CTA per (b, h) (12 CTAs at Wan-1.3B), which also waited for a whole free SM beside the
+// linear branch's CTAs (sage_sla runs both at once). H100, 2026-11-27, per-kernel profiler times inside
+// sage_sla, 1.3B-480p 64x64: 0.107 ms (a thread per channel), 0.037 ms (1024 threads per (b, h)), 0.022 ms
+// (256 threads, 8 channels); 64x128 0.015 -> 0.019 ms; 14B-720p 64x64 0.18 -> 0.15 ms, 64x128 0.088 -> 0.083.
 constexpr int kKmeanThreads = 256;
 constexpr int kKmeanCols = 8;
 // Scores: a CTA takes a tile of kScoreTile query blocks x kScoreTile key blocks (pooled means staged in
