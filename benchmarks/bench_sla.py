@@ -1,6 +1,7 @@
 """SageSLA (top-k 0.1) at the Wan shapes, each stage timed on its own and the whole call, against dense
-torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map), quantization
-(quantize_qk_int8 + quantize_v_fp8), linear branch (sla_linear_state: one pass over k and v plus the
+torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map; and with the Q/K quantizer
+as sage_sla runs them, sla_block_map_quantize_qk: one pass over q), quantization (quantize_qk_int8 +
+quantize_v_fp8), linear branch (sla_linear_state: one pass over k and v plus the
 proj_l fold), sparse attention (the block-sparse kernel with the linear epilogue: sm90 on Hopper at every
 block size, the default blocks also on the mma.sync kernel for comparison), and the
 total (ops.sage_sla, wall time on the calling stream: the linear branch runs on a side stream beside the
@@ -75,6 +76,9 @@ def run(out_dir: str) -> list[Row]:
             total = time_ms(lambda: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), [()], warmup=3,
                             reps=reps)
             stage(f"  block map {blkq}x{blkk}", lambda: ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk))
+            stage(f"  {blkq}x{blkk}: block map + Q/K quantization (one op, as in sage_sla)",
+                  lambda: ops.sla_block_map_quantize_qk(q, k, topk=TOPK, blkq=blkq, blkk=blkk, blk_q=16, blk_k=16,
+                                                        q_scale_factor=sm * LOG2E))
             lut, count, km = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk, return_k_mean=True)
             lin, v_amax = ops.sla_linear_state(k, v, w, return_v_amax=True)
             # (as in sage_sla: k's mean comes from the block map and v's amax from the linear branch, so both

@@ -36,6 +36,9 @@ std::tuple<at::Tensor, at::Tensor> attention_int8_fp8_sparse_sm90_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
                                                       const std::string& layout, int64_t blkq, int64_t blkk,
                                                       double topk);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+sla_block_map_quantize_qk_cuda(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blkq,
+                               int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor);
 std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
                                                           const at::Tensor& proj_weight, const std::string& layout);
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
@@ -53,6 +56,7 @@ TORCH_LIBRARY_IMPL(turbodiffusion, CUDA, m) {
   m.impl("attention_int8_fp8_sparse_mma", &td::attention_int8_fp8_sparse_mma_cuda);
   m.impl("attention_int8_fp8_sparse_sm90", &td::attention_int8_fp8_sparse_sm90_cuda);
   m.impl("sla_block_map", &td::sla_block_map_cuda);
+  m.impl("sla_block_map_quantize_qk", &td::sla_block_map_quantize_qk_cuda);
   m.impl("sla_linear_state", &td::sla_linear_state_cuda);
 }
 

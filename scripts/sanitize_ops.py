@@ -36,6 +36,8 @@ def main() -> None:
             w = torch.randn(d, d, device="cuda")
             ops.sla_block_map(q, kv, topk=0.3, blkq=blkq, blkk=blkk, layout=layout)
             ops.sla_block_map(q.half(), kv.half(), topk=1.0, blkq=17, blkk=33, layout=layout)
+            ops.sla_block_map_quantize_qk(q.half(), kv.half(), topk=0.2, blkq=32 if d == 128 else 256, blkk=33,
+                                          layout=layout, blk_q=32, blk_k=16)  # q's means from the Q tiles
             for backend in ("mma", "sm90") if sm90 else ("mma",):
                 ops.sage_sla(q, kv, kv, w, torch.randn(d, device="cuda"), 0.5, blkq=blkq, blkk=blkk, layout=layout,
                              return_lse=True, backend=backend)

@@ -149,6 +149,7 @@ def test_attention_bad_input_names_the_argument(device, kernel, index):
 
 
 SLA_MAP = torch.ops.turbodiffusion.sla_block_map
+SLA_MAP_QK = torch.ops.turbodiffusion.sla_block_map_quantize_qk
 SLA_LIN = torch.ops.turbodiffusion.sla_linear_state
 SPARSE = torch.ops.turbodiffusion.attention_int8_fp8_sparse_mma
 
@@ -171,6 +172,10 @@ def _sla_cases(device):
         (lambda: SLA_MAP(q, q, "NHD", 64, 64, 1.5), ValueError, ["topk", "1.5"]),
         (lambda: SLA_MAP(q, q[:, :0], "NHD", 64, 64, 0.1), ValueError, ["k", "at least one key"]),
         (lambda: SLA_MAP(q16k, q16k, "NHD", 1, 1, 0.1), ValueError, ["blkq, blkk", "16385 x 16385", "1 GiB"]),
+        (lambda: SLA_MAP_QK(q, q.float(), "NHD", 64, 64, 0.1, 16, 16, 0.5), TypeError, ["k", "float32"]),
+        (lambda: SLA_MAP_QK(q, q, "NHD", 64, 0, 0.1, 16, 16, 0.5), ValueError, ["blkk", "0"]),
+        (lambda: SLA_MAP_QK(q, q, "NHD", 64, 64, 0.1, 48, 16, 0.5), ValueError, ["blk_q", "48"]),
+        (lambda: SLA_MAP_QK(q, q, "NHD", 64, 64, 0.1, 16, 16, 0.0), ValueError, ["q_scale_factor"]),
         (lambda: SLA_LIN(q, q, w.double(), "NHD"), TypeError, ["proj_weight", "float32", "float64"]),
         (lambda: SLA_LIN(q, q, w[:32], "NHD"), ValueError, ["proj_weight", "[64, 64]", "[32, 64]"]),
         (lambda: SLA_LIN(q, q[:, :50], w, "NHD"), ValueError, ["v", "like k"]),
@@ -187,6 +192,6 @@ def _sla_cases(device):
     ]
 
 
-@pytest.mark.parametrize("index", range(16))
+@pytest.mark.parametrize("index", range(20))
 def test_sla_bad_input_names_the_argument(device, index):
     _expect_error(*_sla_cases(device)[index])

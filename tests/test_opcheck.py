@@ -35,6 +35,10 @@ def _samples(device):
                                     _attention_sample(2, 130, 70, 1, 128, "HND", torch.float16, device)],
         "sla_block_map": [(torch.randn(1, 70, 2, 64, **bf), torch.randn(1, 130, 2, 64, **bf), "NHD", 16, 32, 0.3),
                           (torch.randn(2, 1, 40, 128, **bf), torch.randn(2, 1, 9, 128, **bf), "HND", 64, 64, 1.0)],
+        "sla_block_map_quantize_qk": [
+            (torch.randn(1, 70, 2, 64, **bf), torch.randn(1, 130, 2, 64, **bf), "NHD", 64, 32, 0.3, 16, 32, 0.5),
+            (torch.randn(2, 1, 300, 128, dtype=torch.float16, device=device),
+             torch.randn(2, 1, 90, 128, dtype=torch.float16, device=device), "HND", 128, 64, 1.0, 64, 16, 1.0)],
         "sla_linear_state": [
             (torch.randn(1, 33, 2, 64, **bf), torch.randn(1, 33, 2, 64, **bf), torch.randn(64, 64, device=device), "NHD"),
             (torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device),

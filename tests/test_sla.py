@@ -151,6 +151,43 @@ def test_block_map_against_topk(device, case, family):
     assert same > 0.95, f"{msg}: only {same:.3f} of the rows equal torch.topk's exactly"
 
 
+# (b, h, nq, nk, d, blkq, blkk, topk, layout, dtype); on a GPU the Q quantizer's tiles give q's block means
+# where blkq is a power of two from 32 (D 128) / 64 (D 64) up to its 128 (D 128) / 256 (D 64) rows, else the
+# pool kernel reads q
+MAP_QK_CASES = [
+    (1, 2, 1000, 777, 128, 64, 64, 0.1, "NHD", torch.bfloat16),
+    (2, 3, 517, 1301, 128, 128, 64, 0.25, "HND", torch.float16),
+    (1, 2, 333, 200, 128, 32, 128, 0.5, "NHD", torch.bfloat16),
+    (1, 2, 1000, 900, 64, 64, 128, 0.1, "NHD", torch.float16),
+    (1, 2, 700, 900, 64, 256, 64, 0.2, "HND", torch.bfloat16),
+    (1, 1, 129, 300, 64, 128, 64, 1.0, "NHD", torch.bfloat16),
+    (1, 2, 600, 500, 128, 256, 128, 0.1, "NHD", torch.bfloat16),  # pool kernel: more rows than a Q tile
+    (1, 1, 300, 200, 64, 192, 64, 0.3, "HND", torch.float16),     # pool kernel: not a power of two
+    (1, 2, 100, 100, 64, 32, 32, 0.3, "NHD", torch.bfloat16),     # pool kernel: partials exceed the block
+    (1, 1, 64, 5, 128, 64, 64, 0.0, "NHD", torch.bfloat16),
+    (1, 1, 1, 1, 64, 64, 64, 0.9, "HND", torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", MAP_QK_CASES, ids=lambda c: "b{}h{}q{}k{}d{}_{}x{}_t{}_{}_{}".format(
+    *c[:-1], _ids(c[-1])))
+def test_block_map_quantize_qk_equals_the_two_ops(device, case):
+    """sage_sla's first op (the block map and the Q/K quantizer sharing the pass over q) gives exactly what
+    sla_block_map and then quantize_qk_int8 with its k_mean give."""
+    b, h, nq, nk, d, blkq, blkk, topk, layout, dtype = case
+    q, k, _ = _qkv(b, h, nq, nk, d, layout, dtype, device, family="bias")
+    lut, count, km = ops.sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
+    want = (lut, count, *ops.quantize_qk_int8(q, k, layout=layout, blk_q=16, blk_k=16, q_scale_factor=0.3,
+                                              k_mean=km)[:4], km)
+    poison_allocator(device)
+    got = ops.sla_block_map_quantize_qk(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, blk_q=16, blk_k=16,
+                                        q_scale_factor=0.3)
+    names = ("lut", "count", "q_int8", "q_scale", "k_int8", "k_scale", "k_mean")
+    for name, x, y in zip(names, got, want):
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{case} {name}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
+        assert torch.equal(x, y), f"{case} {name}: differs"
+
+
 # --------------------------------------------------------------------------------------------------
 # The block-sparse kernel
 def _quantized(q, k, v, layout, sm):

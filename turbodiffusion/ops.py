@@ -447,6 +447,21 @@ _register("sla_block_map(Tensor q, Tensor k, str layout, int blkq, int blkk, flo
           _check_block_map, ref.sla_block_map, _fake_block_map)
 
 
+def _check_block_map_qk(q, k, layout, blkq, blkk, topk, blk_q, blk_k, q_scale_factor):
+    _check_block_map(q, k, layout, blkq, blkk, topk)
+    _check_qk(q, k, layout, blk_q, blk_k, q_scale_factor)
+
+
+def _fake_block_map_qk(q, k, layout, blkq, blkk, topk, blk_q, blk_k, q_scale_factor):
+    lut, count, k_mean = _fake_block_map(q, k, layout, blkq, blkk, topk)
+    return (lut, count, *_fake_qk(q, k, layout, blk_q, blk_k, q_scale_factor)[:4], k_mean)
+
+
+_register("sla_block_map_quantize_qk(Tensor q, Tensor k, str layout, int blkq, int blkk, float topk, int blk_q, "
+          "int blk_k, float q_scale_factor) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+          _check_block_map_qk, ref.sla_block_map_quantize_qk, _fake_block_map_qk)
+
+
 def _check_proj(name, t, shape, dtype, device):
     C.check_tensor(name, t, dtypes=(dtype,), device=device)
     if tuple(t.shape) != tuple(shape):
@@ -521,6 +536,15 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 
     return (lut, count, k_mean) if return_k_mean else (lut, count)
 
 
+def sla_block_map_quantize_qk(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 64, blkk: int = 64,
+                              layout: str = "NHD", blk_q: int = 64, blk_k: int = 128, q_scale_factor: float = 1.0):
+    """sla_block_map and then quantize_qk_int8 with the map's mean_N(k) (sage_sla's first steps), as one op: on
+    a GPU the quantizer's pass over q also gives the map's pooled q (no second read of q), with the same
+    results bit for bit. Returns (lut, count, q_int8, q_scale, k_int8, k_scale, k_mean)."""
+    return torch.ops.turbodiffusion.sla_block_map_quantize_qk(q, k, layout, blkq, blkk, float(topk), blk_q, blk_k,
+                                                               float(q_scale_factor))
+
+
 def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD",
                      return_v_amax: bool = False):
     """SLA's linear branch over all keys folded with proj_l.weight W: float16 [B, H, D + 8, D] holding
@@ -583,11 +607,13 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
         side.wait_stream(main)
         with torch.cuda.stream(side):
             lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
-    k_mean = None  # the block map's mean_N(k) makes quantize_qk_int8's K pass single
-    if lut is None:
-        lut, count, k_mean = sla_block_map(q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, return_k_mean=True)
-    q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
-                                                q_scale_factor=scale * _LOG2E, k_mean=k_mean)
+    if lut is None:  # the block map and the Q/K quantizer in one op: one pass over q, K's mean from the map
+        lut, count, q_i8, q_s, k_i8, k_s, km = sla_block_map_quantize_qk(
+            q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
+            q_scale_factor=scale * _LOG2E)
+    else:
+        q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
+                                                    q_scale_factor=scale * _LOG2E)
     if side is None:
         lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
     else:

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "ops/checks.h"
+#include "ops/quant.h"
 #include "turbodiffusion/common/dispatch.h"
 #include "turbodiffusion/quant/quantize_per_token_int8.cuh"
 #include "turbodiffusion/quant/quantize_qk_int8.cuh"
@@ -31,9 +32,16 @@ int num_sms(const at::Tensor& t) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_qk_int8_cuda(
-    const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q, int64_t blk_k,
-    double q_scale_factor, const std::optional<at::Tensor>& k_mean_given) {
+bool can_fuse_q_block_means(const at::Tensor& q, int64_t d, int64_t blk) {
+  bool ok = false;
+  TD_DISPATCH_HALF(q.scalar_type() == at::kBFloat16, T, [&] {
+    TD_DISPATCH_HEAD_DIM(d, D, [&] { ok = blk <= (int64_t(1) << 30) && q_block_means_fusable<T, D>(int(blk)); });
+  });
+  return ok;
+}
+
+QuantizeQK prepare_quantize_qk_int8(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q,
+                                    int64_t blk_k, double q_scale_factor, const std::optional<at::Tensor>& k_mean_given) {
   check_layout(layout);
   const BHND sq = check_attention_tensor(q, "q", layout, q.device());
   const BHND sk = check_attention_tensor(k, "k", layout, q.device());
@@ -50,58 +58,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   if (k_mean_given) check_f32(*k_mean_given, "k_mean", {sk.b, sk.h, sk.d}, q.device());
   const c10::cuda::CUDAGuard guard(q.device());
   const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor q_i8 = at::empty(q.sizes(), q.options().dtype(at::kChar));
-  at::Tensor k_i8 = at::empty(k.sizes(), k.options().dtype(at::kChar));
-  at::Tensor q_scale = at::empty({sq.b, sq.h, (sq.n + blk_q - 1) / blk_q}, f32);
-  at::Tensor k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
-  // A given mean is returned as a copy (an op's outputs do not alias its inputs); the mean of no tokens is
-  // NaN (0 / 0, like the reference), with no K tile to quantize.
-  at::Tensor k_mean = k_mean_given ? k_mean_given->clone()
-                      : sk.n == 0  ? at::full({sk.b, sk.h, sk.d}, std::numeric_limits<float>::quiet_NaN(), f32)
-                                   : at::empty({sk.b, sk.h, sk.d}, f32);
+  QuantizeQK r;
+  r.q_i8 = at::empty(q.sizes(), q.options().dtype(at::kChar));
+  r.k_i8 = at::empty(k.sizes(), k.options().dtype(at::kChar));
+  r.q_scale = at::empty({sq.b, sq.h, (sq.n + blk_q - 1) / blk_q}, f32);
+  r.k_scale = at::empty({sk.b, sk.h, (sk.n + blk_k - 1) / blk_k}, f32);
+  // The mean of no tokens is NaN (0 / 0, like the reference), with no K tile to quantize.
+  r.k_mean = k_mean_given ? *k_mean_given
+             : sk.n == 0  ? at::full({sk.b, sk.h, sk.d}, std::numeric_limits<float>::quiet_NaN(), f32)
+                          : at::empty({sk.b, sk.h, sk.d}, f32);
   // K's mean where it is not given: running channel sums (kReplicas copies per slice), then per slice the
   // count of tiles summed.
   const int64_t slices = sk.b * sk.h;
-  at::Tensor workspace = k_mean_given ? at::Tensor() : at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (!k_mean_given) r.workspace = at::zeros({slices * (quant::kReplicas * sk.d + 1)}, f32);
+  r.mean_given = k_mean_given.has_value();
+  r.bf16 = q.scalar_type() == at::kBFloat16;
+  r.d = static_cast<int>(sq.d);
 
-  QuantQKParams pq{};
+  QuantQKParams& pq = r.pq;
+  pq = {};
   pq.x = q.data_ptr();
   pq.in = slice_view(q, layout, sq.h);
-  pq.x_int8 = q_i8.data_ptr<int8_t>();
-  pq.out = slice_view(q_i8, layout, sq.h);
-  pq.scale = q_scale.data_ptr<float>();
+  pq.x_int8 = r.q_i8.data_ptr<int8_t>();
+  pq.out = slice_view(r.q_i8, layout, sq.h);
+  pq.scale = r.q_scale.data_ptr<float>();
   pq.slices = static_cast<int>(sq.b * sq.h);
   pq.n = sq.n;
   pq.blk = static_cast<int>(blk_q);
   pq.log2_blk = __builtin_ctz(pq.blk);
-  pq.num_blocks = static_cast<int>(q_scale.size(2));
+  pq.num_blocks = static_cast<int>(r.q_scale.size(2));
   pq.scale_factor = static_cast<float>(q_scale_factor);
 
-  QuantQKParams pk = pq;
+  QuantQKParams& pk = r.pk;
+  pk = pq;
   pk.x = k.data_ptr();
   pk.in = slice_view(k, layout, sk.h);
-  pk.x_int8 = k_i8.data_ptr<int8_t>();
-  pk.out = slice_view(k_i8, layout, sk.h);
-  pk.scale = k_scale.data_ptr<float>();
-  pk.mean = k_mean.data_ptr<float>();
+  pk.x_int8 = r.k_i8.data_ptr<int8_t>();
+  pk.out = slice_view(r.k_i8, layout, sk.h);
+  pk.scale = r.k_scale.data_ptr<float>();
+  pk.mean = r.k_mean.data_ptr<float>();
   if (!k_mean_given) {
-    pk.workspace = workspace.data_ptr<float>();
-    pk.arrived = reinterpret_cast<unsigned*>(workspace.data_ptr<float>() + slices * quant::kReplicas * sk.d);
+    pk.workspace = r.workspace.data_ptr<float>();
+    pk.arrived = reinterpret_cast<unsigned*>(r.workspace.data_ptr<float>() + slices * quant::kReplicas * sk.d);
   }
   pk.n = sk.n;
   pk.blk = static_cast<int>(blk_k);
   pk.log2_blk = __builtin_ctz(pk.blk);
-  pk.num_blocks = static_cast<int>(k_scale.size(2));
+  pk.num_blocks = static_cast<int>(r.k_scale.size(2));
   pk.scale_factor = 1.f;
+  return r;
+}
 
-  TD_DISPATCH_HALF(q.scalar_type() == at::kBFloat16, T, [&] {
-    TD_DISPATCH_HEAD_DIM(sq.d, D, [&] {
-      if (!k_mean_given) launch_quantize_k_mean<T, D>(pk, stream);
-      launch_quantize_qk_int8_single_pass<T, D>(pq, pk, stream);  // q and k - k_mean in one launch
+void launch_quantize_qk_int8(const QuantizeQK& r, cudaStream_t stream) {
+  TD_DISPATCH_HALF(r.bf16, T, [&] {
+    TD_DISPATCH_HEAD_DIM(r.d, D, [&] {
+      if (!r.mean_given) launch_quantize_k_mean<T, D>(r.pk, stream);
+      launch_quantize_qk_int8_single_pass<T, D>(r.pq, r.pk, stream);  // q and k - k_mean in one launch
     });
   });
-  return {q_i8, q_scale, k_i8, k_scale, k_mean};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_qk_int8_cuda(
+    const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q, int64_t blk_k,
+    double q_scale_factor, const std::optional<at::Tensor>& k_mean_given) {
+  const QuantizeQK r = prepare_quantize_qk_int8(q, k, layout, blk_q, blk_k, q_scale_factor, k_mean_given);
+  const c10::cuda::CUDAGuard guard(q.device());
+  launch_quantize_qk_int8(r, at::cuda::getCurrentCUDAStream());
+  // A given mean is returned as a copy: an op's outputs do not alias its inputs.
+  return {r.q_i8, r.q_scale, r.k_i8, r.k_scale, k_mean_given ? r.k_mean.clone() : r.k_mean};
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_v_fp8_cuda(const at::Tensor& v, const std::string& layout,

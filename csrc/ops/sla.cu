@@ -11,7 +11,9 @@
 #include <tuple>
 
 #include "ops/checks.h"
+#include "ops/quant.h"
 #include "turbodiffusion/common/dispatch.h"
+#include "turbodiffusion/quant/heuristics.h"
 #include "turbodiffusion/sparse/sla_block_map.cuh"
 #include "turbodiffusion/sparse/sla_linear_state.cuh"
 
@@ -44,34 +46,39 @@ std::pair<BHND, BHND> check_pair(const at::Tensor& a, const char* an, const at::
   return {sa, sb};
 }
 
-}  // namespace
+// The block map's checks, outputs, scratch and Params.
+struct BlockMap {
+  BHND sq;
+  at::Tensor lut, count, q_sums, k_sums, k_mean, scores;
+  SlaBlockMapParams p;
+};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                                  const std::string& layout, int64_t blkq,
-                                                                  int64_t blkk, double topk) {
+BlockMap make_block_map(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blkq, int64_t blkk,
+                        double topk) {
   const auto [sq, sk] = check_pair(q, "q", k, "k", layout);
   for (auto [name, blk] : {std::pair<const char*, int64_t>{"blkq", blkq}, {"blkk", blkk}})
     TORCH_CHECK_VALUE(blk > 0 && blk <= 1024, name, ": expected a positive integer <= 1024, got ", num(blk));
   TORCH_CHECK_VALUE(std::isfinite(topk) && topk >= 0.0 && topk <= 1.0, "topk: expected a fraction in [0, 1], got ",
                     num(topk));
-  const c10::cuda::CUDAGuard guard(q.device());
   const int64_t mq = (sq.n + blkq - 1) / blkq, mk = (sk.n + blkk - 1) / blkk;
   // int(topk * Mk) of a double product, like the reference's Python float arithmetic.
   const int64_t kept = std::min<int64_t>(mk, static_cast<int64_t>(topk * static_cast<double>(mk)));
-  auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor lut = at::empty({sq.b, sq.h, mq, kept}, q.options().dtype(at::kInt));
-  at::Tensor count = at::empty({sq.b, sq.h, mq}, q.options().dtype(at::kInt));
-  at::Tensor q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
-  at::Tensor k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
-  at::Tensor k_mean = at::empty({sq.b, sq.h, sq.d}, f32);
   // The scores go through a scratch of at most kScoreScratchBytes: whole (b, h) slices per pass, at least one,
   // at most 65535 (the score kernel's grid z).
   TORCH_CHECK_VALUE(mq * mk <= sla::kMaxBlockPairs, "blkq, blkk: ", num(mq), " x ", num(mk),
                     " query x key blocks per (b, h) need more than 1 GiB of fp32 scores: use larger blocks");
   const int64_t per_pass = std::clamp<int64_t>(sla::kScoreScratchBytes / (4 * std::max<int64_t>(1, mq * mk)), 1,
                                                std::max<int64_t>(1, std::min<int64_t>(sq.b * sq.h, 65535)));
-  at::Tensor scores = at::empty({per_pass * mq * mk}, f32);
-  SlaBlockMapParams p{};
+  const auto f32 = q.options().dtype(at::kFloat);
+  BlockMap m{sq};
+  m.lut = at::empty({sq.b, sq.h, mq, kept}, q.options().dtype(at::kInt));
+  m.count = at::empty({sq.b, sq.h, mq}, q.options().dtype(at::kInt));
+  m.q_sums = at::empty({sq.b * sq.h * mq * sq.d}, f32);
+  m.k_sums = at::empty({sq.b * sq.h * mk * sq.d}, f32);
+  m.k_mean = at::empty({sq.b, sq.h, sq.d}, f32);
+  m.scores = at::empty({per_pass * mq * mk}, f32);
+  SlaBlockMapParams& p = m.p;
+  p = {};
   p.q = view_of(q, sq, layout);
   p.k = view_of(k, sk, layout);
   p.heads = static_cast<int>(sq.h);
@@ -80,17 +87,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
   p.mq = static_cast<int>(mq);
   p.mk = static_cast<int>(mk);
   p.kept = static_cast<int>(kept);
-  p.q_sums = q_sums.data_ptr<float>();
-  p.k_sums = k_sums.data_ptr<float>();
-  p.k_mean = k_mean.data_ptr<float>();
-  p.scores = scores.data_ptr<float>();
+  p.q_sums = m.q_sums.data_ptr<float>();
+  p.k_sums = m.k_sums.data_ptr<float>();
+  p.k_mean = m.k_mean.data_ptr<float>();
+  p.scores = m.scores.data_ptr<float>();
   p.slices_per_pass = static_cast<int>(per_pass);
-  p.lut = lut.data_ptr<int32_t>();
-  p.count = count.data_ptr<int32_t>();
+  p.lut = m.lut.data_ptr<int32_t>();
+  p.count = m.count.data_ptr<int32_t>();
   p.bf16 = q.scalar_type() == c10::kBFloat16;
+  return m;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                                  const std::string& layout, int64_t blkq,
+                                                                  int64_t blkk, double topk) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const BlockMap m = make_block_map(q, k, layout, blkq, blkk, topk);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(sq.d, D, [&] { launch_sla_block_map<D>(p, static_cast<int>(sq.b), stream); });
-  return {lut, count, k_mean};
+  TD_DISPATCH_HEAD_DIM(m.sq.d, D, [&] { launch_sla_block_map<D>(m.p, static_cast<int>(m.sq.b), stream); });
+  return {m.lut, m.count, m.k_mean};
+}
+
+// The block map and quantize_qk_int8 with its k mean, in the order that lets them share the pass over q: the
+// block map's key side (mean_N k), the quantizer, whose Q tiles also give q's block means where blkq allows
+// (can_fuse_q_block_means; else the pool kernel reads q), then the selection. The outputs are
+// sla_block_map's and quantize_qk_int8(..., k_mean)'s bit for bit (store_block_means); the k mean is the
+// block map's tensor (returned once, not copied).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+sla_block_map_quantize_qk_cuda(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blkq,
+                               int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor) {
+  // store_block_means reproduces sla_pool_kernel's sums only with the same thread -> (rows, channels) map.
+  static_assert(sla::kPoolThreads == quant::kTileThreads, "the pool kernel's rows are the quantizer tile's");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const BlockMap m = make_block_map(q, k, layout, blkq, blkk, topk);
+  QuantizeQK qk = prepare_quantize_qk_int8(q, k, layout, blk_q, blk_k, q_scale_factor, m.k_mean);
+  const bool fused = m.p.mq > 0 && can_fuse_q_block_means(q, m.sq.d, blkq);
+  if (fused) {
+    qk.pq.block_means = m.p.q_sums;
+    qk.pq.mean_blk = m.p.blkq;
+    qk.pq.num_mean_blocks = m.p.mq;
+  }
+  const int batch = static_cast<int>(m.sq.b);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TD_DISPATCH_HEAD_DIM(m.sq.d, D, [&] {
+    launch_sla_key_stats<D>(m.p, batch, stream);
+    launch_quantize_qk_int8(qk, stream);
+    if (!fused && m.p.mq > 0) launch_sla_pool<D>(m.p, m.p.q, m.p.blkq, m.p.mq, m.p.q_sums, true, batch, stream);
+    launch_sla_select<D>(m.p, batch, stream);
+  });
+  return {m.lut, m.count, qk.q_i8, qk.q_scale, qk.k_i8, qk.k_scale, m.k_mean};
 }
 
 std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,

@@ -15,5 +15,6 @@ from .sla import (  # noqa: F401,E402
     attention_int8_fp8_sparse_sm90,
     sla_attention,
     sla_block_map,
+    sla_block_map_quantize_qk,
     sla_linear_state,
 )

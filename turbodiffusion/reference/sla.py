@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import MMA_BLK_K, MMA_BLK_Q, MMA_KV_TILE, SM90_KV_TILE, attention_int8_fp8_mma
+from .quant import quantize_qk_int8
 
 LIN_EPS = 1e-5     # the linear branch's denominator: 1e-5 + phi(q) . z
 LIN_PAD = 8        # extra rows of the folded state: row D holds z / Nk (an n8 MMA block)
@@ -71,6 +72,16 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk
     kept = kept_blocks(topk, mk)
     lut = torch.topk(score, kept, dim=-1).indices.sort(dim=-1).values.to(torch.int32)
     return lut.contiguous(), torch.full((b, h, mq), kept, dtype=torch.int32, device=q.device), k_mean
+
+
+def sla_block_map_quantize_qk(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float,
+                              blk_q: int, blk_k: int, q_scale_factor: float):
+    """sla_block_map, then quantize_qk_int8 with its k_mean (sage_sla's first steps, one op on a GPU: the
+    quantizer's pass over q gives the block map's pooled q). Returns (lut, count, q_int8, q_scale, k_int8,
+    k_scale, k_mean)."""
+    lut, count, k_mean = sla_block_map(q, k, layout, blkq, blkk, topk)
+    q_i8, q_s, k_i8, k_s, _ = quantize_qk_int8(q, k, layout, blk_q, blk_k, q_scale_factor, k_mean)
+    return lut, count, q_i8, q_s, k_i8, k_s, k_mean
 
 
 def lut_block_mask(lut: torch.Tensor, count: torch.Tensor, mk: int) -> torch.Tensor:

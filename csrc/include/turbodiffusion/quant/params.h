@@ -32,6 +32,11 @@ struct QuantQKParams {
   int log2_blk;
   int num_blocks;         // ceil(n / blk)
   float scale_factor;     // multiplied into the stored scale (q: sm_scale * log2 e, say)
+  // q only, optional (sage_sla): the SLA block map's pooled q, [B*H, num_mean_blocks, D] float32 means of
+  // every mean_blk tokens (a power of two that q_block_means_fusable accepts), from the staged tiles.
+  float* block_means;
+  int mean_blk;
+  int num_mean_blocks;
 };
 
 // quantize_v_fp8.

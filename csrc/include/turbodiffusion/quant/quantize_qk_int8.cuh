@@ -59,6 +59,53 @@ __device__ void quantize_tile_int8(const QKTile<T, D>& t, const QuantQKParams& p
   __syncthreads();  // blk_amax is reused by the next tile
 }
 
+// Whether q's block means for blocks of `blk` tokens can come from Q's tiles (store_block_means): whole
+// blocks per tile, each block a run of a thread's vectors, its partial sums (STEP rows of D floats) no larger
+// than its staged bytes.
+template <typename T, int D>
+constexpr bool q_block_means_fusable(int blk) {
+  using Tile = QKTile<T, D>;
+  return blk > 0 && (blk & (blk - 1)) == 0 && blk <= Tile::ROWS && blk % Tile::STEP == 0 &&
+         Tile::STEP * D * sizeof(float) <= blk * D * sizeof(T);
+}
+
+// The SLA block map's pooled q from a staged Q tile (after quantize_tile_int8, whose last barrier leaves the
+// tile unchanged): the block map then need not read q again (sage_sla: 100 MB at Wan-1.3B-480p). The sums
+// are sla_pool_kernel's bit for bit (same thread <-> row mapping when its thread count is this tile's: the
+// SLA launcher asserts it): a thread adds its own rows r, r + STEP, ... of the block in ascending order from
+// +0, the STEP partials of a channel are added in ascending r, and the mean is the sum / the block's length.
+// Rows past N are zeros in the stage, and adding +0 to a sum that started at +0 changes no bit. Each block's
+// partials overwrite its own staged vectors once every thread has read them (one barrier per block).
+template <typename T, int D>
+__device__ void store_block_means(const QKTile<T, D>& t, const QuantQKParams& p, int slice, int tile, uint8_t* stage) {
+  using Tile = QKTile<T, D>;
+  const int vecs = p.mean_blk / Tile::STEP, blocks = Tile::ROWS / p.mean_blk;
+  for (int lb = 0; lb < blocks; ++lb) {
+    float acc[8] = {};
+    for (int i = lb * vecs; i < (lb + 1) * vecs; ++i) {
+      const Vec<T, 8> x = t.vec(i);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += x.get(j);
+    }
+    __syncthreads();  // block lb's vectors are read by all before its partials overwrite them
+    float* part = reinterpret_cast<float*>(stage + size_t(lb) * p.mean_blk * D * sizeof(T)) + t.row0 * D + t.col;
+    reinterpret_cast<float4*>(part)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    reinterpret_cast<float4*>(part)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < blocks * D; idx += Tile::WARPS * 32) {
+    const int lb = idx / D, c = idx % D;
+    const int64_t blk = int64_t(tile) * blocks + lb;
+    if (blk >= p.num_mean_blocks) break;  // (idx ascending: so are the blocks)
+    const float* part = reinterpret_cast<const float*>(stage + size_t(lb) * p.mean_blk * D * sizeof(T)) + c;
+    float s = 0.f;
+#pragma unroll 4
+    for (int r = 0; r < Tile::STEP; ++r) s += part[r * D];
+    const int64_t len = std::min<int64_t>(p.mean_blk, p.n - blk * p.mean_blk);
+    p.block_means[(int64_t(slice) * p.num_mean_blocks + blk) * D + c] = s / static_cast<float>(len);
+  }
+}
+
 // Single pass, one CTA per tile: Q's tiles, and K's with its mean in p.mean (given, or from
 // quantize_k_mean_kernel just before: K's CTAs come first, in reverse order, see there). One launch for both
 // pays the ramp-up and the last wave's tail once (H100, D 64 16k, mean given: 0.043 ms against 0.050 ms as
@@ -76,6 +123,9 @@ __device__ __forceinline__ void quantize_tile_single_pass(const QuantQKParams& p
     for (int j = 0; j < 8; ++j) mu[j] = __ldg(p.mean + int64_t(slice) * D + t.col + j);
   }
   quantize_tile_int8<T, D, SMOOTH>(t, p, slice, tile, mu, blk_amax);
+  if constexpr (!SMOOTH) {
+    if (p.block_means != nullptr) store_block_means<T, D>(t, p, slice, tile, stage);
+  }
 }
 
 template <typename T, int D>

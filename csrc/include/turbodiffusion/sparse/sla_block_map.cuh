@@ -1,6 +1,7 @@
 // SLA block map (ARCHITECTURE §4.3) in five launches, emitting the LUT of §4.2 directly:
 //   1. sla_pool_kernel (k, then q): fp32 sums of every block of tokens of k, means of q (the last block is
-//      partial);
+//      partial); in sage_sla q's means come from quantize_qk_int8's Q tiles instead (store_block_means, the
+//      same bits), which saves the block map's read of q;
 //   2. sla_kmean_kernel: mean_N k from the block sums (a CTA per (b, h) and 8 channels, a fixed order; also an
 //      output: sage_sla hands it to quantize_qk_int8, whose K pass is then single), and the centred key-block
 //      means in place of the sums;
@@ -246,24 +247,33 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_topk_kernel(const SlaB
   if (lane == 0) p.count[out] = p.kept;
 }
 
-// The whole block map on `stream`.
+// Block sums of x into `sums` (means with `means`).
 template <int D>
-void launch_sla_block_map(SlaBlockMapParams p, int batch, cudaStream_t stream) {
+void launch_sla_pool(const SlaBlockMapParams& p, const AttnTensorView& x, int blk, int nblocks, float* sums, bool means,
+                     int batch, cudaStream_t stream) {
+  const dim3 grid(nblocks, p.heads, batch);
+  if (p.bf16)
+    sla_pool_kernel<D, __nv_bfloat16><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
+  else
+    sla_pool_kernel<D, __half><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
+  TD_CHECK_LAUNCH();
+}
+
+// The block map's key side: k's block sums, mean_N k and the centred key-block means (p.k_sums, p.k_mean).
+template <int D>
+void launch_sla_key_stats(const SlaBlockMapParams& p, int batch, cudaStream_t stream) {
   if (batch == 0 || p.heads == 0) return;
-  auto pool = [&](const AttnTensorView& x, int blk, int nblocks, float* sums, bool means) {
-    const dim3 grid(nblocks, p.heads, batch);
-    if (p.bf16)
-      sla_pool_kernel<D, __nv_bfloat16><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
-    else
-      sla_pool_kernel<D, __half><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
-    TD_CHECK_LAUNCH();
-  };
-  pool(p.k, p.blkk, p.mk, p.k_sums, false);  // (mk >= 1: the launcher checks)
+  launch_sla_pool<D>(p, p.k, p.blkk, p.mk, p.k_sums, false, batch, stream);  // (mk >= 1: the launcher checks)
   sla_kmean_kernel<D><<<dim3(batch * p.heads, D / sla::kKmeanCols), sla::kKmeanThreads, 0, stream>>>(
       p.k_sums, p.k_mean, p.mk, p.blkk, p.k.n);
   TD_CHECK_LAUNCH();
-  if (p.mq == 0) return;
-  pool(p.q, p.blkq, p.mq, p.q_sums, true);
+}
+
+// The selection: scores of the pooled q means (p.q_sums) against the centred key-block means, then the
+// top-k of every row into the LUT and counts.
+template <int D>
+void launch_sla_select(const SlaBlockMapParams& p, int batch, cudaStream_t stream) {
+  if (batch == 0 || p.heads == 0 || p.mq == 0) return;
   constexpr int smem = sla_score_smem_bytes(D);
   allow_dynamic_shared_memory(sla_score_kernel<D>, smem, true);
   const int64_t slices = int64_t(batch) * p.heads;
@@ -277,6 +287,16 @@ void launch_sla_block_map(SlaBlockMapParams p, int batch, cudaStream_t stream) {
         p, s0, rows);
     TD_CHECK_LAUNCH();
   }
+}
+
+// The whole block map on `stream`. (sage_sla runs the key side, then quantize_qk_int8 writing q's block
+// means from its Q tiles, then the selection: csrc/ops/sla.cu.)
+template <int D>
+void launch_sla_block_map(const SlaBlockMapParams& p, int batch, cudaStream_t stream) {
+  if (batch == 0 || p.heads == 0) return;
+  launch_sla_key_stats<D>(p, batch, stream);
+  if (p.mq > 0) launch_sla_pool<D>(p, p.q, p.blkq, p.mq, p.q_sums, true, batch, stream);
+  launch_sla_select<D>(p, batch, stream);
 }
 
 }  // namespace td
