@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "turbodiffusion/attention/params.h"
+#include "turbodiffusion/common/vec.cuh"
 #include "turbodiffusion/sparse/lut_tiles.cuh"
 
 namespace td {
@@ -20,12 +21,6 @@ namespace attn {
 // so P converts to FP8 without a per-row scale; the factor 448 cancels in O / l.
 constexpr float kLog2Fp8Max = 8.807354922057604f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // Four fp32 -> four E4M3 bytes (round to nearest even, saturating to +-448), `a` in the low byte.
 // cvt...e4m3x2 puts its first source operand in the upper byte.

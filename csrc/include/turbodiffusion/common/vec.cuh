@@ -8,12 +8,30 @@
 
 namespace td {
 
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx(-inf) = +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <typename T>
 __device__ __forceinline__ float to_float(T x);
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <>
 __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+
+// A pair of 16-bit floats -> two floats (exact).
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 x) { return __bfloat1622float2(x); }
+__device__ __forceinline__ float2 to_float2(__half2 x) { return __half22float2(x); }
+
+// Two floats -> a pair of 16-bit floats (round to nearest even), `a` in the low half.
+template <typename T2>
+__device__ __forceinline__ T2 from_float2(float a, float b);
+template <>
+__device__ __forceinline__ __nv_bfloat162 from_float2<__nv_bfloat162>(float a, float b) { return __floats2bfloat162_rn(a, b); }
+template <>
+__device__ __forceinline__ __half2 from_float2<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
 
 // N 16-bit elements loaded/stored as one access (N = 8: 16 bytes; N = 1: scalar path for
 // unaligned rows).

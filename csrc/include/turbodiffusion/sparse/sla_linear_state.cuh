@@ -2,7 +2,7 @@
 // epilogue, in two launches:
 //   1. sla_linear_partial_kernel: one pass over k and v. Each CTA takes a chunk of N for one (b, h):
 //      32-token tiles of k and v go to shared memory (cp.async, double-buffered), phi(k) = softmax over
-//      the head dim is computed in fp32 and written back in place in the input type, then tensor cores
+//      the head dim is computed in fp32 (ex2.approx) and written back in place in the input type, then tensor cores
 //      (mma.sync m16n8k16, fp32 accumulation) add phi(k)^T v to the CTA's [D, D] partial H; an extra
 //      n8 block with an all-ones B operand accumulates z = sum phi(k) in the same MMAs.
 //   2. sla_linear_fold_kernel: sums the chunks (fixed order: deterministic) and folds proj_l's weight:
@@ -46,11 +46,8 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
   using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
   using sla_detail::swz;
   constexpr int kWarps = D / 16, kThreads = 32 * kWarps, BN = sla::kLinTile, CH = D / 8, NB = D / 8 + 1;
-  constexpr int kElems = D / 32;  // elements of a token row per lane in the softmax
-  constexpr int kRowsPerWarp = BN / kWarps;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(BN % 16 == 0 && (BN * CH) % kThreads == 0, "k16 steps, whole cp.async rounds");
-  static_assert(BN % kWarps == 0, "whole rows per warp in the softmax");
   // bf16 / fp16 1.0 twice: the all-ones B fragment whose product with phi(k)^T is z.
   constexpr uint32_t kOnes = kBf16 ? 0x3F803F80u : 0x3C003C00u;
   __shared__ __align__(128) T sK[2][BN * D];
@@ -109,43 +106,62 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
       sAmax[tid] = mx;
     }
 
-    // phi(k) in place: a warp per token row, kElems consecutive channels per lane (within one chunk); each
-    // warp takes its kRowsPerWarp rows together, so their shuffle reductions overlap instead of queueing.
+    // phi(k) in place: kTPT consecutive threads per token (8 at D 128, 4 at D 64), 16 channels each as two
+    // 16-byte chunks, j and j + kTPT (under the swizzle the kTPT threads of a row read kTPT distinct chunk
+    // columns, so a warp's loads and stores take the minimum number of wavefronts); maximum and sum over a
+    // token's threads by log2(kTPT) butterfly shuffles; exp as exp2(x log2 e - max log2 e), one FFMA and
+    // one MUFU op per element. (Until 2026-11-27 a warp took a token, 4 channels per lane: ~420 of the
+    // ~580 instructions per warp and tile, with five-step shuffle chains; ncu, 1.3B-480p: issue-bound.)
     {
-      float x[kRowsPerWarp][kElems], m[kRowsPerWarp], sum[kRowsPerWarp];
+      constexpr int kTPT = kThreads / BN;
+      constexpr float kLog2e = 1.4426950408889634f;
+      static_assert(kTPT * 16 == D && (kTPT & (kTPT - 1)) == 0, "16 channels per thread, whole shuffle groups");
+      const int r = tid / kTPT, j = tid % kTPT;
+      uint4* const chunk[2] = {reinterpret_cast<uint4*>(&sK[st][swz<D>(r, 8 * j)]),
+                               reinterpret_cast<uint4*>(&sK[st][swz<D>(r, 8 * (j + kTPT))])};
+      float x[16];
 #pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) {
-        const T* row = &sK[st][swz<D>(warp + j * kWarps, kElems * lane)];
+      for (int c = 0; c < 2; ++c) {
+        const uint4 raw = *chunk[c];
+        const T2* e2 = reinterpret_cast<const T2*>(&raw);
 #pragma unroll
-        for (int i = 0; i < kElems; ++i) x[j][i] = to_float(row[i]);
-        m[j] = x[j][0];
-#pragma unroll
-        for (int i = 1; i < kElems; ++i) m[j] = fmaxf(m[j], x[j][i]);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int j = 0; j < kRowsPerWarp; ++j) m[j] = fmaxf(m[j], __shfl_xor_sync(0xffffffffu, m[j], o));
-#pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) {
-        sum[j] = 0.f;
-#pragma unroll
-        for (int i = 0; i < kElems; ++i) {
-          x[j][i] = __expf(x[j][i] - m[j]);
-          sum[j] += x[j][i];
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = to_float2(e2[e]);
+          x[8 * c + 2 * e] = f.x;
+          x[8 * c + 2 * e + 1] = f.y;
         }
       }
+      float mx[8];  // a tree: short dependency chains
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
+      for (int i = 0; i < 8; ++i) mx[i] = fmaxf(x[i], x[i + 8]);
 #pragma unroll
-        for (int j = 0; j < kRowsPerWarp; ++j) sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], o);
+      for (int w = 4; w > 0; w >>= 1)
 #pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) {
-        const int r = warp + j * kWarps;
-        const float inv = tile * BN + r < n ? 1.f / sum[j] : 0.f;  // padded tokens contribute nothing to z
-        T* row = &sK[st][swz<D>(r, kElems * lane)];
+        for (int i = 0; i < w; ++i) mx[i] = fmaxf(mx[i], mx[i + w]);
+      float m = mx[0];
 #pragma unroll
-        for (int i = 0; i < kElems; ++i) row[i] = T(x[j][i] * inv);
+      for (int o = kTPT / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      const float ml = m * kLog2e;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) x[i] = fast_exp2(fmaf(x[i], kLog2e, -ml));
+      float sm[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sm[i] = x[i] + x[i + 8];
+#pragma unroll
+      for (int w = 4; w > 0; w >>= 1)
+#pragma unroll
+        for (int i = 0; i < w; ++i) sm[i] += sm[i + w];
+      float sum = sm[0];
+#pragma unroll
+      for (int o = kTPT / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      const float inv = tile * BN + r < n ? 1.f / sum : 0.f;  // padded tokens contribute nothing to z
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        uint4 out;
+        T2* o2 = reinterpret_cast<T2*>(&out);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o2[e] = from_float2<T2>(x[8 * c + 2 * e] * inv, x[8 * c + 2 * e + 1] * inv);
+        *chunk[c] = out;
       }
     }
     __syncthreads();
