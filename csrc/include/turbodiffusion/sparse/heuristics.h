@@ -43,7 +43,8 @@ constexpr int kLinTile = 32;
 // beside the block map and Q/K's quantizer, and a grid of several waves kept their CTAs off the SMs until
 // its last wave (H100, 2026-11-27, sage_sla wall time, two rounds: 1.3B-480p 64x128 1.377 / 1.394 ms with
 // one wave vs 1.411 / 1.421 with four, 64x64 1.562 / 1.569 vs 1.592 / 1.592; 14B-720p 64x128 18.5 / 18.7
-// either way; half a wave 1.383 / 1.385, a quarter 1.48).
+// either way; half a wave 1.383 / 1.385, a quarter 1.48; again at e3f0108, three rounds, 64x64: one wave
+// 1.39-1.42 ms, half 1.43-1.47, a third 1.47-1.49: the main stream's kernels then share the SMs at half speed).
 constexpr int kLinWaves = 1;
 constexpr int kLinMinTiles = 16;
 
