@@ -110,8 +110,10 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
     // 16-byte chunks, j and j + kTPT (under the swizzle the kTPT threads of a row read kTPT distinct chunk
     // columns, so a warp's loads and stores take the minimum number of wavefronts); maximum and sum over a
     // token's threads by log2(kTPT) butterfly shuffles; exp as exp2(x log2 e - max log2 e), one FFMA and
-    // one MUFU op per element. (Until 2026-11-27 a warp took a token, 4 channels per lane: ~420 of the
-    // ~580 instructions per warp and tile, with five-step shuffle chains; ncu, 1.3B-480p: issue-bound.)
+    // one MUFU op per element. Until 2026-11-27 a warp took a token, 4 channels per lane, with 2-byte
+    // shared accesses and five-step shuffle chains: ncu (1.3B-480p) found the kernel issue-bound at 578
+    // instructions per warp and tile, most of them there. H100, alternating A/B: the linear branch 0.145 ->
+    // 0.123 ms at 1.3B-480p, 0.87 -> 0.68 ms at 14B-720p (docs/sla.md).
     {
       constexpr int kTPT = kThreads / BN;
       constexpr float kLog2e = 1.4426950408889634f;
