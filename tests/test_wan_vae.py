@@ -30,6 +30,13 @@ def test_shapes_and_dtype(vae):
     assert vae.decode(latent).shape == (2, 3, 9, 16, 24)
 
 
+# A shorter input is a different convolution shape, which some CPUs' float32 convolutions sum in another
+# order (an AMD EPYC CPU machine, 2026-11-27: 9e-8 apart in the latents, 2.3e-6 in the decoded frames;
+# bit-equal on earlier machines): prefixes are compared to 1e-5, far below what a frame leaking into an
+# earlier one would change. Same-shape comparisons stay exact.
+PREFIX_ATOL = 1e-5
+
+
 def test_encode_is_causal(vae):
     torch.manual_seed(0)
     video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
@@ -37,16 +44,22 @@ def test_encode_is_causal(vae):
     changed = video.clone()
     changed[:, :, 1:] = torch.rand_like(changed[:, :, 1:])
     assert torch.equal(vae.encode(changed)[:, :, 0], latent[:, :, 0])  # latent 0 sees pixel frame 0 only
-    assert torch.equal(vae.encode(video[:, :, :5]), latent[:, :, :2])  # chunk [1..4] -> latent frame 1
-    assert torch.equal(vae.encode(video[:, :, :1]), latent[:, :, :1])  # a single frame (T = 4*0 + 1)
+    close = dict(rtol=0, atol=PREFIX_ATOL)
+    torch.testing.assert_close(vae.encode(video[:, :, :5]), latent[:, :, :2], **close)  # chunk [1..4] -> frame 1
+    torch.testing.assert_close(vae.encode(video[:, :, :1]), latent[:, :, :1], **close)  # one frame (T = 4*0 + 1)
+    assert (vae.encode(changed)[:, :, 1] - latent[:, :, 1]).abs().max() > 100 * PREFIX_ATOL  # (the bound can fail)
 
 
 def test_decode_is_causal(vae):
     torch.manual_seed(0)
     latent = torch.randn(1, 16, 3, 2, 2)
     video = vae.decode(latent)
-    assert torch.equal(vae.decode(latent[:, :, :1]), video[:, :, :1])
-    assert torch.equal(vae.decode(latent[:, :, :2]), video[:, :, :5])
+    close = dict(rtol=0, atol=PREFIX_ATOL)
+    torch.testing.assert_close(vae.decode(latent[:, :, :1]), video[:, :, :1], **close)
+    torch.testing.assert_close(vae.decode(latent[:, :, :2]), video[:, :, :5], **close)
+    changed = latent.clone()
+    changed[:, :, 1:] = torch.randn_like(changed[:, :, 1:])
+    assert (vae.decode(changed)[:, :, 1:5] - video[:, :, 1:5]).abs().max() > 100 * PREFIX_ATOL  # (the bound can fail)
 
 
 def test_tiled_decode_matches_untiled(vae):
