@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(attn::MmaAttnConfig<D, kSparse>::kThreads,
     // ---- online softmax, P as the E4M3 A fragments of the two k32 steps (softmax_fp8.cuh) ----
     float alpha[2];
     uint32_t pa[2][4];
-    attn::softmax_tile_to_fp8<NB>(acc, sc, {int64_t(tile) * BK, int64_t(tile) * BK + BK / 2}, p.nk, m, l, alpha, pa);
+    attn::softmax_tile_to_fp8<NB>(acc, sc, attn::TileKeys::contiguous<NB>(int64_t(tile) * BK), p.nk, m, l, alpha, pa);
 
     // ---- O = O * alpha + P V: each tile's product starts from zero (the FP8 MMA keeps ~22 bits in
     // its accumulator) and is added to the fp32 O with one FMA: two-level accumulation ----

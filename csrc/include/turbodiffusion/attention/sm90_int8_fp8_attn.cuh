@@ -238,10 +238,6 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       if (kSparse && lane == 0) sm.tile[r][s] = make_int2(lo, hi);
       __syncwarp();
     };
-    auto hi_of = [](const Tiles& tiles) {
-      if constexpr (kSparse) return tiles.hi;
-      else return -1;
-    };
     if constexpr (Cfg::kGroupRings) {
       if (warp == 0 && lane == 0) load_q();
       const int r = __shfl_sync(0xffffffffu, warp, 0);  // (warp-uniform for ptxas: the ring's addresses)
@@ -251,7 +247,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
         int i = 0;
         for (int tile = 0; tile >= 0; ++i) {
           tile = tiles.next();
-          const int hi = hi_of(tiles), s = i % S;
+          const int hi = tiles.hi, s = i % S;
           wait_free(r, i);
           // The TMA first, the K scales (a global load) under it, then the arrival that completes the slot.
           if (lane == 0 && tile >= 0) load_tile(r, s, tile, hi, false);
@@ -278,7 +274,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       int i = 0;
       for (int tile; (tile = tiles.next()) >= 0; ++i) {
         wait_free(0, i);
-        load_tile(0, i % S, tile, hi_of(tiles));
+        load_tile(0, i % S, tile, tiles.hi);
       }
       if constexpr (kSparse) {  // the end of the walk
         wait_free(0, i);
@@ -291,7 +287,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
         tile = tiles.next();
         if (!kSparse && tile < 0) break;
         wait_free(0, i);
-        stage_scales(ks_g, 0, i % S, tile, hi_of(tiles));
+        stage_scales(ks_g, 0, i % S, tile, tiles.hi);
         if (lane == 0) mbar_arrive(&sm.full[0][i % S]);
       }
     }
@@ -357,7 +353,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   };
   auto tile_keys = [&](int2 t) -> attn::TileKeys {  // (an absent upper half: keys from nk on, all masked)
     if constexpr (kSparse) return {int64_t(t.x) * kBox, t.y >= 0 ? int64_t(t.y) * kBox : p.nk};
-    else return {int64_t(t.x) * BN, int64_t(t.x) * BN + BN / 2};
+    else return attn::TileKeys::contiguous<NB>(int64_t(t.x) * BN);
   };
   auto issue_qk = [&](int i) {  // S = Q K^T of walk position i (int32, exact); one commit group
     if constexpr (!kSparse) mbar_wait(&sm.full[ring][i % S], (i / S) & 1);  // (sparse: next_tile waited)

@@ -64,6 +64,8 @@ __device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2fl
 // (sla_detail::PairTiles; hi >= nk: an absent upper half, all masked).
 struct TileKeys {
   int64_t lo, hi;
+  template <int NB>  // NB * 8 consecutive keys from key0
+  __device__ __forceinline__ static TileKeys contiguous(int64_t key0) { return {key0, key0 + 4 * NB}; }
   template <int NB>
   __device__ __forceinline__ int64_t key(int j) const { return j < NB / 2 ? lo + 8 * j : hi + 8 * (j - NB / 2); }
   template <int NB>

@@ -20,6 +20,7 @@ namespace sla_detail {
 // Dense: tiles 0 .. num_tiles - 1 of kTileKeys keys each.
 template <int kTileKeys>
 struct DenseTiles {
+  static constexpr int hi = -1;  // (no second tile: PairTiles' interface)
   int i, num_tiles;
   __device__ DenseTiles(const AttnInt8Fp8Params& p, int64_t /*slice*/, int /*q_block*/)
       : i(0), num_tiles(static_cast<int>((p.nk + kTileKeys - 1) / kTileKeys)) {}
