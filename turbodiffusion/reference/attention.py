@@ -72,9 +72,11 @@ def _unpermute_v(v_fp8: torch.Tensor) -> torch.Tensor:
 
 def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch.Tensor, k_int8: torch.Tensor,
                            k_scale: torch.Tensor, k_mean: torch.Tensor, v_fp8: torch.Tensor,
-                           v_scale: torch.Tensor, layout: str, sm_scale: float, kv_tile: int = MMA_KV_TILE):
+                           v_scale: torch.Tensor, layout: str, sm_scale: float, kv_tile: int = MMA_KV_TILE,
+                           l_of_fp8_p: bool = False):
     """Emulation of the mma.sync INT8-QK / FP8-PV attention kernel on already-quantized inputs
-    (kv_tile = SM90_KV_TILE: of the sm90 wgmma kernel, whose online softmax steps over 128 keys).
+    (kv_tile = SM90_KV_TILE, l_of_fp8_p: of the sm90 wgmma kernel, whose online softmax steps over 128 keys
+    and whose row sums l add the E4M3 P on the tensor cores instead of the fp32 P).
 
     q (bf16/fp16, the unquantized queries: only for the LSE correction and the output dtype),
     q_int8 [B, Nq, H, D] / k_int8 [B, Nk, H, D] ("NHD") or [B, H, N, D] ("HND"); q_scale
@@ -106,8 +108,8 @@ def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch
         m_off = m_new - log2_448
         # fl(acc * sc - m_off) with one rounding (the kernels' FMA): exact in float64, then rounded.
         p = torch.exp2((acc.double() * sc.double() - m_off.double()[..., None]).float())
-        l = l * alpha + p.sum(dim=-1)
         p8 = p.clamp(max=448.0).to(torch.float8_e4m3fn).float()                      # cvt.rn.satfinite
+        l = l * alpha + (p8 if l_of_fp8_p else p).sum(dim=-1)
         o = o * alpha[..., None] + p8 @ v[:, :, t0:t1]          # exact e4m3 products, fp32 sums
         m = m_new
     m_off = m - log2_448
@@ -121,6 +123,6 @@ def attention_int8_fp8_mma(q: torch.Tensor, q_int8: torch.Tensor, q_scale: torch
 
 
 def attention_int8_fp8_sm90(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale):
-    """Emulation of the sm90 wgmma kernel: attention_int8_fp8_mma with 128-key tiles."""
+    """Emulation of the sm90 wgmma kernel: attention_int8_fp8_mma with 128-key tiles and l of the E4M3 P."""
     return attention_int8_fp8_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, layout, sm_scale,
-                                  kv_tile=SM90_KV_TILE)
+                                  kv_tile=SM90_KV_TILE, l_of_fp8_p=True)

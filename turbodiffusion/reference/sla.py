@@ -170,7 +170,7 @@ def linear_epilogue(q: torch.Tensor, lin: torch.Tensor, lin_bias: torch.Tensor, 
 
 def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
                                   lin_bias, layout: str, sm_scale: float, blkq: int, blkk: int,
-                                  kv_tile: int = MMA_KV_TILE):
+                                  kv_tile: int = MMA_KV_TILE, l_of_fp8_p: bool = False):
     """Emulation of the block-sparse mma.sync kernel: for each query block, the dense emulation over the
     keys of its kept blocks (LUT order, the partial last block moved last so the dense tail mask applies;
     only the summation order differs from the kernel). Invalid entries (outside [0, Mk)) are skipped; an
@@ -206,7 +206,7 @@ def attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v
                     q_scale[bi:bi + 1, hi:hi + 1, r0 // MMA_BLK_Q: -(-r1 // MMA_BLK_Q)],
                     ki[bi:bi + 1, hi:hi + 1, tok], k_scale[bi:bi + 1, hi:hi + 1, tok[::MMA_BLK_K] // MMA_BLK_K],
                     k_mean[bi:bi + 1, hi:hi + 1], v_sub, v_scale[bi:bi + 1, hi:hi + 1], "HND", sm_scale,
-                    kv_tile=kv_tile)
+                    kv_tile=kv_tile, l_of_fp8_p=l_of_fp8_p)
                 assert o.shape[2] == r1 - r0 and n_sub == ki[:, :, tok].shape[2]
                 out[bi, hi, r0:r1] = o[0, 0]
                 lse[bi, hi, r0:r1] = l[0, 0]
@@ -219,6 +219,6 @@ def attention_int8_fp8_sparse_sm90(q, q_int8, q_scale, k_int8, k_scale, k_mean, 
                                    lin_bias, layout: str, sm_scale: float, blkq: int, blkk: int):
     """Emulation of the block-sparse sm90 wgmma kernel: the mma.sync emulation with 128-key tiles over the kept
     keys in walk order, i.e. two consecutive 64-key tiles of the walk per tile whatever blkk (the kernel pairs
-    them: sla_detail::PairTiles; with blkk % 128 == 0 these are the block's aligned 128-key tiles)."""
+    them: sla_detail::PairTiles; with blkk % 128 == 0 these are the block's aligned 128-key tiles), l of the E4M3 P."""
     return attention_int8_fp8_sparse_mma(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin,
-                                         lin_bias, layout, sm_scale, blkq, blkk, kv_tile=SM90_KV_TILE)
+                                         lin_bias, layout, sm_scale, blkq, blkk, kv_tile=SM90_KV_TILE, l_of_fp8_p=True)

@@ -97,6 +97,11 @@ struct Sm90AttnConfig {
   static constexpr int kBN = 128;                      // keys per KV tile (the softmax step)
   static constexpr int kBoxKeys = kSparse ? 64 : kBN;  // keys per TMA box: a tile is kBN / kBoxKeys boxes
   static constexpr int kSlots = kSparse ? 2 : 3;
+  // The row sums l of P on the tensor cores: every V box in shared memory is followed by 8 rows of E4M3
+  // ones, and the P V wgmma runs with N = D + 8, so its last n8 block is sum(E4M3 P) per row (in every lane
+  // of the row's quad), added to l with O's fold; the softmax drops its 64 fp32 adds per lane and tile.
+  static constexpr bool kRowSumMma = true;
+  static constexpr int kVRows = D + (kRowSumMma ? 8 : 0);  // rows of a V box in shared memory
   // Sparse: the slice's SLA lin (the linear term's wgmma B operand) staged in shared memory once per CTA
   // (9 KB at D 64), except where three rings leave no room for its 35 KB at D 128 (then each ring's producer
   // copies it into the ring's slots once its group's walk is done).

@@ -119,7 +119,9 @@ struct alignas(1024) Smem {
   static constexpr int R = Cfg::kRings, S = Cfg::kSlots;
   uint8_t q[Cfg::kConsumers][64 * D];   // [row][channel], one 64-row tile per group
   uint8_t k[R][S][Cfg::kBN * D];        // [key][channel]: kBN / kBoxKeys boxes of [kBoxKeys][D]
-  uint8_t v[R][S][D * Cfg::kBN];        // boxes of [channel][kBoxKeys tokens] (quantize_v_fp8's layout)
+  // boxes of [channel][kBoxKeys tokens] (quantize_v_fp8's layout), each followed by kVRows - D rows of ones
+  // (kRowSumMma); a box's stride keeps its swizzle's alignment (1024 / 512 bytes for 128- / 64-byte rows).
+  uint8_t v[R][S][Cfg::kVRows * Cfg::kBN];
   // Sparse: the slice's SLA lin (p.lin_frag, sla_detail::LinWgmma layout, 35 KB at D = 128), the B operand
   // of every group's linear-term wgmmas (without kLinInSmem each ring's emptied K and V slots take it).
   alignas(1024) uint4 lin[Cfg::kLinInSmem ? sla_detail::LinWgmma<D>::kBytes / 16 : 1];
@@ -148,6 +150,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   constexpr int BN = Cfg::kBN, kBox = Cfg::kBoxKeys;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
+  constexpr int NPV = Cfg::kVRows / 8;  // n8 blocks of the P V product (kRowSumMma: the last one is l's)
+  constexpr int kVBox = Cfg::kVRows * kBox;  // bytes from one V box to the next
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   // (A V box row is kBox bytes: the 128- or 64-byte swizzle of the PV descriptor.)
 
@@ -177,6 +181,13 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
         mbar_init(&sm.empty[r][s], Cfg::kConsumers / Cfg::kRings * 4);  // the consumer warps
       }
     fence_barrier_init();
+  }
+  if constexpr (Cfg::kRowSumMma) {  // the ones rows after every V box (TMA never writes them)
+    constexpr int kOnes = 8 * kBox / 16, kBoxes = Cfg::kRings * S * (BN / kBox);  // 16-byte stores
+    for (int i = threadIdx.x; i < kBoxes * kOnes; i += Cfg::kThreads)
+      reinterpret_cast<uint4*>(&sm.v[0][0][0] + (i / kOnes) * kVBox + D * kBox)[i % kOnes] =
+          make_uint4(0x38383838u, 0x38383838u, 0x38383838u, 0x38383838u);  // E4M3 1.0
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to the wgmma (async proxy)
   }
   __syncthreads();
 
@@ -224,7 +235,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
 #pragma unroll
       for (int h = 0; h < BN / kBox; ++h) {  // keys >= nk: zeros (masked below)
         load_rows(&tm_k, sm.k[r][s] + h * kBox * D, &sm.full[r][s], box(lo, hi, h) * kBox);
-        tma_load_3d(sm.v[r][s] + h * kBox * D, &tm_v, &sm.full[r][s], box(lo, hi, h) * kBox, 0,
+        tma_load_3d(sm.v[r][s] + h * kVBox, &tm_v, &sm.full[r][s], box(lo, hi, h) * kBox, 0,
                     static_cast<int>(slice));
       }
     };
@@ -308,8 +319,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   constexpr bool kUniformGroup = D == 128 || kSparse;
   const int cg = Cfg::kConsumers == 1 ? 0 : kUniformGroup ? __shfl_sync(0xffffffffu, wg - 1, 0) : wg - 1;
   const int ring = Cfg::kGroupRings ? cg : 0;
-  const int64_t row0 = q_row0 + 64 * cg + 16 * (warp % 4);  // this warp's first query row
-  const int qblk = static_cast<int>(row0 / attn::kBlkQ);
+  // This warp's first query row (an int like q_row0: as an int64 its upper word stayed live through the tile loop,
+  // which at 160 registers cost a spill once O's fold took the row sums too).
+  const int row0 = q_row0 + 64 * cg + 16 * (warp % 4);
+  const int qblk = row0 / attn::kBlkQ;
   const float qs = qblk < p.q_blocks ? __ldg(p.q_scale + slice * p.q_blocks + qblk) : 0.f;
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -332,7 +345,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   const int my_bar = 1 + cg, next_bar = 1 + (cg + 1) % Cfg::kConsumers;
 
   int32_t acc[NB][4];      // S of the current tile
-  float pv[NO][4];         // P V of the previous tile (a fresh accumulator: two-level accumulation)
+  float pv[NPV][4];        // P V of the previous tile (a fresh accumulator: two-level accumulation)
   uint32_t pa[BN / 32][4];  // P of the current tile (E4M3 A fragments)
   float alpha[2];           // its rescale factor of O
 
@@ -371,15 +384,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < BN / 32; ++ks) {  // k step ks: 32 tokens of the V box 32 ks / kBox
-      const uint8_t* v_box = sm.v[ring][i % S] + 32 * ks / kBox * (kBox * D);
+      const uint8_t* v_box = sm.v[ring][i % S] + 32 * ks / kBox * kVBox;
       const uint64_t dv = desc_advance(kmajor_desc<kBox>(v_box), 32 * ks % kBox);
-      if constexpr (D == 128) {
-        if (ks == 0) wgmma_m64n128k32_e4m3_rs<false>(pv, pa[ks], dv);
-        else wgmma_m64n128k32_e4m3_rs<true>(pv, pa[ks], dv);
-      } else {
-        if (ks == 0) wgmma_m64n64k32_e4m3_rs<false>(pv, pa[ks], dv);
-        else wgmma_m64n64k32_e4m3_rs<true>(pv, pa[ks], dv);
-      }
+      if (ks == 0) wgmma_e4m3_rs<false>(pv, pa[ks], dv);
+      else wgmma_e4m3_rs<true>(pv, pa[ks], dv);
     }
     wgmma_commit();
   };
@@ -393,6 +401,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
     for (int n = 0; n < NO; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
+    if constexpr (Cfg::kRowSumMma) {  // columns of the ones rows: the row sums of E4M3 P (rows g, g + 8)
+      l[0] = __fmaf_rn(l[0], alpha[0], pv[NO][0]);
+      l[1] = __fmaf_rn(l[1], alpha[1], pv[NO][2]);
+    }
   };
   // Softmax of S (walk position i) into pa. Overlapped schedule: for i >= 1, PV_{i-1} is still in flight;
   // the row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase
@@ -401,7 +413,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // overlapped schedule: sm90_attn::SlotScales). (The sparse serial schedule read them at each use too
   // until 2026-11-27: in registers, 64x128 1.3B-480p 0.955 vs 0.983 ms, 14B-720p 15.3 vs 15.7 ms.)
   auto softmax_scaled = [&](int i, int2 tile, const auto& sc) {
-    attn::softmax_tile_to_fp8<NB>(acc, sc, tile_keys(tile), p.nk, m, l, alpha, pa, [&] {
+    attn::softmax_tile_to_fp8<NB, !Cfg::kRowSumMma>(acc, sc, tile_keys(tile), p.nk, m, l, alpha, pa, [&] {
       if (!Cfg::kSerialPV && i > 0) {
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
@@ -469,7 +481,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       lin_b.full = &sm.lin_full[ring];
     }
   }
-  attn::store_warp_rows<D, kSparse>(p, slice, b, h, row0, o, m, l, lin_b);
+  // kRowSumMma: every lane of a quad holds its rows' whole l; store_warp_rows adds the quad's partial sums.
+  if (Cfg::kRowSumMma && lane % 4 != 0) l[0] = l[1] = 0.f;
+  attn::store_warp_rows<D, kSparse>(p, slice, b, h, int64_t(row0), o, m, l, lin_b);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif

@@ -56,6 +56,8 @@ __device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2fl
 // take that P V (with the previous alpha) before the second, which overwrites its P registers:
 //   softmax_tile_max: masks keys >= nk (acc is overwritten there), the tile's new row maxima mn;
 //   softmax_tile_exp: alpha and m_off from m and mn, then P, l, E4M3 packing.
+// kSumL off: l is left alone; the kernel adds the row sums of the E4M3 P itself (the sm90 kernel's P V
+// wgmma, Sm90AttnConfig::kRowSumMma: l = l * alpha + sum(E4M3 P) instead of sum(fp32 P)).
 // kPartial: the tile reaches past nk (only the last tile of a row: the mask code is compiled only
 // into that variant; in the others it cost a compare and a select per score).
 //
@@ -102,7 +104,7 @@ __device__ __forceinline__ void softmax_tile_max(int32_t (&acc)[NB][4], const Sc
   }
 }
 
-template <int NB, bool kPartial, typename Scales>
+template <int NB, bool kPartial, bool kSumL, typename Scales>
 __device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], const Scales& sc,
                                                  const float (&mn)[2], float (&m)[2], float (&alpha)[2],
                                                  float (&l)[2], uint32_t (&pa)[NB / 4][4]) {
@@ -123,10 +125,12 @@ __device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], co
       float x = __fmaf_rn(int_to_float_exact(acc[j][e]), sc[j / 2], -moff[e >> 1]);
       if constexpr (kPartial) x = acc[j][e] == kMasked ? -INFINITY : x;
       s[j][e] = fast_exp2(x);
-      psum[e >> 1] += s[j][e];
+      if constexpr (kSumL) psum[e >> 1] += s[j][e];
     }
-  l[0] = __fmaf_rn(l[0], alpha[0], psum[0]);
-  l[1] = __fmaf_rn(l[1], alpha[1], psum[1]);
+  if constexpr (kSumL) {
+    l[0] = __fmaf_rn(l[0], alpha[0], psum[0]);
+    l[1] = __fmaf_rn(l[1], alpha[1], psum[1]);
+  }
 #pragma unroll
   for (int ks = 0; ks < NB / 4; ++ks) {
     const int j = 4 * ks;
@@ -140,7 +144,7 @@ __device__ __forceinline__ void softmax_tile_exp(const int32_t (&acc)[NB][4], co
 // Both phases of one tile, each in the variant chosen by whether the tile reaches past nk; `between`
 // runs after the first, while alpha still holds the previous tile's factor (the sm90 kernel takes its
 // previous P V there; the mma.sync kernel nothing).
-template <int NB, typename Scales, typename Between>
+template <int NB, bool kSumL = true, typename Scales, typename Between>
 __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const Scales& sc, TileKeys keys,
                                                     int64_t nk, float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                     uint32_t (&pa)[NB / 4][4], Between between) {
@@ -148,11 +152,11 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
   if (keys.partial<NB>(nk)) {
     softmax_tile_max<NB, true>(acc, sc, keys, nk, m, mn);
     between();
-    softmax_tile_exp<NB, true>(acc, sc, mn, m, alpha, l, pa);
+    softmax_tile_exp<NB, true, kSumL>(acc, sc, mn, m, alpha, l, pa);
   } else {
     softmax_tile_max<NB, false>(acc, sc, keys, nk, m, mn);
     between();
-    softmax_tile_exp<NB, false>(acc, sc, mn, m, alpha, l, pa);
+    softmax_tile_exp<NB, false, kSumL>(acc, sc, mn, m, alpha, l, pa);
   }
 }
 

@@ -144,6 +144,8 @@ __device__ __forceinline__ void fence_operands(T (&d)[R][C]) {
   TD_WGMMA_ACC8(c, d), TD_WGMMA_ACC_ROW(c, d, 8), TD_WGMMA_ACC_ROW(c, d, 9), TD_WGMMA_ACC_ROW(c, d, 10),  \
       TD_WGMMA_ACC_ROW(c, d, 11), TD_WGMMA_ACC_ROW(c, d, 12), TD_WGMMA_ACC_ROW(c, d, 13),                 \
       TD_WGMMA_ACC_ROW(c, d, 14), TD_WGMMA_ACC_ROW(c, d, 15)
+#define TD_WGMMA_ACC9(c, d) TD_WGMMA_ACC8(c, d), TD_WGMMA_ACC_ROW(c, d, 8)
+#define TD_WGMMA_ACC17(c, d) TD_WGMMA_ACC16(c, d), TD_WGMMA_ACC_ROW(c, d, 16)
 #define TD_WGMMA_REGS32 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -151,6 +153,8 @@ __device__ __forceinline__ void fence_operands(T (&d)[R][C]) {
   TD_WGMMA_REGS32 ", " \
   "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
   "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define TD_WGMMA_REGS36 TD_WGMMA_REGS32 ", %32, %33, %34, %35"
+#define TD_WGMMA_REGS68 TD_WGMMA_REGS64 ", %64, %65, %66, %67"
 // Both forms of one wgmma: d = (kAccumulate ? d : 0) + A B, the scale-d predicate set from the last input.
 // Without kAccumulate the accumulator is write-only ("=" constraints), so the compiler need not keep its old
 // values alive. kind: the accumulator's constraint letter ("r" s32, "f" f32).
@@ -186,6 +190,34 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3_rs(float (&d)[16][4], cons
            TD_WGMMA_ACC16, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
+// The P V products with V's channels followed by 8 rows of ones (the row sums of P: Sm90AttnConfig::kRowSumMma):
+// A(64x32 e4m3, registers) B(72x32 / 136x32 e4m3, smem desc, K-major), f32.
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_m64n72k32_e4m3_rs(float (&d)[9][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"
+           "wgmma.mma_async.sync.aligned.m64n72k32.f32.e4m3.e4m3 {" TD_WGMMA_REGS36
+           "}, {%36, %37, %38, %39}, %40, p, 1, 1;\n}\n",
+           TD_WGMMA_ACC9, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_m64n136k32_e4m3_rs(float (&d)[17][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %73, 0;\n"
+           "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {" TD_WGMMA_REGS68
+           "}, {%68, %69, %70, %71}, %72, p, 1, 1;\n}\n",
+           TD_WGMMA_ACC17, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+// d (N / 8 n8 blocks) = (kAccumulate ? d : 0) + A B for the P V shapes above.
+template <bool kAccumulate, int NB8>
+__device__ __forceinline__ void wgmma_e4m3_rs(float (&d)[NB8][4], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (NB8 == 8) wgmma_m64n64k32_e4m3_rs<kAccumulate>(d, a, desc_b);
+  else if constexpr (NB8 == 9) wgmma_m64n72k32_e4m3_rs<kAccumulate>(d, a, desc_b);
+  else if constexpr (NB8 == 16) wgmma_m64n128k32_e4m3_rs<kAccumulate>(d, a, desc_b);
+  else {
+    static_assert(NB8 == 17, "P V: N = 64, 72, 128 or 136");
+    wgmma_m64n136k32_e4m3_rs<kAccumulate>(d, a, desc_b);
+  }
+}
+
 // A(64x16 f16, registers: the mma.sync m16n8k16 A fragment per warp) B(Nx16 f16, smem desc, K-major), f32
 // (SLA's linear term: N = 8, 64).
 template <bool kAccumulate>
@@ -202,9 +234,13 @@ __device__ __forceinline__ void wgmma_m64n64k16_f16_rs(float (&d)[8][4], const u
            TD_WGMMA_ACC8, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 #undef TD_WGMMA
+#undef TD_WGMMA_REGS68
 #undef TD_WGMMA_REGS64
+#undef TD_WGMMA_REGS36
 #undef TD_WGMMA_REGS32
+#undef TD_WGMMA_ACC17
 #undef TD_WGMMA_ACC16
+#undef TD_WGMMA_ACC9
 #undef TD_WGMMA_ACC8
 #undef TD_WGMMA_ACC1
 #undef TD_WGMMA_ACC_ROW
