@@ -57,9 +57,11 @@ struct MmaAttnConfig {
 //         3 x 32 KB). Measured on the H100 (2026-11-27, kernel only, same machine start, two rounds):
 //         1.3B-480p 7.44 / 7.49 vs 8.17 / 8.21 ms, 14B-720p 134.2 / 134.6 vs 143.1 / 143.0 ms; without
 //         the exp turns 7.54 / 7.59 and 135.0 / 137.5 ms.
-//         D = 64: two groups (128 rows) at 240 registers, each issuing S_{j+1} with PV_j; three groups
-//         were slower there (16k: 2.30 / 2.27 ms serial, 2.43 / 2.26 overlapped with 60 B of spills, vs
-//         2.11 / 2.11 ms): at D 64 the MMAs are half as long and the overlap within a group pays.
+//         D = 64: three groups (192 rows) with the serial schedule too, since the row sums moved to the
+//         tensor cores (kRowSumMma): H100, 2026-11-27, same machine start, kernel only, three rounds, 16k:
+//         1.863 / 1.865 / 1.864 vs 1.973 / 1.978 / 2.129 ms for two groups at 240 registers, each issuing
+//         S_{j+1} with PV_j (the schedule it had; before kRowSumMma three groups were slower: 2.30 / 2.27 ms
+//         serial vs 2.11 / 2.11).
 //  Sparse (kSparse): a CTA walks only its query blocks' kept tiles (25 at Wan-1.3B-480p, top-k 0.1), so
 //         its fixed part (Q and first K/V loads, the epilogue) matters, and consumer groups share no K/V
 //         tile (each 64-row group lies in one query block, whatever blkq).
@@ -86,7 +88,7 @@ template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
   // Sparse D = 128: three groups per CTA, each with its own query block's walk and ring.
   static constexpr bool kGroupRings = kSparse && D == 128;
-  static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : (D == 128 ? 3 : 2);
+  static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : 3;
   static constexpr int kRings = kGroupRings ? kConsumers : 1;
   // Each group runs S, softmax, P V and the fold of O in order, instead of issuing S_{j+1} with PV_j
   // (three groups at 160 registers cannot hold PV and S at once).
@@ -109,8 +111,8 @@ struct Sm90AttnConfig {
   // (The one-ring sparse producer, D 64, walks and loads in one thread: at 24 registers its walker and
   // tile pairs spilled 68 B.)
   static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : 24;
-  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kSparse ? 216 : 240;
-  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128 (168: dense D 64)
+  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 216;
+  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");
 };

@@ -4,7 +4,7 @@
 // turbodiffusion/reference/attention.py:attention_int8_fp8_mma with kv_tile = 128; the block-sparse variant
 // steps over the kept keys in 128-key tiles: reference/sla.py:attention_int8_fp8_sparse_sm90).
 //
-// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3 at D 128, 2 at D 64;
+// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3;
 // sparse: 3 at D 128, each walking its own query block, 1 at D 64 with two CTAs per SM; heuristics.h
 // Sm90AttnConfig says why), one CTA per (query rows, head, batch):
 //   warpgroup 0: producer. TMA loads: the CTA's Q tiles once (sparse with SLA's linear term: also a
@@ -19,11 +19,11 @@
 //   warpgroups 1.. : consumers, 64 query rows each. Per KV tile: S = Q K^T (wgmma m64n128k32 s8,
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
-//                fp32 accumulator, O = O * alpha + PV (two-level accumulation). Two groups per SM
-//                (D 64): within a group, S_j and PV_{j-1} are issued together and the softmax of S_j
-//                starts as soon as S_j lands (its row-max phase overlaps PV_{j-1}); three groups
-//                (D 128): each group runs S_j, softmax, PV_j in order and the other groups hide the
-//                latencies. Dense groups take turns on the softmax's exp phase (kExpTurns below) and
+//                fp32 accumulator, O = O * alpha + PV (two-level accumulation); with V's box followed
+//                by rows of ones, PV's last n8 block is the row sums l (kRowSumMma). Three groups: each
+//                runs S_j, softmax, PV_j in order and the other groups hide the latencies; one group
+//                (sparse D 64): S_j and PV_{j-1} are issued together and the softmax of S_j starts as
+//                soon as S_j lands (its row-max phase overlaps PV_{j-1}). Dense groups take turns on the softmax's exp phase (kExpTurns below) and
 //                otherwise run unsynchronized. (A named-barrier ping-pong on the MMAs, FA3-style, was
 //                slower on the H100 at every shape, 2-5%: docs/attention.md.)
 // Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
@@ -314,8 +314,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // Measured on the H100 (2026-11-27, same machine start, kernel only, two rounds): dense 1.3B-480p 6.89 /
   // 6.84 vs 7.45 / 7.44 ms, 14B-720p 120.3 / 120.6 vs 129.5 / 127.6 ms; sparse (with the tile index below and
   // the scales in registers) 1.3B-480p 64x128 0.961 / 0.959 vs 1.116 / 1.101 ms, 64x64 1.10 vs 1.27 ms,
-  // 14B-720p 64x128 15.0 vs 16.8-17.1 ms; but the dense D 64 kernel (two groups, overlapped schedule) 2.42 vs
-  // 2.12 ms: not there. (Since then ptxas spills nothing in the sparse D 128 kernels.)
+  // 14B-720p 64x128 15.0 vs 16.8-17.1 ms; but the dense D 64 kernel (then two groups, overlapped schedule) 2.42
+  // vs 2.12 ms: not there. (Since then ptxas spills nothing in the sparse D 128 kernels.)
   constexpr bool kUniformGroup = D == 128 || kSparse;
   const int cg = Cfg::kConsumers == 1 ? 0 : kUniformGroup ? __shfl_sync(0xffffffffu, wg - 1, 0) : wg - 1;
   const int ring = Cfg::kGroupRings ? cg : 0;
@@ -338,8 +338,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // phases do not share the MUFU (ex2 at 16 per clock per SM) and issue slots at once. Measured on the
   // H100 (same machine start, kernel only): two groups at D 64 16k 2.21 vs 2.28 ms (2026-11-26); three
   // groups at D 128 (2026-11-27) 1.3B-480p 7.44 / 7.49 vs 7.54 / 7.59 ms, 14B-720p 134.2 / 134.6 vs
-  // 135.0 / 137.5 ms (two groups at D 128 were slower with turns). Needs every group to walk the same
-  // number of tiles (dense).
+  // 135.0 / 137.5 ms (two groups at D 128 were slower with turns); again with kRowSumMma (three rounds)
+  // 6.82-6.94 vs 6.98-7.17 ms and 122.4-124.0 vs 127.7-130.5 ms. Needs every group to walk the same number
+  // of tiles (dense).
   constexpr bool kExpTurns = !kSparse;  // (group rings: the walks may differ in length)
   constexpr int kTurnThreads = 2 * 128;  // the group taking its turn and the one handing it over
   const int my_bar = 1 + cg, next_bar = 1 + (cg + 1) % Cfg::kConsumers;
