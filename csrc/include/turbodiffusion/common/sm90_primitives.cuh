@@ -172,40 +172,23 @@ __device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[16][4], uint64_
            TD_WGMMA_ACC16, "r", "l"(desc_a), "l"(desc_b));
 }
 
-// A(64x32 e4m3, registers) B(64x32 e4m3, smem desc, K-major), f32.
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_m64n64k32_e4m3_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-           "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {" TD_WGMMA_REGS32
-           "}, {%32, %33, %34, %35}, %36, p, 1, 1;\n}\n",
-           TD_WGMMA_ACC8, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
-
-// A(64x32 e4m3, registers) B(128x32 e4m3, smem desc, K-major), f32.
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_m64n128k32_e4m3_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-           "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {" TD_WGMMA_REGS64
-           "}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n",
-           TD_WGMMA_ACC16, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
-
-// The P V products with V's channels followed by 8 rows of ones (the row sums of P: Sm90AttnConfig::kRowSumMma):
-// A(64x32 e4m3, registers) B(72x32 / 136x32 e4m3, smem desc, K-major), f32.
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_m64n72k32_e4m3_rs(float (&d)[9][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"
-           "wgmma.mma_async.sync.aligned.m64n72k32.f32.e4m3.e4m3 {" TD_WGMMA_REGS36
-           "}, {%36, %37, %38, %39}, %40, p, 1, 1;\n}\n",
-           TD_WGMMA_ACC9, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
-template <bool kAccumulate>
-__device__ __forceinline__ void wgmma_m64n136k32_e4m3_rs(float (&d)[17][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, %73, 0;\n"
-           "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {" TD_WGMMA_REGS68
-           "}, {%68, %69, %70, %71}, %72, p, 1, 1;\n}\n",
-           TD_WGMMA_ACC17, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
+// A(64x32 e4m3, registers) B(Nx32 e4m3, smem desc, K-major), f32, N = 8 NB8: P V, N = D (64, 128) or, with
+// V's channels followed by 8 rows of ones (the row sums of P: Sm90AttnConfig::kRowSumMma), D + 8 (72, 136).
+// REGS / ACC: the accumulator's operands %0 .. %(4 NB8 - 1); AB: A's four registers and B's descriptor, the
+// operands after them; P: the scale-d flag's operand.
+#define TD_WGMMA_E4M3_RS(N, NB8, REGS, ACC, AB, P)                                                       \
+  template <bool kAccumulate>                                                                          \
+  __device__ __forceinline__ void wgmma_m64n##N##k32_e4m3_rs(float(&d)[NB8][4], const uint32_t(&a)[4],   \
+                                                              uint64_t desc_b) {                       \
+    TD_WGMMA("{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\n"                                            \
+             "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 {" REGS "}, " AB ", p, 1, 1;\n}\n", \
+             ACC, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                         \
+  }
+TD_WGMMA_E4M3_RS(64, 8, TD_WGMMA_REGS32, TD_WGMMA_ACC8, "{%32, %33, %34, %35}, %36", "%37")
+TD_WGMMA_E4M3_RS(72, 9, TD_WGMMA_REGS36, TD_WGMMA_ACC9, "{%36, %37, %38, %39}, %40", "%41")
+TD_WGMMA_E4M3_RS(128, 16, TD_WGMMA_REGS64, TD_WGMMA_ACC16, "{%64, %65, %66, %67}, %68", "%69")
+TD_WGMMA_E4M3_RS(136, 17, TD_WGMMA_REGS68, TD_WGMMA_ACC17, "{%68, %69, %70, %71}, %72", "%73")
+#undef TD_WGMMA_E4M3_RS
 // d (N / 8 n8 blocks) = (kAccumulate ? d : 0) + A B for the P V shapes above.
 template <bool kAccumulate, int NB8>
 __device__ __forceinline__ void wgmma_e4m3_rs(float (&d)[NB8][4], const uint32_t (&a)[4], uint64_t desc_b) {
