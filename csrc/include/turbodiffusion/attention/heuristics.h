@@ -54,9 +54,9 @@ struct MmaAttnConfig {
 //         live at once. The tile is bound by the latency of each group's dependent chain
 //         (docs/attention.md), so a third warp per scheduler beats overlapping a group's own S and PV
 //         (which needs O + PV + S + P, 208 registers, two groups at 240). 123 KB of shared memory (Q 24 KB +
-//         3 x (16 KB K + 17 KB V with its rows of ones, kRowSumMma)). Measured on the H100 (2026-11-27, kernel only, same machine start, two rounds):
-//         1.3B-480p 7.44 / 7.49 vs 8.17 / 8.21 ms, 14B-720p 134.2 / 134.6 vs 143.1 / 143.0 ms; without
-//         the exp turns 7.54 / 7.59 and 135.0 / 137.5 ms.
+//         3 x (16 KB K + 17 KB V with its rows of ones, kRowSumMma)). Measured on the H100 (2026-11-27,
+//         kernel only, same machine start, two rounds): 1.3B-480p 7.44 / 7.49 vs 8.17 / 8.21 ms, 14B-720p
+//         134.2 / 134.6 vs 143.1 / 143.0 ms; without the exp turns 7.54 / 7.59 and 135.0 / 137.5 ms.
 //         D = 64: three groups (192 rows) with the serial schedule too, since the row sums moved to the
 //         tensor cores (kRowSumMma): H100, 2026-11-27, same machine start, kernel only, three rounds, 16k:
 //         1.863 / 1.865 / 1.864 vs 1.973 / 1.978 / 2.129 ms for two groups at 240 registers, each issuing

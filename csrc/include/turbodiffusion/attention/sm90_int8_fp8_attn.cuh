@@ -23,9 +23,10 @@
 //                by rows of ones, PV's last n8 block is the row sums l (kRowSumMma). Three groups: each
 //                runs S_j, softmax, PV_j in order and the other groups hide the latencies; one group
 //                (sparse D 64): S_j and PV_{j-1} are issued together and the softmax of S_j starts as
-//                soon as S_j lands (its row-max phase overlaps PV_{j-1}). Dense groups take turns on the softmax's exp phase (kExpTurns below) and
-//                otherwise run unsynchronized. (A named-barrier ping-pong on the MMAs, FA3-style, was
-//                slower on the H100 at every shape, 2-5%: docs/attention.md.)
+//                soon as S_j lands (its row-max phase overlaps PV_{j-1}). Dense groups take turns on the
+//                softmax's exp phase (kExpTurns below) and otherwise run unsynchronized. (A named-barrier
+//                ping-pong on the MMAs, FA3-style, was slower on the H100 at every shape, 2-5%:
+//                docs/attention.md.)
 // Grid x (query tiles) varies fastest: the CTAs in flight share one (b, h) and read its K and V from L2.
 //
 // Granularity: one Q scale per warp (16 rows, kBlkQ), one K scale per 16 keys (two n8 blocks of the S
