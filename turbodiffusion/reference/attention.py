@@ -11,7 +11,8 @@ Numerics of the quantized kernel (and of `attention_int8_fp8_mma` below):
         m' = max(m, max_tile s);  alpha = exp2(m - m');  m_off = m' - log2(448)
         P  = exp2(fl(acc * (q_scale * k_scale) - m_off))  in (0, 448]  (one rounding: the kernels
              fuse it into an FMA; the offset makes P land in E4M3's range, no per-row scale)
-        l  = l * alpha + sum(P)                                 (fp32 P, before the FP8 cast)
+        l  = l * alpha + sum(P)                                 (fp32 P, before the FP8 cast; the sm90
+                                                                 kernel sums e4m3(P) on its tensor cores)
         O  = O * alpha + (e4m3(P) @ v_fp8_tile)                 (a fresh fp32 sum per tile: two-level)
   * out = O * (1 / l) * v_scale[channel]  (the 448 offset cancels in O / l);
     lse = (log2(l) + m_off + c * (q . k_mean)) * ln(2), c = fp32(sm_scale * log2 e)  (natural log,
