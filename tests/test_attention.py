@@ -99,6 +99,28 @@ def test_emulation_against_exact_dequantized_attention(nq, nk, d):
     assert cosine(out, e_out) > 0.9995 and rel_l1(out, e_out) < 0.03, (msg, cosine(out, e_out), rel_l1(out, e_out))
 
 
+def test_sm90_emulation_sums_the_e4m3_p():
+    """Two keys whose scores differ by 0.3 (log2 domain): P = 448 and 448 * 2^-0.3 = 363.87, which E4M3 rounds
+    to 352. The mma.sync recipe's l adds the fp32 P (811.87), the sm90 recipe's the E4M3 P (800), and their
+    outputs weigh the same E4M3 P, so only the LSE moves, by ln(800 / 811.87)."""
+    d = 64
+    q = torch.zeros(1, 1, 1, d, dtype=torch.bfloat16)
+    q_i8 = torch.zeros(1, 1, 1, d, dtype=torch.int8)
+    q_i8[..., 0] = 1
+    k_i8 = torch.zeros(1, 1, 2, d, dtype=torch.int8)
+    k_i8[0, 0, :, 0] = torch.tensor([10, 7], dtype=torch.int8)
+    q_s, k_s, k_mean = torch.ones(1, 1, 1), torch.full((1, 1, 1), 0.1), torch.zeros(1, 1, d)
+    v8 = torch.randn(1, 1, d, 64).to(torch.float8_e4m3fn)
+    args = (q, q_i8, q_s, k_i8, k_s, k_mean, v8, torch.ones(1, 1, d))
+    o_mma, l_mma = ref.attention_int8_fp8_mma(*args, "HND", 0.125, kv_tile=128)
+    o_sm90, l_sm90 = ref.attention_int8_fp8_sm90(*args, "HND", 0.125)
+    p1 = 448.0 * 2.0 ** -0.3
+    assert torch.tensor(p1).to(torch.float8_e4m3fn).item() == 352.0
+    torch.testing.assert_close(l_sm90 - l_mma, torch.full_like(l_mma, math.log(800.0 / (448.0 + p1))),
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(o_sm90.float() * (800.0 / (448.0 + p1)), o_mma.float(), rtol=2 ** -7, atol=1e-6)
+
+
 @pytest.mark.parametrize("nk", [1, 17, 64, 200])
 def test_emulation_uniform_keys_is_exact(nk):
     """Equal keys: every P is 448 exactly, so out is the mean of the dequantized V (masking, padding
