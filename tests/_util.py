@@ -53,7 +53,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def lse_atol(kernel: str, atol: float = 1e-4) -> float:
     """Bound on |LSE of the kernel - LSE of its emulation| (atol: the mma.sync kernel's, whose row sums l are
     fp32 sums as in the emulation). The sm90 kernel's l are the FP8 tensor cores' sums of the E4M3 P (its P V
-    wgmma with rows of ones, Sm90AttnConfig::kRowSumMma), whose accumulator drops low-order bits (why O is
+    wgmma with rows of ones, Sm90AttnConfig::kVRows), whose accumulator drops low-order bits (why O is
     accumulated in two levels): l comes out below the emulation's exact sum, by 5e-4 to 8e-4 relative on
     average and at most 2.5e-3 over the exactness cases (H100, 2026-11-27), and the LSE moves by l's relative
     error (ln l). O carries the same truncation, so out = O / l is consistent. The bound still tells the

@@ -41,7 +41,8 @@ bool can_fuse_q_block_means(const at::Tensor& q, int64_t d, int64_t blk) {
 }
 
 QuantizeQK prepare_quantize_qk_int8(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q,
-                                    int64_t blk_k, double q_scale_factor, const std::optional<at::Tensor>& k_mean_given) {
+                                    int64_t blk_k, double q_scale_factor,
+                                    const std::optional<at::Tensor>& k_mean_given) {
   check_layout(layout);
   const BHND sq = check_attention_tensor(q, "q", layout, q.device());
   const BHND sk = check_attention_tensor(k, "k", layout, q.device());

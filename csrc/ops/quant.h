@@ -21,7 +21,8 @@ struct QuantizeQK {
 
 // Checks the inputs (the op's messages), allocates, fills the Params.
 QuantizeQK prepare_quantize_qk_int8(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blk_q,
-                                    int64_t blk_k, double q_scale_factor, const std::optional<at::Tensor>& k_mean_given);
+                                    int64_t blk_k, double q_scale_factor,
+                                    const std::optional<at::Tensor>& k_mean_given);
 void launch_quantize_qk_int8(const QuantizeQK& r, cudaStream_t stream);
 
 // Whether the Q tiles can also give the SLA block map's q means for blocks of `blk` tokens (pq.block_means).

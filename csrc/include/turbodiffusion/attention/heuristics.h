@@ -54,13 +54,13 @@ struct MmaAttnConfig {
 //         live at once. The tile is bound by the latency of each group's dependent chain
 //         (docs/attention.md), so a third warp per scheduler beats overlapping a group's own S and PV
 //         (which needs O + PV + S + P, 208 registers, two groups at 240). 123 KB of shared memory (Q 24 KB +
-//         3 x (16 KB K + 17 KB V with its rows of ones, kRowSumMma)). Measured on the H100 (2026-11-27,
+//         3 x (16 KB K + 17 KB V with its rows of ones, kVRows)). Measured on the H100 (2026-11-27,
 //         kernel only, same machine start, two rounds): 1.3B-480p 7.44 / 7.49 vs 8.17 / 8.21 ms, 14B-720p
 //         134.2 / 134.6 vs 143.1 / 143.0 ms; without the exp turns 7.54 / 7.59 and 135.0 / 137.5 ms.
 //         D = 64: three groups (192 rows) with the serial schedule too, since the row sums moved to the
-//         tensor cores (kRowSumMma): H100, 2026-11-27, same machine start, kernel only, three rounds, 16k:
+//         tensor cores (kVRows): H100, 2026-11-27, same machine start, kernel only, three rounds, 16k:
 //         1.863 / 1.865 / 1.864 vs 1.973 / 1.978 / 2.129 ms for two groups at 240 registers, each issuing
-//         S_{j+1} with PV_j (the schedule it had; before kRowSumMma three groups were slower: 2.30 / 2.27 ms
+//         S_{j+1} with PV_j (the schedule it had; before the row sums moved three groups were slower: 2.30 / 2.27 ms
 //         serial vs 2.11 / 2.11).
 //  Sparse (kSparse): a CTA walks only its query blocks' kept tiles (25 at Wan-1.3B-480p, top-k 0.1), so
 //         its fixed part (Q and first K/V loads, the epilogue) matters, and consumer groups share no K/V
@@ -99,11 +99,11 @@ struct Sm90AttnConfig {
   static constexpr int kBN = 128;                      // keys per KV tile (the softmax step)
   static constexpr int kBoxKeys = kSparse ? 64 : kBN;  // keys per TMA box: a tile is kBN / kBoxKeys boxes
   static constexpr int kSlots = kSparse ? 2 : 3;
-  // The row sums l of P on the tensor cores: every V box in shared memory is followed by 8 rows of E4M3
-  // ones, and the P V wgmma runs with N = D + 8, so its last n8 block is sum(E4M3 P) per row (in every lane
-  // of the row's quad), added to l with O's fold; the softmax drops its 64 fp32 adds per lane and tile.
-  static constexpr bool kRowSumMma = true;
-  static constexpr int kVRows = D + (kRowSumMma ? 8 : 0);  // rows of a V box in shared memory
+  // Rows of a V box in shared memory: the row sums l of P on the tensor cores. Every V box is followed by 8
+  // rows of E4M3 ones and the P V wgmma runs with N = D + 8, so its last n8 block is sum(E4M3 P) per row (in
+  // every lane of the row's quad), added to l with O's fold; the softmax drops its 64 fp32 adds per lane and
+  // tile (docs/attention.md "Row sums on the tensor cores").
+  static constexpr int kVRows = D + 8;
   // Sparse: the slice's SLA lin (the linear term's wgmma B operand) staged in shared memory once per CTA
   // (9 KB at D 64), except where three rings leave no room for its 35 KB at D 128 (then each ring's producer
   // copies it into the ring's slots once its group's walk is done).

@@ -20,7 +20,7 @@
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation); with V's box followed
-//                by rows of ones, PV's last n8 block is the row sums l (kRowSumMma). Three groups: each
+//                by rows of ones, PV's last n8 block is the row sums l (kVRows). Three groups: each
 //                runs S_j, softmax, PV_j in order and the other groups hide the latencies; one group
 //                (sparse D 64): S_j and PV_{j-1} are issued together and the softmax of S_j starts as
 //                soon as S_j lands (its row-max phase overlaps PV_{j-1}). Dense groups take turns on the
@@ -121,7 +121,7 @@ struct alignas(1024) Smem {
   uint8_t q[Cfg::kConsumers][64 * D];   // [row][channel], one 64-row tile per group
   uint8_t k[R][S][Cfg::kBN * D];        // [key][channel]: kBN / kBoxKeys boxes of [kBoxKeys][D]
   // boxes of [channel][kBoxKeys tokens] (quantize_v_fp8's layout), each followed by kVRows - D rows of ones
-  // (kRowSumMma); a box's stride keeps its swizzle's alignment (1024 / 512 bytes for 128- / 64-byte rows).
+  // (kVRows); a box's stride keeps its swizzle's alignment (1024 / 512 bytes for 128- / 64-byte rows).
   uint8_t v[R][S][Cfg::kVRows * Cfg::kBN];
   // Sparse: the slice's SLA lin (p.lin_frag, sla_detail::LinWgmma layout, 35 KB at D = 128), the B operand
   // of every group's linear-term wgmmas (without kLinInSmem each ring's emptied K and V slots take it).
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   constexpr int BN = Cfg::kBN, kBox = Cfg::kBoxKeys;
   constexpr int NB = BN / 8;       // n8 blocks of the S tile
   constexpr int NO = D / 8;        // n8 blocks of the output
-  constexpr int NPV = Cfg::kVRows / 8;  // n8 blocks of the P V product (kRowSumMma: the last one is l's)
+  constexpr int NPV = Cfg::kVRows / 8;  // n8 blocks of the P V product (the last one is l's)
   constexpr int kVBox = Cfg::kVRows * kBox;  // bytes from one V box to the next
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   // (A V box row is kBox bytes: the 128- or 64-byte swizzle of the PV descriptor.)
@@ -183,12 +183,12 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       }
     fence_barrier_init();
   }
-  if constexpr (Cfg::kRowSumMma) {  // the ones rows after every V box (TMA never writes them)
-    constexpr int kOnes = 8 * kBox / 16, kBoxes = Cfg::kRings * S * (BN / kBox);  // 16-byte stores
+  {  // the ones rows after every V box (TMA never writes them), for the row sums l (kVRows)
+    constexpr int kOnes = (Cfg::kVRows - D) * kBox / 16, kBoxes = Cfg::kRings * S * (BN / kBox);  // 16-byte stores
     for (int i = threadIdx.x; i < kBoxes * kOnes; i += Cfg::kThreads)
       reinterpret_cast<uint4*>(&sm.v[0][0][0] + (i / kOnes) * kVBox + D * kBox)[i % kOnes] =
           make_uint4(0x38383838u, 0x38383838u, 0x38383838u, 0x38383838u);  // E4M3 1.0
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to the wgmma (async proxy)
+    fence_proxy_async_smem();  // visible to the wgmma (async proxy)
   }
   __syncthreads();
 
@@ -339,7 +339,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // phases do not share the MUFU (ex2 at 16 per clock per SM) and issue slots at once. Measured on the
   // H100 (same machine start, kernel only): two groups at D 64 16k 2.21 vs 2.28 ms (2026-11-26); three
   // groups at D 128 (2026-11-27) 1.3B-480p 7.44 / 7.49 vs 7.54 / 7.59 ms, 14B-720p 134.2 / 134.6 vs
-  // 135.0 / 137.5 ms (two groups at D 128 were slower with turns); again with kRowSumMma (three rounds)
+  // 135.0 / 137.5 ms (two groups at D 128 were slower with turns); again with the row sums of kVRows (three rounds)
   // 6.82-6.94 vs 6.98-7.17 ms and 122.4-124.0 vs 127.7-130.5 ms. Needs every group to walk the same number
   // of tiles (dense).
   constexpr bool kExpTurns = !kSparse;  // (group rings: the walks may differ in length)
@@ -403,10 +403,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
     for (int n = 0; n < NO; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = __fmaf_rn(o[n][e], alpha[e >> 1], pv[n][e]);
-    if constexpr (Cfg::kRowSumMma) {  // columns of the ones rows: the row sums of E4M3 P (rows g, g + 8)
-      l[0] = __fmaf_rn(l[0], alpha[0], pv[NO][0]);
-      l[1] = __fmaf_rn(l[1], alpha[1], pv[NO][2]);
-    }
+    // The columns of the ones rows: the row sums of E4M3 P (rows g, g + 8).
+    l[0] = __fmaf_rn(l[0], alpha[0], pv[NO][0]);
+    l[1] = __fmaf_rn(l[1], alpha[1], pv[NO][2]);
   };
   // Softmax of S (walk position i) into pa. Overlapped schedule: for i >= 1, PV_{i-1} is still in flight;
   // the row-max phase overlaps it, then O takes it (with the previous alpha) before the exp phase
@@ -415,7 +414,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // overlapped schedule: sm90_attn::SlotScales). (The sparse serial schedule read them at each use too
   // until 2026-11-27: in registers, 64x128 1.3B-480p 0.955 vs 0.983 ms, 14B-720p 15.3 vs 15.7 ms.)
   auto softmax_scaled = [&](int i, int2 tile, const auto& sc) {
-    attn::softmax_tile_to_fp8<NB, !Cfg::kRowSumMma>(acc, sc, tile_keys(tile), p.nk, m, l, alpha, pa, [&] {
+    attn::softmax_tile_to_fp8<NB, /*kSumL=*/false>(acc, sc, tile_keys(tile), p.nk, m, l, alpha, pa, [&] {
       if (!Cfg::kSerialPV && i > 0) {
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
@@ -483,8 +482,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       lin_b.full = &sm.lin_full[ring];
     }
   }
-  // kRowSumMma: every lane of a quad holds its rows' whole l; store_warp_rows adds the quad's partial sums.
-  if (Cfg::kRowSumMma && lane % 4 != 0) l[0] = l[1] = 0.f;
+  // Every lane of a quad holds its rows' whole l (P V's ones columns); store_warp_rows adds the quad's partials.
+  if (lane % 4 != 0) l[0] = l[1] = 0.f;
   attn::store_warp_rows<D, kSparse>(p, slice, b, h, int64_t(row0), o, m, l, lin_b);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90

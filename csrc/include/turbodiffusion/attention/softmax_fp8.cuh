@@ -57,7 +57,7 @@ __device__ __forceinline__ float int_to_float_exact(int32_t x) { return __int2fl
 //   softmax_tile_max: masks keys >= nk (acc is overwritten there), the tile's new row maxima mn;
 //   softmax_tile_exp: alpha and m_off from m and mn, then P, l, E4M3 packing.
 // kSumL off: l is left alone; the kernel adds the row sums of the E4M3 P itself (the sm90 kernel's P V
-// wgmma, Sm90AttnConfig::kRowSumMma: l = l * alpha + sum(E4M3 P) instead of sum(fp32 P)).
+// wgmma, Sm90AttnConfig::kVRows: l = l * alpha + sum(E4M3 P) instead of sum(fp32 P)).
 // kPartial: the tile reaches past nk (only the last tile of a row: the mask code is compiled only
 // into that variant; in the others it cost a compare and a select per score).
 //

@@ -77,6 +77,10 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
 }
+// Orders this thread's generic-proxy shared-memory writes before later async-proxy reads (wgmma, TMA).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 __device__ __forceinline__ void prefetch_tmap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(tmap) : "memory");
 }
@@ -172,8 +176,8 @@ __device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[16][4], uint64_
            TD_WGMMA_ACC16, "r", "l"(desc_a), "l"(desc_b));
 }
 
-// A(64x32 e4m3, registers) B(Nx32 e4m3, smem desc, K-major), f32, N = 8 NB8: P V, N = D (64, 128) or, with
-// V's channels followed by 8 rows of ones (the row sums of P: Sm90AttnConfig::kRowSumMma), D + 8 (72, 136).
+// A(64x32 e4m3, registers) B(Nx32 e4m3, smem desc, K-major), f32, N = 8 NB8: P V against V's D channels
+// followed by 8 rows of ones (the row sums of P: Sm90AttnConfig::kVRows), N = D + 8 (72, 136).
 // REGS / ACC: the accumulator's operands %0 .. %(4 NB8 - 1); AB: A's four registers and B's descriptor, the
 // operands after them; P: the scale-d flag's operand.
 #define TD_WGMMA_E4M3_RS(N, NB8, REGS, ACC, AB, P)                                                       \
@@ -184,21 +188,15 @@ __device__ __forceinline__ void wgmma_m64n128k32_s8(int32_t (&d)[16][4], uint64_
              "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 {" REGS "}, " AB ", p, 1, 1;\n}\n", \
              ACC, "f", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                         \
   }
-TD_WGMMA_E4M3_RS(64, 8, TD_WGMMA_REGS32, TD_WGMMA_ACC8, "{%32, %33, %34, %35}, %36", "%37")
 TD_WGMMA_E4M3_RS(72, 9, TD_WGMMA_REGS36, TD_WGMMA_ACC9, "{%36, %37, %38, %39}, %40", "%41")
-TD_WGMMA_E4M3_RS(128, 16, TD_WGMMA_REGS64, TD_WGMMA_ACC16, "{%64, %65, %66, %67}, %68", "%69")
 TD_WGMMA_E4M3_RS(136, 17, TD_WGMMA_REGS68, TD_WGMMA_ACC17, "{%68, %69, %70, %71}, %72", "%73")
 #undef TD_WGMMA_E4M3_RS
 // d (N / 8 n8 blocks) = (kAccumulate ? d : 0) + A B for the P V shapes above.
 template <bool kAccumulate, int NB8>
 __device__ __forceinline__ void wgmma_e4m3_rs(float (&d)[NB8][4], const uint32_t (&a)[4], uint64_t desc_b) {
-  if constexpr (NB8 == 8) wgmma_m64n64k32_e4m3_rs<kAccumulate>(d, a, desc_b);
-  else if constexpr (NB8 == 9) wgmma_m64n72k32_e4m3_rs<kAccumulate>(d, a, desc_b);
-  else if constexpr (NB8 == 16) wgmma_m64n128k32_e4m3_rs<kAccumulate>(d, a, desc_b);
-  else {
-    static_assert(NB8 == 17, "P V: N = 64, 72, 128 or 136");
-    wgmma_m64n136k32_e4m3_rs<kAccumulate>(d, a, desc_b);
-  }
+  static_assert(NB8 == 9 || NB8 == 17, "P V: N = 72 or 136");
+  if constexpr (NB8 == 9) wgmma_m64n72k32_e4m3_rs<kAccumulate>(d, a, desc_b);
+  else wgmma_m64n136k32_e4m3_rs<kAccumulate>(d, a, desc_b);
 }
 
 // A(64x16 f16, registers: the mma.sync m16n8k16 A fragment per warp) B(Nx16 f16, smem desc, K-major), f32

@@ -29,7 +29,9 @@ __device__ __forceinline__ float2 to_float2(__half2 x) { return __half22float2(x
 template <typename T2>
 __device__ __forceinline__ T2 from_float2(float a, float b);
 template <>
-__device__ __forceinline__ __nv_bfloat162 from_float2<__nv_bfloat162>(float a, float b) { return __floats2bfloat162_rn(a, b); }
+__device__ __forceinline__ __nv_bfloat162 from_float2<__nv_bfloat162>(float a, float b) {
+  return __floats2bfloat162_rn(a, b);
+}
 template <>
 __device__ __forceinline__ __half2 from_float2<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
 
