@@ -67,17 +67,6 @@ __device__ __forceinline__ void load_tile(const W8A8GemmParams& p, uint8_t* smem
   }
 }
 
-template <class T2>
-__device__ __forceinline__ T2 pack2(float x, float y);
-template <>
-__device__ __forceinline__ __nv_bfloat162 pack2<__nv_bfloat162>(float x, float y) {
-  return __floats2bfloat162_rn(x, y);
-}
-template <>
-__device__ __forceinline__ __half2 pack2<__half2>(float x, float y) {
-  return __floats2half2_rn(x, y);
-}
-
 // Scale, add the bias, convert and store the warp's 64 x 32 accumulator tile (2 values per store).
 template <class T, class T2>
 __device__ __forceinline__ void store_tile(const W8A8GemmParams& p, const int32_t (&acc)[MI][NI][4], int64_t row0,
@@ -101,7 +90,7 @@ __device__ __forceinline__ void store_tile(const W8A8GemmParams& p, const int32_
         // The sm90 EVT's order: (float(acc) * w_scale), then one fma with a_scale and the bias.
         const float y0 = fmaf(as, __int2float_rn(acc[mi][ni][2 * h]) * ws0, b0);
         const float y1 = fmaf(as, __int2float_rn(acc[mi][ni][2 * h + 1]) * ws1, b1);
-        *reinterpret_cast<T2*>(out + m * p.ldo + n) = pack2<T2>(y0, y1);
+        *reinterpret_cast<T2*>(out + m * p.ldo + n) = from_float2<T2>(y0, y1);
       }
     }
   }
