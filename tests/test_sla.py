@@ -277,11 +277,40 @@ def test_sparse_random_lut(device, kernel, case, density):
     lut, count = _random_lut(b, h, mq, mk, density, seed=nq + mk, device=device, shuffle=True)
     count[-1, -1, -1] = lut.shape[-1]  # a row that keeps every block it lists (the case is never all empty)
     count[0, 0, 0] = 0  # an empty row
-    poison_allocator(device)
+    _check_sparse_kernel(op, emulation, q, k, v, args, lut, count, layout, sm, blkq, blkk, kernel,
+                         f"case {case} density {density}")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_sparse_equal_counts_unequal_walks(device, kernel):
+    """LUT rows with one count whose walks still differ (invalid entries are skipped). The sm90 kernel's three
+    groups take turns on the exp phase only where their walks (counted from the LUT rows by the producer) are
+    equal: the CTAs here with unequal walks must run without (a miscount would hang), the others with."""
+    b, h, nq, nk, d, blkq, blkk = 1, 2, 576, 1000, 128, 64, 64
+    op, emulation = _sparse_kernel(device, kernel)
+    if device == "cpu":
+        pytest.skip("on CPU the op is the emulation itself")
+    layout = "NHD"
+    q, k, v = _qkv(b, h, nq, nk, d, layout, torch.bfloat16, device, family="bias")
+    sm = d ** -0.5
+    args = _quantized(q, k, v, layout, sm)
+    mq, mk = -(-nq // blkq), -(-nk // blkk)  # 9 query blocks (three CTAs of three), 16 key blocks (the last partial)
+    lut, count = _random_lut(b, h, mq, mk, 0.5, seed=7, device=device, shuffle=True)
+    count.fill_(lut.shape[-1])  # every row lists 8 entries
+    lut[0, 0, 1, 2] = -1  # CTA 0 of head 0: rows of 8, 7 and 8 valid entries
+    lut[0, 0, 4, 0] = mk  # CTA 1: an entry past the last block
+    lut[0, 1, 6:9] = torch.arange(8, dtype=torch.int32, device=device)  # the partial block nowhere in a CTA
+    _check_sparse_kernel(op, emulation, q, k, v, args, lut, count, layout, sm, blkq, blkk, kernel, "equal counts")
+
+
+def _check_sparse_kernel(op, emulation, q, k, v, args, lut, count, layout, sm, blkq, blkk, kernel, msg):
+    """The sparse kernel `op` on LUT / count against its emulation (kernel exactness) and the fp32 masked attention
+    (quantization error); rows with count 0 give 0 and LSE -inf."""
+    b, h, nq = count.shape[0], count.shape[1], to_bhnd(q, layout).shape[2]
+    poison_allocator(q.device.type)
     out, lse = op(*args, lut, count, None, None, layout, sm, blkq, blkk)
     cpu = [t.cpu() for t in args]
     r_out, r_lse = emulation(*cpu, lut.cpu(), count.cpu(), None, None, layout, sm, blkq, blkk)
-    msg = f"case {case} density {density}"
     o, r = out.cpu().float(), r_out.float()
     assert torch.isfinite(o).all() and not torch.isnan(lse).any(), msg
     empty = torch.zeros(b, h, nq, dtype=torch.bool)

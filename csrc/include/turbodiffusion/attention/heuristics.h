@@ -109,8 +109,9 @@ struct Sm90AttnConfig {
   // copies it into the ring's slots once its group's walk is done).
   static constexpr bool kLinInSmem = kSparse && !kGroupRings;
   // (The one-ring sparse producer, D 64, walks and loads in one thread: at 24 registers its walker and
-  // tile pairs spilled 68 B.)
-  static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : 24;
+  // tile pairs spilled 68 B; the group rings' producer warps also count their walks' lengths: 32, all the
+  // three 160-register groups leave.)
+  static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : kGroupRings ? 32 : 24;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 216;
   static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),

@@ -126,10 +126,12 @@ struct alignas(1024) Smem {
   // Sparse: the slice's SLA lin (p.lin_frag, sla_detail::LinWgmma layout, 35 KB at D = 128), the B operand
   // of every group's linear-term wgmmas (without kLinInSmem each ring's emptied K and V slots take it).
   alignas(1024) uint4 lin[Cfg::kLinInSmem ? sla_detail::LinWgmma<D>::kBytes / 16 : 1];
-  float k_scale[R][S][Cfg::kBN / attn::kBlkK];  // the K tile's scales
+  alignas(16) float k_scale[R][S][Cfg::kBN / attn::kBlkK];  // the K tile's scales (read as float4)
   int2 tile[R][S];  // sparse: the slot's two 64-key tiles (sla_detail::PairTiles: lo, hi), lo = -1 past the walk
+  int walk_pairs[R];  // group rings: each ring's walk length (128-key tiles), for the exp turns
   uint64_t q_full;
   uint64_t lin_full[R];  // lin landed (kLinInSmem: [0], loaded with Q; else per ring after its walk)
+  uint64_t walks_known;  // group rings: every ring's walk_pairs written
   uint64_t full[R][S];
   uint64_t empty[R][S];
 };
@@ -156,9 +158,12 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   static_assert(attn::kBlkQ == 16 && attn::kBlkK == 16, "one Q scale per warp, one K scale per two n8 blocks");
   // (A V box row is kBox bytes: the 128- or 64-byte swizzle of the PV descriptor.)
 
+  // The 1024-aligned Smem inside the dynamic allocation, reached by an offset from smem_raw so that the compiler
+  // keeps the shared state space (LDS for the K scales and tiles; through a round trip via an integer it emitted
+  // generic loads).
   extern __shared__ uint8_t smem_raw[];
-  auto& sm = *reinterpret_cast<sm90_attn::Smem<D, kSparse>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                                            ~uintptr_t(1023));
+  const uint32_t align_pad = (1024u - (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) & 1023u)) & 1023u;
+  auto& sm = *static_cast<sm90_attn::Smem<D, kSparse>*>(__builtin_assume_aligned(smem_raw + align_pad, 1024));
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -171,6 +176,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
+    if constexpr (Cfg::kGroupRings) mbar_init(&sm.walks_known, Cfg::kRings);
 #pragma unroll
     for (int r = 0; r < Cfg::kRings; ++r) mbar_init(&sm.lin_full[r], 1);
 #pragma unroll
@@ -265,6 +271,13 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
           if (lane == 0 && tile >= 0) load_tile(r, s, tile, hi, false);
           stage_scales(ks_g, r, s, tile, hi);
           if (lane == 0) mbar_arrive(&sm.full[r][s]);
+          if (i == 0) {  // the walk's length, once its first tile is on its way (the consumers' exp turns)
+            const int pairs = tiles.count_warp(lane);
+            if (lane == 0) {
+              sm.walk_pairs[r] = pairs;
+              mbar_arrive(&sm.walks_known);
+            }
+          }
         }
         // Without room for lin beside the rings: once the group has released its last tile (walk position
         // i - 2; the one before was released earlier), lin goes into the ring's first K and V slots (a
@@ -334,17 +347,30 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   mbar_wait(&sm.q_full, 0);
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
-  // Exp turns (dense): the groups take turns on the softmax's exp phase (bar.sync on the group's named
+  // Exp turns: the groups take turns on the softmax's exp phase (bar.sync on the group's named
   // barrier before it, bar.arrive on the next group's after it; group 0 first, then 1, ...), so two exp
   // phases do not share the MUFU (ex2 at 16 per clock per SM) and issue slots at once. Measured on the
   // H100 (same machine start, kernel only): two groups at D 64 16k 2.21 vs 2.28 ms (2026-11-26); three
   // groups at D 128 (2026-11-27) 1.3B-480p 7.44 / 7.49 vs 7.54 / 7.59 ms, 14B-720p 134.2 / 134.6 vs
   // 135.0 / 137.5 ms (two groups at D 128 were slower with turns); again with the row sums of kVRows (three rounds)
   // 6.82-6.94 vs 6.98-7.17 ms and 122.4-124.0 vs 127.7-130.5 ms. Needs every group to walk the same number
-  // of tiles (dense).
-  constexpr bool kExpTurns = !kSparse;  // (group rings: the walks may differ in length)
+  // of tiles: always so dense; with group rings (sparse) where the three walks' lengths, which the producer
+  // warps count from the LUT rows (walk_pairs), are equal (top-k LUTs: equal counts per row, so equal walks at
+  // blkk 64 and 128), a CTA-uniform choice.
   constexpr int kTurnThreads = 2 * 128;  // the group taking its turn and the one handing it over
   const int my_bar = 1 + cg, next_bar = 1 + (cg + 1) % Cfg::kConsumers;
+  bool turns = !kSparse;
+  if constexpr (Cfg::kGroupRings) {
+    mbar_wait(&sm.walks_known, 0);
+    turns = true;
+#pragma unroll
+    for (int r = 1; r < Cfg::kRings; ++r) turns = turns && sm.walk_pairs[r] == sm.walk_pairs[0];
+    turns = __shfl_sync(0xffffffffu, turns, 0);  // (warp-uniform for ptxas)
+  }
+  // Without turns each group hands the turn to itself (its bar.arrive before its next bar.sync on its own
+  // barrier): the tile loop holds one barrier id and no flag (as a bool and a thread count, the choice cost
+  // the sparse kernel a spill at 160 registers).
+  const int turn_next = turns ? next_bar : my_bar;
 
   int32_t acc[NB][4];      // S of the current tile
   float pv[NPV][4];        // P V of the previous tile (a fresh accumulator: two-level accumulation)
@@ -419,17 +445,25 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
       }
-      if constexpr (kExpTurns) named_bar_sync(my_bar, kTurnThreads);  // this group's exp turn
+      if (!kSparse || Cfg::kGroupRings) named_bar_sync(my_bar, kTurnThreads);  // this group's exp turn
     });
-    if constexpr (kExpTurns) named_bar_arrive(next_bar, kTurnThreads);  // the next group's turn
+    if (!kSparse || Cfg::kGroupRings) named_bar_arrive(turn_next, kTurnThreads);  // the next group's turn
   };
   auto softmax = [&](int i, int2 tile) {
     if constexpr (kSparse && !Cfg::kSerialPV) {
       softmax_scaled(i, tile, sm90_attn::SlotScales{sm.k_scale[ring][i % S], qs});
     } else {
+      static_assert(NB % 8 == 0, "the K scales of a tile are whole float4");
+      const float4* ks = reinterpret_cast<const float4*>(sm.k_scale[ring][i % S]);
       float sc[NB / 2];
 #pragma unroll
-      for (int j = 0; j < NB / 2; ++j) sc[j] = qs * sm.k_scale[ring][i % S][j];
+      for (int j = 0; j < NB / 8; ++j) {
+        const float4 k4 = ks[j];
+        sc[4 * j] = qs * k4.x;
+        sc[4 * j + 1] = qs * k4.y;
+        sc[4 * j + 2] = qs * k4.z;
+        sc[4 * j + 3] = qs * k4.w;
+      }
       softmax_scaled(i, tile, sc);
     }
   };
@@ -438,7 +472,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // PV_{i-1} runs under it. Serial schedule (three groups): each group's tile is one chain.
   const int2 tile = next_tile(0);
   if (tile.x >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
-    if (kExpTurns && cg == Cfg::kConsumers - 1) named_bar_arrive(1, kTurnThreads);  // group 0 takes the first turn
+    // group 0 takes the first turn (without turns: each group its own)
+    if (!kSparse ? cg == Cfg::kConsumers - 1 : Cfg::kGroupRings && (!turns || cg == Cfg::kConsumers - 1))
+      named_bar_arrive(kSparse ? turn_next : 1, kTurnThreads);
     if constexpr (Cfg::kSerialPV) {  // S_i, softmax, PV_i, fold: the other groups fill the gaps
       int i = 0;
       for (int2 t = tile; t.x >= 0; t = next_tile(++i)) {
@@ -467,7 +503,8 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       wgmma_wait<0>();
       finish_pv(i - 1);
     }
-    if (kExpTurns && cg == 0) named_bar_sync(1, kTurnThreads);  // consume the last group's last arrival
+    // consume the last group's last arrival (without turns: each group its own)
+    if (!kSparse ? cg == 0 : Cfg::kGroupRings && (!turns || cg == 0)) named_bar_sync(kSparse ? my_bar : 1, kTurnThreads);
   }
   sm90_attn::LinWgmmaB<D> lin_b;  // SLA's lin: staged with Q (kLinInSmem) or in the ring after the walk
   if (kSparse && p.lin_frag) {

@@ -79,6 +79,18 @@ struct SparseTiles {
     }
     return -1;
   }
+  // How many tiles the walk has, counted by a warp (lane 0..31) in parallel over the LUT row (the walk itself
+  // reads one entry after another): each valid entry gives its block's tiles, the partial block those < key_tiles.
+  __device__ __forceinline__ int count_warp(int lane) const {
+    int n = 0;
+    for (int x = lane; x < count; x += 32) {
+      const int kb = __ldg(lut + x);
+      n += kb < 0 || kb >= k_blocks ? 0 : kb == partial_block ? key_tiles - kb * tiles_per_block : tiles_per_block;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
+    return n;
+  }
 };
 
 // The sm90 kernel's sparse walk: SparseTiles<64> two at a time, so that every 128-key tile of the kernel
@@ -96,6 +108,8 @@ struct PairTiles {
     hi = lo >= 0 ? tiles.next() : -1;
     return lo;
   }
+  // The walk's length in pairs (a warp's count, every lane gets it).
+  __device__ __forceinline__ int count_warp(int lane) const { return (tiles.count_warp(lane) + 1) / 2; }
 };
 
 // SLA's linear term for a warp's 16 query rows, evaluated with tensor cores in the epilogue:
