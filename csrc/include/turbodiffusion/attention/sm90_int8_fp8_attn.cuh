@@ -126,6 +126,9 @@ struct alignas(1024) Smem {
   // Sparse: the slice's SLA lin (p.lin_frag, sla_detail::LinWgmma layout, 35 KB at D = 128), the B operand
   // of every group's linear-term wgmmas (without kLinInSmem each ring's emptied K and V slots take it).
   alignas(1024) uint4 lin[Cfg::kLinInSmem ? sla_detail::LinWgmma<D>::kBytes / 16 : 1];
+  // Dense: each consumer warp's 16 output rows on their way out (attn::StagedRows); sparse: a ring's K slot
+  // takes its group's (free once the walk has ended: kStageSlot).
+  alignas(16) uint8_t o_stage[kSparse ? 1 : Cfg::kConsumers * 4][kSparse ? 16 : 16 * 2 * D];
   alignas(16) float k_scale[R][S][Cfg::kBN / attn::kBlkK];  // the K tile's scales (read as float4)
   int2 tile[R][S];  // sparse: the slot's two 64-key tiles (sla_detail::PairTiles: lo, hi), lo = -1 past the walk
   int walk_pairs[R];  // group rings: each ring's walk length (128-key tiles), for the exp turns
@@ -246,6 +249,20 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
                     static_cast<int>(slice));
       }
     };
+    // Group rings: the group's 64 unquantized q rows from `row` on, which its epilogue reads (q . k_mean, SLA's
+    // phi(q)), brought into L2 once the walk is issued, a tile or so before the group needs them (issued at the
+    // CTA's start they would be evicted by the K/V stream long before). H100, sparse 14B-720p 64x64 (globaltimer
+    // stamps, 2026-11-27): the epilogue's q loads 4.1 -> 2.9 us of a ~115 us CTA. (The dense kernel, whose CTAs
+    // run for 0.4-1 ms, measured 1-2% slower with it at D 64: not there.)
+    auto prefetch_q = [&](int row) {  // (a warp: two rows per lane)
+      const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
+      for (int r = lane; r < 64 && row + r < p.nq; r += 32) {
+        const char* q_row = qo + 2 * (row + r) * p.qo_stride_n;
+        prefetch_l2(q_row);
+        prefetch_l2(q_row + 2 * D - 1);  // (a row of 2 D bytes spans at most 3 lines)
+        if (D > 64) prefetch_l2(q_row + 128);
+      }
+    };
     // A warp: the tile's K scales and (sparse) tiles; the warp barrier orders the lanes' stores before
     // lane 0's release (its arrival on full) that follows.
     auto stage_scales = [&](const float* ks_g, int r, int s, int lo, int hi) {  // ks_g: the slice's K scales
@@ -279,6 +296,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
             }
           }
         }
+        prefetch_q(q_row0 + 64 * r);
         // Without room for lin beside the rings: once the group has released its last tile (walk position
         // i - 2; the one before was released earlier), lin goes into the ring's first K and V slots (a
         // column half each), while the group runs the first part of its epilogue.
@@ -521,7 +539,12 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   }
   // Every lane of a quad holds its rows' whole l (P V's ones columns); store_warp_rows adds the quad's partials.
   if (lane % 4 != 0) l[0] = l[1] = 0.f;
-  attn::store_warp_rows<D, kSparse>(p, slice, b, h, int64_t(row0), o, m, l, lin_b);
+  // The warp's output rows go out through shared memory: dense, its own o_stage; sparse, the K buffer of the
+  // group's ring slot kStageSlot (group rings: slot 0 holds lin; one ring: the walk has ended, every slot is free).
+  constexpr int kStageSlot = Cfg::kGroupRings ? 1 : 0;
+  static_assert(!kSparse || sizeof(sm.k[0][0]) >= 4 * 16 * 2 * D, "a K slot holds a group's output rows");
+  const uint32_t stage = smem_u32(kSparse ? sm.k[ring][kStageSlot] : sm.o_stage[4 * cg]);  // (the group's)
+  attn::store_warp_rows<D, kSparse, /*kStaged=*/true>(p, slice, b, h, int64_t(row0), o, m, l, lin_b, stage);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif

@@ -167,6 +167,35 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
   softmax_tile_to_fp8<NB>(acc, sc, keys, nk, m, l, alpha, pa, [] {});
 }
 
+// A warp's 16 output rows (2 D bytes each: bf16 / fp16) staged in shared memory, then stored as 16-byte chunks,
+// a row's chunks by consecutive lanes (whole 32-byte sectors; the fragment layout's own stores wrote 16 bytes
+// to each of 8 rows per instruction: H100, sparse 14B-720p epilogue, ~6.9 us of each CTA's ~115 us). Chunk j
+// of row r sits at chunk j ^ (r % 8) of its row: the fragment writes (lane (g, t): word t of chunk n of rows
+// g, g + 8) and the chunk reads (eight lanes on one row) are both free of bank conflicts.
+template <int D>
+struct StagedRows {
+  static constexpr int kRowBytes = 2 * D, kChunks = kRowBytes / 16, kRowsPerPass = 32 / kChunks;
+  uint32_t base;
+  __device__ __forceinline__ void put(int r, int n, int t, uint32_t pair) const {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(base + r * kRowBytes + 16 * (n ^ (r % 8)) + 4 * t), "r"(pair)
+                 : "memory");
+  }
+  // out: the slice's row 0; rows >= nq are not stored.
+  __device__ __forceinline__ void store(char* out, int64_t stride_n, int64_t row0, int64_t nq, int lane) const {
+    __syncwarp();
+#pragma unroll
+    for (int pass = 0; pass < 16 / kRowsPerPass; ++pass) {
+      const int r = pass * kRowsPerPass + lane / kChunks, j = lane % kChunks;
+      uint4 v;
+      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                   : "r"(base + r * kRowBytes + 16 * (j ^ (r % 8)))
+                   : "memory");
+      if (row0 + r < nq) *reinterpret_cast<uint4*>(out + 2 * (row0 + r) * stride_n + 16 * j) = v;
+    }
+  }
+};
+
 // Epilogue of one warp's 16 query rows starting at row0 of slice (b, h):
 //   out = O / l * v_scale;  lse = ln2 * (log2 l + m - log2 448 + c * q.k_mean)
 // with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
@@ -175,10 +204,13 @@ __device__ __forceinline__ void softmax_tile_to_fp8(int32_t (&acc)[NB][4], const
 // row that kept no key block (l = 0) gets 0 and LSE -inf, and where lin_b (the B source of SLA's
 // linear term: sla_detail::LinFragmentsB or sm90_attn::LinWgmmaB, whose MMAs every warp of the
 // warpgroup runs) is active, SLA's projected linear branch is added (sla_detail::LinearTerm).
-template <int D, bool kSparse = false, typename LinB = sla_detail::LinFragmentsB<D>>
+// kStaged (the sm90 kernel): `stage` (a shared-window address) holds 16 rows of 2 D bytes for each warp of the
+// warpgroup (warp w % 4 at 32 w D bytes), through which the rows go out as whole 16-byte chunks (StagedRows);
+// else each lane stores its 4-byte pairs.
+template <int D, bool kSparse = false, bool kStaged = false, typename LinB = sla_detail::LinFragmentsB<D>>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
                                                 int64_t row0, float (&o)[D / 8][4], const float (&m)[2],
-                                                float (&l)[2], const LinB& lin_b = LinB{}) {
+                                                float (&l)[2], const LinB& lin_b = LinB{}, uint32_t stage = 0) {
   constexpr int NO = D / 8;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // q . k_mean for the LSE, and SLA's projected linear term of the warp's rows (sla_detail::LinearTerm),
@@ -237,13 +269,16 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
     }
     lin_b.accumulate(lin.a, o);
   }
+  char* out = static_cast<char*>(p.out) + 2 * (b * p.o_stride_b + h * p.o_stride_h);
+  // (The warp's part of the stage from threadIdx here: held from the call on, one more register cost the
+  // sparse kernel a spill at 160.)
+  const StagedRows<D> staged{stage + (threadIdx.x / 32) % 4 * 16 * StagedRows<D>::kRowBytes};
 #pragma unroll
   for (int n = 0; n < NO; ++n) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t row = row0 + g + 8 * r;
-      if (row >= p.nq) continue;
-      const int64_t off = b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_n;
+      if (!kStaged && row >= p.nq) continue;  // (staged: rows past nq are written to the stage, not out)
       const int c = 8 * n + 2 * t;
       float x0, x1;
       if (linear) {
@@ -253,12 +288,12 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
         x0 = __fmul_rn(__fmul_rn(o[n][2 * r], scale[r]), __ldg(vs + c));
         x1 = __fmul_rn(__fmul_rn(o[n][2 * r + 1], scale[r]), __ldg(vs + c + 1));
       }
-      if (p.out_bf16)
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + off + c) = __floats2bfloat162_rn(x0, x1);
-      else
-        *reinterpret_cast<__half2*>(static_cast<__half*>(p.out) + off + c) = __floats2half2_rn(x0, x1);
+      const uint32_t pair = pack_half2(x0, x1, p.out_bf16);
+      if (kStaged) staged.put(g + 8 * r, n, t, pair);
+      else *reinterpret_cast<uint32_t*>(out + 2 * (row * p.o_stride_n + c)) = pair;
     }
   }
+  if (kStaged) staged.store(out, p.o_stride_n, row0, p.nq, lane);
 }
 
 }  // namespace attn

@@ -5,6 +5,7 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace td {
 
@@ -34,6 +35,18 @@ __device__ __forceinline__ __nv_bfloat162 from_float2<__nv_bfloat162>(float a, f
 }
 template <>
 __device__ __forceinline__ __half2 from_float2<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
+// The two values rounded to bf16 (else fp16), as the 32-bit word that holds them (a in the low half).
+__device__ __forceinline__ uint32_t pack_half2(float a, float b, bool bf16) {
+  uint32_t w;
+  if (bf16) {
+    const __nv_bfloat162 x = from_float2<__nv_bfloat162>(a, b);
+    memcpy(&w, &x, 4);
+  } else {
+    const __half2 x = from_float2<__half2>(a, b);
+    memcpy(&w, &x, 4);
+  }
+  return w;
+}
 
 // N 16-bit elements loaded/stored as one access (N = 8: 16 bytes; N = 1: scalar path for
 // unaligned rows).
