@@ -54,8 +54,9 @@ def rotation_count(bytes_per_set: float) -> int:
     return max(2, min(16, math.ceil(L2_ROTATE_FACTOR * l2 / max(bytes_per_set, 1.0))))
 
 
-def time_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 5, reps: int = 30) -> float:
-    """Median milliseconds of fn(*inputs) over CUDA events, cycling through input_sets."""
+def sample_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 5, reps: int = 30) -> list[float]:
+    """Milliseconds of each of `reps` calls fn(*inputs) over CUDA events after `warmup` calls, cycling through
+    input_sets."""
     sets = itertools.cycle(input_sets)
     for _ in range(warmup):
         fn(*next(sets))
@@ -68,8 +69,31 @@ def time_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 5, reps: in
         fn(*args)
         e.record()
     torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[len(times) // 2]
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def median(xs: Sequence[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def time_ms(fn: Callable, input_sets: Sequence[tuple], warmup: int = 5, reps: int = 30) -> float:
+    """Median milliseconds of fn(*inputs) over CUDA events, cycling through input_sets."""
+    return median(sample_ms(fn, input_sets, warmup, reps))
+
+
+def time_interleaved(cands: dict[str, tuple[Callable, Sequence[tuple]]], rounds: int = 3, warmup: int = 3,
+                     reps: int = 30) -> dict[str, float]:
+    """Median milliseconds of each candidate {name: (fn, input_sets)}, timed in `rounds` rounds that take every
+    candidate in turn (about reps / rounds calls each per round): the candidates see the card in the same
+    thermal and power state, where timing each in one block measures a later one on a card the earlier ones
+    heated (on the H100 at its power cap a run of 20 bf16 SDPA calls before ours moved our median by up to 7%)."""
+    per_round = max(2, -(-reps // rounds))
+    samples: dict[str, list[float]] = {name: [] for name in cands}
+    for r in range(rounds):
+        for name, (fn, sets) in cands.items():
+            samples[name] += sample_ms(fn, sets, warmup if r == 0 else 1, per_round)
+    return {name: median(xs) for name, xs in samples.items()}
 
 
 def graphed(fn: Callable, input_sets: Sequence[tuple]) -> list[tuple]:
