@@ -376,6 +376,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // warps count from the LUT rows (walk_pairs), are equal (top-k LUTs: equal counts per row, so equal walks at
   // blkk 64 and 128), a CTA-uniform choice.
   constexpr int kTurnThreads = 2 * 128;  // the group taking its turn and the one handing it over
+  constexpr bool kTurnBars = !kSparse || Cfg::kGroupRings;  // (the one-group sparse kernel has no one to take turns with)
   const int my_bar = 1 + cg, next_bar = 1 + (cg + 1) % Cfg::kConsumers;
   bool turns = !kSparse;
   if constexpr (Cfg::kGroupRings) {
@@ -463,9 +464,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
         wgmma_wait<0>();
         finish_pv(i - 1);  // alpha is still PV_{i-1}'s
       }
-      if (!kSparse || Cfg::kGroupRings) named_bar_sync(my_bar, kTurnThreads);  // this group's exp turn
+      if (kTurnBars) named_bar_sync(my_bar, kTurnThreads);  // this group's exp turn
     });
-    if (!kSparse || Cfg::kGroupRings) named_bar_arrive(turn_next, kTurnThreads);  // the next group's turn
+    if (kTurnBars) named_bar_arrive(turn_next, kTurnThreads);  // the next group's turn
   };
   auto softmax = [&](int i, int2 tile) {
     if constexpr (kSparse && !Cfg::kSerialPV) {
@@ -491,8 +492,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   const int2 tile = next_tile(0);
   if (tile.x >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     // group 0 takes the first turn (without turns: each group its own)
-    if (!kSparse ? cg == Cfg::kConsumers - 1 : Cfg::kGroupRings && (!turns || cg == Cfg::kConsumers - 1))
-      named_bar_arrive(kSparse ? turn_next : 1, kTurnThreads);
+    if (kTurnBars && (!turns || cg == Cfg::kConsumers - 1)) named_bar_arrive(turns ? 1 : my_bar, kTurnThreads);
     if constexpr (Cfg::kSerialPV) {  // S_i, softmax, PV_i, fold: the other groups fill the gaps
       int i = 0;
       for (int2 t = tile; t.x >= 0; t = next_tile(++i)) {
@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       finish_pv(i - 1);
     }
     // consume the last group's last arrival (without turns: each group its own)
-    if (!kSparse ? cg == 0 : Cfg::kGroupRings && (!turns || cg == 0)) named_bar_sync(kSparse ? my_bar : 1, kTurnThreads);
+    if (kTurnBars && (!turns || cg == 0)) named_bar_sync(turns ? 1 : my_bar, kTurnThreads);
   }
   sm90_attn::LinWgmmaB<D> lin_b;  // SLA's lin: staged with Q (kLinInSmem) or in the ring after the walk
   if (kSparse && p.lin_frag) {
