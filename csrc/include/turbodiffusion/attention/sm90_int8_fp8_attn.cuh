@@ -9,7 +9,8 @@
 // Sm90AttnConfig says why), one CTA per (query rows, head, batch):
 //   warpgroup 0: producer. TMA loads: the CTA's Q tiles once (sparse with SLA's linear term: also a
 //                bulk copy of the slice's lin, lin_full; without kLinInSmem each ring's producer copies
-//                it into the ring's emptied slots once its group has released the last tile), then K
+//                it into the ring's emptied slots once its group has released the last tile, and, a tile
+//                earlier, the group's unquantized q rows for the epilogue, q_rows_full), then K
 //                and V tiles into ring slots (full: bytes landed and K scales staged; empty: the
 //                ring's consumer warps are done), plus each tile's K scales staged in shared memory
 //                (sparse: also the tile's two 64-key tiles, and -1 in the slot after the last: the consumers
@@ -36,6 +37,7 @@
 #include <cuda.h>  // CUtensorMap
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -134,6 +136,7 @@ struct alignas(1024) Smem {
   int walk_pairs[R];  // group rings: each ring's walk length (128-key tiles), for the exp turns
   uint64_t q_full;
   uint64_t lin_full[R];  // lin landed (kLinInSmem: [0], loaded with Q; else per ring after its walk)
+  uint64_t q_rows_full[R];  // group rings: the group's unquantized q rows landed (in the V buffer its walk's end freed)
   uint64_t walks_known;  // group rings: every ring's walk_pairs written
   uint64_t full[R][S];
   uint64_t empty[R][S];
@@ -181,7 +184,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
     mbar_init(&sm.q_full, 1);
     if constexpr (Cfg::kGroupRings) mbar_init(&sm.walks_known, Cfg::kRings);
 #pragma unroll
-    for (int r = 0; r < Cfg::kRings; ++r) mbar_init(&sm.lin_full[r], 1);
+    for (int r = 0; r < Cfg::kRings; ++r) {
+      mbar_init(&sm.lin_full[r], 1);
+      mbar_init(&sm.q_rows_full[r], 1);
+    }
 #pragma unroll
     for (int r = 0; r < Cfg::kRings; ++r)
 #pragma unroll
@@ -250,18 +256,21 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       }
     };
     // Group rings: the group's 64 unquantized q rows from `row` on, which its epilogue reads (q . k_mean, SLA's
-    // phi(q)), brought into L2 once the walk is issued, a tile or so before the group needs them (issued at the
-    // CTA's start they would be evicted by the K/V stream long before). H100, sparse 14B-720p 64x64 (globaltimer
-    // stamps, 2026-11-27): the epilogue's q loads 4.1 -> 2.9 us of a ~115 us CTA. (The dense kernel, whose CTAs
-    // run for 0.4-1 ms, measured 1-2% slower with it at D 64: not there.)
-    auto prefetch_q = [&](int row) {  // (a warp: two rows per lane)
+    // phi(q)), bulk-copied (a row each, the checks keep q's rows 16-byte aligned) into `dst` at a pitch of
+    // attn::kSmemQRowPitch, q_rows_full[r] counting the bytes. The producer issues them when its walk's end marker
+    // has a slot, i.e. once the group has released the walk's last tile but one, so they land while the group
+    // runs its last tile, and the epilogue reads shared memory. H100, sparse 14B-720p 64x64 (globaltimer stamps,
+    // 2026-11-27): the epilogue's loads of q from global memory took 4.1 us of a ~115 us CTA, 2.9 us with the
+    // rows prefetched into L2 after the walk. (The dense kernel, whose CTAs run for 0.4-1 ms, reads them from
+    // global memory.)
+    auto copy_q_rows = [&](int r, uint8_t* dst) {  // a warp
+      const int row = q_row0 + 64 * r;
+      const int rows = static_cast<int>(std::clamp<int64_t>(p.nq - row, 0, 64));
+      if (lane == 0) mbar_arrive_expect_tx(&sm.q_rows_full[r], rows * 2 * D);
+      __syncwarp();
       const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
-      for (int r = lane; r < 64 && row + r < p.nq; r += 32) {
-        const char* q_row = qo + 2 * (row + r) * p.qo_stride_n;
-        prefetch_l2(q_row);
-        prefetch_l2(q_row + 2 * D - 1);  // (a row of 2 D bytes spans at most 3 lines)
-        if (D > 64) prefetch_l2(q_row + 128);
-      }
+      for (int x = lane; x < rows; x += 32)
+        bulk_load(dst + x * attn::kSmemQRowPitch<D>, qo + 2 * (row + x) * p.qo_stride_n, 2 * D, &sm.q_rows_full[r]);
     };
     // A warp: the tile's K scales and (sparse) tiles; the warp barrier orders the lanes' stores before
     // lane 0's release (its arrival on full) that follows.
@@ -296,10 +305,13 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
             }
           }
         }
-        prefetch_q(q_row0 + 64 * r);
+        // The end marker's slot (walk position i - 1: its K and V buffers carry no tile) takes the q rows.
+        static_assert(64 * attn::kSmemQRowPitch<D> <= sizeof(sm.v[0][0]), "a V buffer holds a group's q rows");
+        copy_q_rows(r, sm.v[r][(i - 1) % S]);
         // Without room for lin beside the rings: once the group has released its last tile (walk position
-        // i - 2; the one before was released earlier), lin goes into the ring's first K and V slots (a
-        // column half each), while the group runs the first part of its epilogue.
+        // i - 2; the one before was released earlier), lin goes into the ring's first K slot (spilling into
+        // the second) and the V buffer the q rows left (a column half each), while the group runs the first part
+        // of its epilogue.
         if (!Cfg::kLinInSmem && p.lin_frag) {
           static_assert(Cfg::kLinInSmem || (Lin::kHalves == 2 && Lin::kHalfBytes <= sizeof(sm.k[0]) &&
                                             Lin::kHalfBytes <= sizeof(sm.v[0])), "a column half per ring half");
@@ -307,7 +319,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
           if (lane == 0) {
             mbar_arrive_expect_tx(&sm.lin_full[r], Lin::kBytes);
             bulk_load(sm.k[r][0], lin_g, Lin::kHalfBytes, &sm.lin_full[r]);
-            bulk_load(sm.v[r][0], lin_g + Lin::kHalfBytes / 16, Lin::kHalfBytes, &sm.lin_full[r]);
+            bulk_load(sm.v[r][i % S], lin_g + Lin::kHalfBytes / 16, Lin::kHalfBytes, &sm.lin_full[r]);
           }
         }
       }
@@ -490,6 +502,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // (two commit groups, which complete in order); the softmax of S_i starts once S_i has landed, so
   // PV_{i-1} runs under it. Serial schedule (three groups): each group's tile is one chain.
   const int2 tile = next_tile(0);
+  int walk_end = 0;  // the walk's end marker's position (group rings: its slot's V buffer holds the q rows)
   if (tile.x >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
     // group 0 takes the first turn (without turns: each group its own)
     if (kTurnBars && (!turns || cg == Cfg::kConsumers - 1)) named_bar_arrive(turns ? 1 : my_bar, kTurnThreads);
@@ -504,6 +517,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
         wgmma_wait<0>();
         finish_pv(i);
       }
+      walk_end = i;
     } else {
       issue_qk(0);
       wgmma_wait<0>();
@@ -533,7 +547,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
       lin_b.full = &sm.lin_full[0];
     } else {
       lin_b.half[0] = sm.k[ring][0];
-      lin_b.half[D / 64 - 1] = sm.v[ring][0];
+      lin_b.half[D / 64 - 1] = sm.v[ring][(walk_end + 1) % S];
       lin_b.full = &sm.lin_full[ring];
     }
   }
@@ -544,7 +558,13 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   constexpr int kStageSlot = Cfg::kGroupRings ? 1 : 0;
   static_assert(!kSparse || sizeof(sm.k[0][0]) >= 4 * 16 * 2 * D, "a K slot holds a group's output rows");
   const uint32_t stage = smem_u32(kSparse ? sm.k[ring][kStageSlot] : sm.o_stage[4 * cg]);  // (the group's)
-  attn::store_warp_rows<D, kSparse, /*kStaged=*/true>(p, slice, b, h, int64_t(row0), o, m, l, lin_b, stage);
+  const uint8_t* q_rows = nullptr;  // group rings: the warp's 16 q rows, copied by the ring's producer
+  if constexpr (Cfg::kGroupRings) {
+    mbar_wait(&sm.q_rows_full[ring], 0);
+    q_rows = sm.v[ring][walk_end % S] + 16 * (warp % 4) * attn::kSmemQRowPitch<D>;
+  }
+  attn::store_warp_rows<D, kSparse, /*kStaged=*/true, Cfg::kGroupRings>(p, slice, b, h, int64_t(row0), o, m, l, lin_b,
+                                                                          stage, q_rows);
 #else
   __trap();  // built for another arch: the launcher only dispatches here on sm_90
 #endif

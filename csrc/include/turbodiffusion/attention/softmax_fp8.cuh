@@ -196,6 +196,12 @@ struct StagedRows {
   }
 };
 
+// Pitch of unquantized q rows copied into shared memory for the epilogue (store_warp_rows' q_rows): 2 D bytes
+// and 16 more, so that the rows g of a load_q_pairs read (lane (g, t): word 4 s + t + 4 hf of row g) start 4
+// banks apart and the warp's 32 lanes hit 32 banks.
+template <int D>
+constexpr int kSmemQRowPitch = 2 * D + 16;
+
 // Epilogue of one warp's 16 query rows starting at row0 of slice (b, h):
 //   out = O / l * v_scale;  lse = ln2 * (log2 l + m - log2 448 + c * q.k_mean)
 // with c = fp32(sm_scale log2 e) and the unquantized q (the quantization error of q . k_mean is
@@ -206,11 +212,14 @@ struct StagedRows {
 // warpgroup runs) is active, SLA's projected linear branch is added (sla_detail::LinearTerm).
 // kStaged (the sm90 kernel): `stage` (a shared-window address) holds 16 rows of 2 D bytes for each warp of the
 // warpgroup (warp w % 4 at 32 w D bytes), through which the rows go out as whole 16-byte chunks (StagedRows);
-// else each lane stores its 4-byte pairs.
-template <int D, bool kSparse = false, bool kStaged = false, typename LinB = sla_detail::LinFragmentsB<D>>
+// else each lane stores its 4-byte pairs. q_rows (kSmemQRows): the warp's 16 unquantized q rows, copied into
+// shared memory at a pitch of kSmemQRowPitch bytes (rows past nq are not read); else q is read from global memory.
+template <int D, bool kSparse = false, bool kStaged = false, bool kSmemQRows = false,
+          typename LinB = sla_detail::LinFragmentsB<D>>
 __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int64_t slice, int b, int h,
                                                 int64_t row0, float (&o)[D / 8][4], const float (&m)[2],
-                                                float (&l)[2], const LinB& lin_b = LinB{}, uint32_t stage = 0) {
+                                                float (&l)[2], const LinB& lin_b = LinB{}, uint32_t stage = 0,
+                                                const uint8_t* q_rows = nullptr) {
   constexpr int NO = D / 8;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // q . k_mean for the LSE, and SLA's projected linear term of the warp's rows (sla_detail::LinearTerm),
@@ -221,21 +230,27 @@ __device__ __forceinline__ void store_warp_rows(const AttnInt8Fp8Params& p, int6
   float qkm[2];
   const char* qo = static_cast<const char*>(p.q_orig) + 2 * (b * p.qo_stride_b + h * p.qo_stride_h);
   const int64_t r_lo = row0 + g, r_hi = row0 + g + 8;
-  const void* q_lo = r_lo < p.nq ? qo + 2 * r_lo * p.qo_stride_n : nullptr;
-  const void* q_hi = r_hi < p.nq ? qo + 2 * r_hi * p.qo_stride_n : nullptr;
+  auto q_row = [&](int64_t r, int i) -> const void* {  // row r of the slice, the warp's i-th
+    if (r >= p.nq) return nullptr;
+    if constexpr (kSmemQRows) return q_rows + i * kSmemQRowPitch<D>;
+    else return qo + 2 * r * p.qo_stride_n;
+  };
+  const void* q_lo = q_row(r_lo, g);
+  const void* q_hi = q_row(r_hi, g + 8);
   if (linear) {
     if (p.out_bf16)
-      lin.template load<true>(q_lo, q_hi, p, slice, lin_b, lane, qkm);
+      lin.template load<true, kSmemQRows>(q_lo, q_hi, p, slice, lin_b, lane, qkm);
     else
-      lin.template load<false>(q_lo, q_hi, p, slice, lin_b, lane, qkm);
+      lin.template load<false, kSmemQRows>(q_lo, q_hi, p, slice, lin_b, lane, qkm);
   } else {
     uint32_t w[2][D / 16][2];  // (unused here)
     const float* km = p.k_mean + slice * D;
     if (p.out_bf16)
-      sla_detail::load_q_pairs<D>(static_cast<const __nv_bfloat16*>(q_lo), static_cast<const __nv_bfloat16*>(q_hi),
-                                  km, t, w, qkm);
+      sla_detail::load_q_pairs<D, __nv_bfloat16, kSmemQRows>(static_cast<const __nv_bfloat16*>(q_lo),
+                                                             static_cast<const __nv_bfloat16*>(q_hi), km, t, w, qkm);
     else
-      sla_detail::load_q_pairs<D>(static_cast<const __half*>(q_lo), static_cast<const __half*>(q_hi), km, t, w, qkm);
+      sla_detail::load_q_pairs<D, __half, kSmemQRows>(static_cast<const __half*>(q_lo), static_cast<const __half*>(q_hi),
+                                                      km, t, w, qkm);
   }
   float inv_l[2];
 #pragma unroll

@@ -193,8 +193,9 @@ __device__ __forceinline__ float pair_elem(uint32_t word, int e) {
 // q_hi; nullptr past nq: zeros), channels 16 s + 2 t + 8 hf + {0, 1} as raw pairs w[r][s][hf], read 4
 // bytes at a time; qkm[r] = the lane's part of q . k_mean (km) over those channels, in a fixed order
 // (the caller sums the quad). The attention epilogue reads q this way with and without SLA's linear term,
-// so the LSE does not depend on it.
-template <int D, typename T>
+// so the LSE does not depend on it. kSmemRows: the rows are copies in shared memory (plain loads), else q in
+// global memory (read-only loads).
+template <int D, typename T, bool kSmemRows = false>
 __device__ __forceinline__ void load_q_pairs(const T* q_lo, const T* q_hi, const float* km, int t,
                                              uint32_t (&w)[2][D / 16][2], float (&qkm)[2]) {
   const T* rows[2] = {q_lo, q_hi};
@@ -206,7 +207,8 @@ __device__ __forceinline__ void load_q_pairs(const T* q_lo, const T* q_hi, const
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int c = 16 * s + 2 * t + 8 * hf;
-        w[r][s][hf] = rows[r] ? __ldg(reinterpret_cast<const unsigned int*>(rows[r] + c)) : 0u;
+        const unsigned int* pair = reinterpret_cast<const unsigned int*>(rows[r] + c);
+        w[r][s][hf] = !rows[r] ? 0u : kSmemRows ? *pair : __ldg(pair);
         // (scalar loads: k_mean is only required contiguous, not 8-byte aligned)
         qkm[r] = __fmaf_rn(pair_elem<T>(w[r][s][hf], 0), __ldg(km + c), qkm[r]);
         qkm[r] = __fmaf_rn(pair_elem<T>(w[r][s][hf], 1), __ldg(km + c + 1), qkm[r]);
@@ -251,7 +253,7 @@ struct LinearTerm {
   // q_lo / q_hi: the unquantized rows g and g + 8 of the warp (nullptr past nq: those rows get e = 1 and are
   // never stored), read once by load_q_pairs, which also gives the lane's part of q . k_mean (qkm). LinB:
   // the B source (LinFragmentsB, sm90_attn::LinWgmmaB), whose zeta() gives e . zeta.
-  template <bool kBf16, typename LinB>
+  template <bool kBf16, bool kSmemRows, typename LinB>
   __device__ __forceinline__ void load(const void* q_lo, const void* q_hi, const AttnInt8Fp8Params& p, int64_t slice,
                                        const LinB& lin_b, int lane, float (&qkm)[2]) {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
@@ -259,7 +261,8 @@ struct LinearTerm {
     float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
     // Raw pairs (half the registers of floats; the exact conversion is redone in the exp pass).
     uint32_t w[2][kSteps][2];
-    load_q_pairs<D>(static_cast<const T*>(q_lo), static_cast<const T*>(q_hi), p.k_mean + slice * D, t, w, qkm);
+    load_q_pairs<D, T, kSmemRows>(static_cast<const T*>(q_lo), static_cast<const T*>(q_hi), p.k_mean + slice * D, t, w,
+                                  qkm);
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
