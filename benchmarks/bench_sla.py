@@ -8,7 +8,8 @@ total (ops.sage_sla, wall time on the calling stream: the linear branch runs on 
 block map and the Q/K quantizer, so the stages add up to more than the total). Effective TOPS count the
 dense-equivalent 4 B H N^2 D; the sparse kernel's row also gives the TOPS of the work it actually does
 (kept / Mk of it). Dense SageAttention (same kernel,
-dense) is timed too, for the "x of 10% dense" comparison.
+dense) is timed too, for the "x of 10% dense" comparison. The totals (cuDNN, dense sage, sage_sla at every block
+size and on the mma.sync kernel) are timed in interleaved rounds (harness.time_interleaved); the stages apart.
 
   python -m benchmarks.bench_sla --out benchmarks/results
 """
@@ -22,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from turbodiffusion import ops
 
-from .harness import Row, main, print_table, rotation_count, time_ms, write_results
+from .harness import Row, main, print_table, rotation_count, time_interleaved, time_ms, write_results
 from .metrics import attention_flops
 
 SHAPES = [("wan1.3b-480p", 1, 12, 32760, 128), ("wan14b-720p", 1, 40, 75600, 128)]
@@ -48,22 +49,27 @@ def run(out_dir: str) -> list[Row]:
                 for _ in range(min(rotation_count(3 * b * n * h * d * 2), 3))]
         w = torch.randn(d, d, device="cuda") / math.sqrt(d)
         bias = 0.1 * torch.randn(d, device="cuda")
-        base = time_ms(_cudnn, sets, warmup=3, reps=reps)
+        # The totals in interleaved rounds (harness.time_interleaved): every candidate sees the card in the same
+        # thermal and power state as cuDNN.
+        cands = {"cudnn": (_cudnn, sets), "dense": (lambda q, k, v: ops.sage_attention(q, k, v), sets)}
+        for blkq, blkk in BLOCKS:
+            cands[f"{blkq}x{blkk}"] = (lambda q, k, v, blkq=blkq, blkk=blkk: ops.sage_sla(
+                q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), sets)
+        blkq, blkk = BLOCKS[0]  # the default blocks on the mma.sync kernel, for comparison
+        cands["mma"] = (lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk, backend="mma"), sets)
+        ms = time_interleaved(cands, rounds=3, warmup=3, reps=reps)
+        base, dense = ms["cudnn"], ms["dense"]
         base_name = "SDPA cuDNN bf16 (dense)"
         rows.append(Row(base_name, tag, base, base_name, base, 1.0, "TFLOPS", flops / base / 1e9))
-        dense = time_ms(lambda q, k, v: ops.sage_attention(q, k, v), sets, warmup=3, reps=reps)
         rows.append(Row("sage dense, best kernel (incl. quant)", tag, dense, base_name, base, base / dense, "TOPS",
                         flops / dense / 1e9))
         for blkq, blkk in BLOCKS:
-            sla = lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk)  # noqa: E731
-            ms = time_ms(sla, sets, warmup=3, reps=reps)
-            rows.append(Row(f"sage_sla total {blkq}x{blkk} ({ms / (0.1 * dense):.2f}x of 10% dense sage)", tag, ms,
-                            base_name, base, base / ms, "eff. TOPS", flops / ms / 1e9))
-        blkq, blkk = BLOCKS[0]  # the default blocks on the mma.sync kernel, for comparison
-        mma = lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk, backend="mma")  # noqa: E731
-        ms = time_ms(mma, sets, warmup=3, reps=reps)
-        rows.append(Row(f"sage_sla total {blkq}x{blkk}, mma.sync kernel", tag, ms, base_name, base, base / ms,
-                        "eff. TOPS", flops / ms / 1e9))
+            t = ms[f"{blkq}x{blkk}"]
+            rows.append(Row(f"sage_sla total {blkq}x{blkk} ({t / (0.1 * dense):.2f}x of 10% dense sage)", tag, t,
+                            base_name, base, base / t, "eff. TOPS", flops / t / 1e9))
+        blkq, blkk = BLOCKS[0]
+        rows.append(Row(f"sage_sla total {blkq}x{blkk}, mma.sync kernel", tag, ms["mma"], base_name, base,
+                        base / ms["mma"], "eff. TOPS", flops / ms["mma"] / 1e9))
         # Stage by stage on the first input set: the default blocks and 64x128 (TurboDiffusion's Hopper blocks).
         q, k, v = sets[0]
         for blkq, blkk in (BLOCKS[0], BLOCKS[2]):
