@@ -114,8 +114,10 @@ MAP_CASES = [  # (b, h, nq, nk, d, blkq, blkk, topk, layout)
     (1, 2, 300, 200, 128, 64, 64, 0.0, "NHD"),
     (1, 1, 1, 1, 64, 64, 64, 0.9, "NHD"),
     (1, 2, 5000, 5000, 128, 128, 64, 0.1, "HND"),
-    (1, 1, 200, 70000, 128, 64, 64, 0.1, "NHD"),  # long score rows
-    (1, 3, 56000, 56000, 64, 16, 16, 0.1, "HND"),  # 3 x 3500^2 fp32 scores > the 128 MB scratch: two passes
+    (1, 1, 200, 70000, 128, 64, 64, 0.1, "NHD"),  # long score rows (a top-k warp holds 40 scores a lane)
+    (1, 1, 100, 90000, 64, 64, 64, 0.2, "NHD"),  # 1407 blocks: the most a top-k warp holds in registers (48 a lane)
+    (1, 3, 56000, 56000, 64, 16, 16, 0.1, "HND"),  # 3 x 3500^2 fp32 scores > the 128 MB scratch: two passes;
+    # rows of 3500 blocks: the top-k's radix select
 ]
 
 

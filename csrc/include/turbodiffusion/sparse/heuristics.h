@@ -31,6 +31,9 @@ constexpr int64_t kScoreScratchBytes = int64_t(128) << 20;
 // past the scratch). Mirrored by turbodiffusion.ops.MAX_BLOCK_PAIRS for the CPU path's check.
 constexpr int64_t kMaxBlockPairs = int64_t(1) << 28;
 constexpr int kRadixBins = 256;   // 8-bit digits: the top-k threshold is found in 4 passes per row
+// Rows of up to 32 kTopkMaxPerLane scores (Mk <= 1536: 64-token key blocks up to ~98k tokens) are held in registers
+// and their threshold found by bisection (sla_block_map.cuh); longer rows use the radix select.
+constexpr int kTopkMaxPerLane = 48;
 
 // ---- linear branch (sla_linear_state.cuh) ----
 // 32-token tiles of k and v (bf16/fp16) double-buffered: 4 x 32 x 128 x 2 B = 32 KB at D = 128. Warps

@@ -7,10 +7,10 @@
 //      means in place of the sums;
 //   3. sla_score_kernel: score = mean(q block) . (mean(k block) - mean_N k) for a tile of query blocks x
 //      key blocks (fp32 CUDA-core FMAs) into a scratch [B*H, Mq, Mk];
-//   4. sla_topk_kernel: per row a warp finds the kept-th largest score by MSB radix select (4 passes of
-//      8-bit histograms over the order-preserving integer image of the floats, the row read from L2) and
-//      writes the kept indices in ascending order: every index whose score is above the threshold, then
-//      the lowest-indexed ties.
+//   4. sla_topk_kernel: per row a warp finds the kept-th largest score on the order-preserving integer image of
+//      the floats (rows of up to 32 kTopkMaxPerLane scores in registers, by bisection on its bits; longer rows by
+//      MSB radix select, 4 passes of 8-bit histograms, the row read from L2) and writes the kept indices in
+//      ascending order: every index whose score is above the threshold, then the lowest-indexed ties.
 // The reference (turbodiffusion/reference/sla.py) pools the centred k instead of centring the pooled
 // k and sums in another order: scores agree to float32 rounding, so only near-ties can be chosen
 // differently (tests/test_sla.py compares sets up to ties).
@@ -38,6 +38,28 @@ namespace sla_detail {
 __device__ __forceinline__ uint32_t ordered_bits(float x) {
   const uint32_t u = __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Writes the indices of a warp's row whose keys are above t, then of the first `remaining` keys equal to t, in
+// ascending order; key(c): the lane's key of chunk c (key j = 32 c + lane of the row's mk). kChunks: the chunk
+// count at compile time (keys in registers), else 0 and `chunks`.
+template <int kChunks, typename Key>
+__device__ __forceinline__ void write_kept(int chunks, int mk, uint32_t t, uint32_t remaining, int32_t* out, int lane,
+                                           Key key) {
+  const uint32_t lt = (1u << lane) - 1u;
+  uint32_t taken = 0, eq_seen = 0;
+#pragma unroll
+  for (int c = 0; c < (kChunks ? kChunks : chunks); ++c) {
+    const uint32_t u = key(c);
+    const bool valid = 32 * c + lane < mk;
+    const bool eq = valid && u == t;
+    const uint32_t eq_mask = __ballot_sync(0xffffffffu, eq);
+    const bool take = (valid && u > t) || (eq && eq_seen + __popc(eq_mask & lt) < remaining);
+    const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
+    if (take) out[taken + __popc(take_mask & lt)] = 32 * c + lane;
+    taken += __popc(take_mask);
+    eq_seen += __popc(eq_mask);
+  }
 }
 
 // One warp: indices of the `kept` largest of s[0, mk) into out[0, kept), ascending. hist: 256 words
@@ -96,20 +118,43 @@ __device__ __forceinline__ void select_topk_row(const float* s, int mk, int kept
     mask |= 255u << shift;
     __syncwarp();
   }
-  // prefix is now the kept-th largest key: take every key above it and the first `remaining` equal ones.
-  const uint32_t lt = (1u << lane) - 1u;
-  uint32_t taken = 0, eq_seen = 0;
-  for (int j0 = 0; j0 < mk; j0 += 32) {
-    const int j = j0 + lane;
-    const uint32_t u = j < mk ? ordered_bits(s[j]) : 0u;
-    const bool eq = j < mk && u == prefix;
-    const uint32_t eq_mask = __ballot_sync(0xffffffffu, eq);
-    const bool take = (j < mk && u > prefix) || (eq && eq_seen + __popc(eq_mask & lt) < remaining);
-    const uint32_t take_mask = __ballot_sync(0xffffffffu, take);
-    if (take) out[taken + __popc(take_mask & lt)] = j;
-    taken += __popc(take_mask);
-    eq_seen += __popc(eq_mask);
+  // prefix is now the kept-th largest key.
+  write_kept<0>((mk + 31) / 32, mk, prefix, remaining, out, lane, [&](int c) {
+    const int j = 32 * c + lane;
+    return j < mk ? ordered_bits(s[j]) : 0u;
+  });
+}
+
+// One warp, rows of at most 32 kPer scores: the same selection with the row's keys in registers (kPer a lane, key
+// j in lane j % 32), the kept-th largest found by bisection on its 32 bits: per bit, the warp's count of the keys
+// >= the candidate (a compare and a predicated add a key, one warp reduction): ~2 kPer + 10 instructions a bit,
+// no shared memory. H100 (2026-11-27, profiler, sage_sla 14B-720p 64x64: 1182 blocks, 40 a lane): 148 + 103 us
+// for the two passes against 170 + 125 us by radix select (whose first pass finds nearly every score of a row
+// in the same few top-byte bins; aggregating its atomics with __match_any_sync made it 2x slower).
+template <int kPer>
+__device__ __forceinline__ void select_topk_row_in_registers(const float* s, int mk, int kept, int32_t* out, int lane) {
+  if (kept >= mk || kept <= 0) return select_topk_row(s, mk, kept, nullptr, out, lane);  // (no histogram needed)
+  uint32_t u[kPer];  // 0 past mk (never counted: every candidate is >= 1)
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int j = 32 * i + lane;
+    u[i] = j < mk ? ordered_bits(s[j]) : 0u;
   }
+  // Per key a compare and a predicated add (from C++ ptxas made it three instructions); four chains, since one
+  // would serialize the adds of every key.
+  auto count_at_least = [&](uint32_t x) {
+    uint32_t c[4] = {};
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      asm("{\n .reg .pred ge;\n setp.ge.u32 ge, %1, %2;\n @ge add.u32 %0, %0, 1;\n}\n" : "+r"(c[i % 4]) : "r"(u[i]), "r"(x));
+    return __reduce_add_sync(0xffffffffu, (c[0] + c[1]) + (c[2] + c[3]));
+  };
+  uint32_t t = 0;  // the largest key with at least `kept` keys >= it: the kept-th largest
+#pragma unroll 1
+  for (int bit = 31; bit >= 0; --bit)
+    if (count_at_least(t | (1u << bit)) >= static_cast<uint32_t>(kept)) t |= 1u << bit;
+  const uint32_t above = t == 0xffffffffu ? 0u : count_at_least(t + 1);
+  write_kept<kPer>(kPer, mk, t, static_cast<uint32_t>(kept) - above, out, lane, [&](int c) { return u[c]; });
 }
 
 }  // namespace sla_detail
@@ -236,15 +281,34 @@ __global__ void __launch_bounds__(sla::kScoreThreads) sla_score_kernel(const Sla
 }
 
 // Per query block (a warp each) of the launch's `rows` (from slice slice0 on), its top-k of the score row into
-// the LUT and its count.
+// the LUT and its count. kPer > 0: rows of at most 32 kPer scores, held in registers (select_topk_row_in_registers);
+// 0: any row, by radix select.
+template <int kPer>
 __global__ void __launch_bounds__(sla::kScoreThreads) sla_topk_kernel(const SlaBlockMapParams p, int64_t slice0,
                                                                       int64_t rows) {
-  __shared__ uint32_t hist[sla::kScoreThreads / 32][sla::kRadixBins];
+  __shared__ uint32_t hist[kPer ? 1 : sla::kScoreThreads / 32][sla::kRadixBins];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * (sla::kScoreThreads / 32) + warp, out = slice0 * p.mq + row;
   if (row >= rows) return;
-  sla_detail::select_topk_row(p.scores + row * p.mk, p.mk, p.kept, hist[warp], p.lut + out * p.kept, lane);
+  const float* s = p.scores + row * p.mk;
+  if constexpr (kPer > 0) sla_detail::select_topk_row_in_registers<kPer>(s, p.mk, p.kept, p.lut + out * p.kept, lane);
+  else sla_detail::select_topk_row(s, p.mk, p.kept, hist[warp], p.lut + out * p.kept, lane);
   if (lane == 0) p.count[out] = p.kept;
+}
+
+// The top-k kernel for rows of mk scores: the smallest register count per lane that holds the row, else radix.
+inline void launch_sla_topk(const SlaBlockMapParams& p, int64_t slice0, int64_t rows, cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(cdiv(rows, sla::kScoreThreads / 32));
+  const int per = static_cast<int>(cdiv(p.mk, 32));
+  auto launch = [&](auto kernel) { kernel<<<grid, sla::kScoreThreads, 0, stream>>>(p, slice0, rows); };
+  if (per <= 8) launch(sla_topk_kernel<8>);
+  else if (per <= 16) launch(sla_topk_kernel<16>);
+  else if (per <= 24) launch(sla_topk_kernel<24>);
+  else if (per <= 32) launch(sla_topk_kernel<32>);
+  else if (per <= 40) launch(sla_topk_kernel<40>);
+  else if (per <= sla::kTopkMaxPerLane) launch(sla_topk_kernel<sla::kTopkMaxPerLane>);
+  else launch(sla_topk_kernel<0>);
+  TD_CHECK_LAUNCH();
 }
 
 // Block sums of x into `sums` (means with `means`).
@@ -283,9 +347,7 @@ void launch_sla_select(const SlaBlockMapParams& p, int batch, cudaStream_t strea
                     static_cast<unsigned>(n));
     sla_score_kernel<D><<<grid, sla::kScoreThreads, smem, stream>>>(p, s0);
     TD_CHECK_LAUNCH();
-    sla_topk_kernel<<<static_cast<unsigned>(cdiv(rows, sla::kScoreThreads / 32)), sla::kScoreThreads, 0, stream>>>(
-        p, s0, rows);
-    TD_CHECK_LAUNCH();
+    launch_sla_topk(p, s0, rows, stream);
   }
 }
 
