@@ -554,7 +554,9 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   // Every lane of a quad holds its rows' whole l (P V's ones columns); store_warp_rows adds the quad's partials.
   if (lane % 4 != 0) l[0] = l[1] = 0.f;
   // The warp's output rows go out through shared memory: dense, its own o_stage; sparse, the K buffer of the
-  // group's ring slot kStageSlot (group rings: slot 0 holds lin; one ring: the walk has ended, every slot is free).
+  // group's ring slot kStageSlot (one ring: the walk has ended, every slot is free; group rings: lin's first half
+  // fills slot 0's K buffer and the first 1 KB of slot 1's, its zeta rows, which the stage overwrites only after
+  // store_warp_rows' linear-term wgmmas, collective over the group's warps, have completed).
   constexpr int kStageSlot = Cfg::kGroupRings ? 1 : 0;
   static_assert(!kSparse || sizeof(sm.k[0][0]) >= 4 * 16 * 2 * D, "a K slot holds a group's output rows");
   const uint32_t stage = smem_u32(kSparse ? sm.k[ring][kStageSlot] : sm.o_stage[4 * cg]);  // (the group's)

@@ -62,15 +62,18 @@ __device__ __forceinline__ void write_kept(int chunks, int mk, uint32_t t, uint3
   }
 }
 
+// The rows that need no selection (every block kept, or none), written; false for the others.
+__device__ __forceinline__ bool select_trivial_row(int mk, int kept, int32_t* out, int lane) {
+  if (kept >= mk)
+    for (int j = lane; j < mk; j += 32) out[j] = j;
+  return kept >= mk || kept <= 0;
+}
+
 // One warp: indices of the `kept` largest of s[0, mk) into out[0, kept), ascending. hist: 256 words
 // of the warp's own shared memory.
 __device__ __forceinline__ void select_topk_row(const float* s, int mk, int kept, uint32_t* hist, int32_t* out,
                                                 int lane) {
-  if (kept >= mk) {
-    for (int j = lane; j < mk; j += 32) out[j] = j;
-    return;
-  }
-  if (kept <= 0) return;
+  if (select_trivial_row(mk, kept, out, lane)) return;
   uint32_t prefix = 0, mask = 0;
   uint32_t remaining = static_cast<uint32_t>(kept);  // how many of the keys matching `prefix` to take
   for (int shift = 24; shift >= 0; shift -= 8) {
@@ -133,7 +136,7 @@ __device__ __forceinline__ void select_topk_row(const float* s, int mk, int kept
 // in the same few top-byte bins; aggregating its atomics with __match_any_sync made it 2x slower).
 template <int kPer>
 __device__ __forceinline__ void select_topk_row_in_registers(const float* s, int mk, int kept, int32_t* out, int lane) {
-  if (kept >= mk || kept <= 0) return select_topk_row(s, mk, kept, nullptr, out, lane);  // (no histogram needed)
+  if (select_trivial_row(mk, kept, out, lane)) return;
   uint32_t u[kPer];  // 0 past mk (never counted: every candidate is >= 1)
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
