@@ -57,11 +57,16 @@ struct MmaAttnConfig {
 //         3 x (16 KB K + 17 KB V with its rows of ones, kVRows)). Measured on the H100 (2026-11-27,
 //         kernel only, same machine start, two rounds): 1.3B-480p 7.44 / 7.49 vs 8.17 / 8.21 ms, 14B-720p
 //         134.2 / 134.6 vs 143.1 / 143.0 ms; without the exp turns 7.54 / 7.59 and 135.0 / 137.5 ms.
-//         D = 64: three groups (192 rows) with the serial schedule too, since the row sums moved to the
-//         tensor cores (kVRows): H100, 2026-11-27, same machine start, kernel only, three rounds, 16k:
-//         1.863 / 1.865 / 1.864 vs 1.973 / 1.978 / 2.129 ms for two groups at 240 registers, each issuing
-//         S_{j+1} with PV_j (the schedule it had; before the row sums moved three groups were slower: 2.30 / 2.27 ms
-//         serial vs 2.11 / 2.11).
+//         D = 64: four groups (256 rows) at 112 registers with the serial schedule (O 32 + S 64 at the peak:
+//         ptxas spills 68 B, a few O values swapped around the fold, L1-resident: TD_SPILL_OK in
+//         sm90_int8_fp8_attn.cuh), taking turns on the exp phase; a fourth warp per scheduler hides more of the
+//         MUFU-bound softmax. H100, 2026-11-27 (seventeenth session), kernel only, 16k, two machine starts,
+//         alternating processes: 1.800 / 1.802 / 1.786 and 1.803 / 1.786 / 1.785 / 1.785 ms vs 1.826 / 1.841 / 1.827 and
+//         1.830 / 1.812 / 1.842 / 1.830 for three groups at 160; four groups without the exp turns (92 B of spills)
+//         1.808-1.827, with the K scales read from shared memory at each use (12 B) 2.02-2.03. Three groups at
+//         160 beat two at 240 once the row sums moved to the tensor cores (kVRows): 1.863 / 1.865 / 1.864 vs
+//         1.973 / 1.978 / 2.129 ms, two groups each issuing S_{j+1} with PV_j (before the row sums moved three
+//         groups were slower: 2.30 / 2.27 ms serial vs 2.11 / 2.11).
 //  Sparse (kSparse): a CTA walks only its query blocks' kept tiles (25 at Wan-1.3B-480p, top-k 0.1), so
 //         its fixed part (Q and first K/V loads, the epilogue) matters, and consumer groups share no K/V
 //         tile (each 64-row group lies in one query block, whatever blkq).
@@ -88,11 +93,11 @@ template <int D, bool kSparse = false>
 struct Sm90AttnConfig {
   // Sparse D = 128: three groups per CTA, each with its own query block's walk and ring.
   static constexpr bool kGroupRings = kSparse && D == 128;
-  static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : 3;
+  static constexpr int kConsumers = kGroupRings ? 3 : kSparse ? 1 : D == 64 ? 4 : 3;
   static constexpr int kRings = kGroupRings ? kConsumers : 1;
   // Each group runs S, softmax, P V and the fold of O in order, instead of issuing S_{j+1} with PV_j
-  // (three groups at 160 registers cannot hold PV and S at once).
-  static constexpr bool kSerialPV = kConsumers == 3;
+  // (three groups at 160 registers, four at 112, cannot hold PV and S at once).
+  static constexpr bool kSerialPV = kConsumers >= 3;
   static constexpr int kCtasPerSm = kSparse && !kGroupRings ? 2 : 1;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kRowsPerCta = 64 * kConsumers;
@@ -112,7 +117,7 @@ struct Sm90AttnConfig {
   // tile pairs spilled 68 B; the group rings' producer warps also count their walks' lengths: 32, all the
   // three 160-register groups leave.)
   static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : kGroupRings ? 32 : 24;
-  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 216;
+  static constexpr int kConsumerRegs = kConsumers == 4 ? 112 : kConsumers == 3 ? 160 : 216;
   static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");

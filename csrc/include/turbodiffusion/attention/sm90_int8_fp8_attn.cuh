@@ -4,7 +4,7 @@
 // turbodiffusion/reference/attention.py:attention_int8_fp8_mma with kv_tile = 128; the block-sparse variant
 // steps over the kept keys in 128-key tiles: reference/sla.py:attention_int8_fp8_sparse_sm90).
 //
-// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3;
+// CTA = a producer warpgroup and consumer warpgroups of 64 query rows (dense: 3 at D 128, 4 at D 64;
 // sparse: 3 at D 128, each walking its own query block, 1 at D 64 with two CTAs per SM; heuristics.h
 // Sm90AttnConfig says why), one CTA per (query rows, head, batch):
 //   warpgroup 0: producer. TMA loads: the CTA's Q tiles once (sparse with SLA's linear term: also a
@@ -21,7 +21,7 @@
 //                both operands from shared memory), online softmax on the int32 accumulator, P packed
 //                to E4M3 in registers, PV = P V (wgmma m64nDk32 e4m3, A from registers) into a fresh
 //                fp32 accumulator, O = O * alpha + PV (two-level accumulation); with V's box followed
-//                by rows of ones, PV's last n8 block is the row sums l (kVRows). Three groups: each
+//                by rows of ones, PV's last n8 block is the row sums l (kVRows). Three or four groups: each
 //                runs S_j, softmax, PV_j in order and the other groups hide the latencies; one group
 //                (sparse D 64): S_j and PV_{j-1} are issued together and the softmax of S_j starts as
 //                soon as S_j lands (its row-max phase overlaps PV_{j-1}). Dense groups take turns on the
@@ -147,6 +147,9 @@ struct alignas(1024) Smem {
 // tma_nhd: q/k tensor maps are (D, H, N, B) (layout NHD) instead of (D, N, H, B) (HND); the box is
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
 // p.blkq % 64 == 0 and p.blkk % 64 == 0, SLA's linear epilogue with p.lin_frag.
+// TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, false>): four consumer groups at 112 registers (heuristics.h): ptxas
+// (nvcc 13.0) spills 68 B, a few O values reloaded around each tile's fold from L1; measured 1.5-2.5% faster at
+// D 64 16k than three groups at 160 without spills (H100, 2026-11-27).
 template <int D, bool kSparse>
 __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
                                   attn::Sm90AttnConfig<D, kSparse>::kCtasPerSm)
@@ -500,7 +503,7 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   };
   // Overlapped schedule (kSerialPV off): at walk position i >= 1, S_i and PV_{i-1} are issued together
   // (two commit groups, which complete in order); the softmax of S_i starts once S_i has landed, so
-  // PV_{i-1} runs under it. Serial schedule (three groups): each group's tile is one chain.
+  // PV_{i-1} runs under it. Serial schedule (three or four groups): each group's tile is one chain.
   const int2 tile = next_tile(0);
   int walk_end = 0;  // the walk's end marker's position (group rings: its slot's V buffer holds the q rows)
   if (tile.x >= 0) {  // (sparse: a row with no kept block walks nothing and stores 0, LSE -inf)
