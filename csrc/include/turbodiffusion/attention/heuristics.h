@@ -118,7 +118,7 @@ struct Sm90AttnConfig {
   // three 160-register groups leave.)
   static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : kGroupRings ? 32 : 24;
   static constexpr int kConsumerRegs = kConsumers == 4 ? 112 : kConsumers == 3 ? 160 : 216;
-  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128
+  static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128 (four groups: 96)
   static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
                 "the consumers take what the producer frees");
 };

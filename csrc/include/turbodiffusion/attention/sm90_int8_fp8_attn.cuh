@@ -148,8 +148,8 @@ struct alignas(1024) Smem {
 // one head's rows either way. kSparse: block-sparse (ARCHITECTURE §4.2) over p.lut / p.count with
 // p.blkq % 64 == 0 and p.blkk % 64 == 0, SLA's linear epilogue with p.lin_frag.
 // TD_SPILL_OK(sm90_int8_fp8_attn_kernel<64, false>): four consumer groups at 112 registers (heuristics.h): ptxas
-// (nvcc 13.0) spills 68 B, a few O values reloaded around each tile's fold from L1; measured 1.5-2.5% faster at
-// D 64 16k than three groups at 160 without spills (H100, 2026-11-27).
+// (nvcc 13.0) spills 68 B, a few O values reloaded around each tile's fold from L1; measured 1.5-4% faster at
+// D 64 16k than three groups at 160 without spills (H100, 2026-11-27; docs/attention.md).
 template <int D, bool kSparse>
 __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
                                   attn::Sm90AttnConfig<D, kSparse>::kCtasPerSm)
