@@ -55,8 +55,8 @@ def run(out_dir: str) -> list[Row]:
         for blkq, blkk in BLOCKS:
             cands[f"{blkq}x{blkk}"] = (lambda q, k, v, blkq=blkq, blkk=blkk: ops.sage_sla(
                 q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), sets)
-        blkq, blkk = BLOCKS[0]  # the default blocks on the mma.sync kernel, for comparison
-        cands["mma"] = (lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk, backend="mma"), sets)
+        mq, mk = BLOCKS[0]  # the default blocks on the mma.sync kernel, for comparison
+        cands["mma"] = (lambda q, k, v: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=mq, blkk=mk, backend="mma"), sets)
         ms = time_interleaved(cands, rounds=3, warmup=3, reps=reps)
         base, dense = ms["cudnn"], ms["dense"]
         base_name = "SDPA cuDNN bf16 (dense)"
@@ -67,8 +67,7 @@ def run(out_dir: str) -> list[Row]:
             t = ms[f"{blkq}x{blkk}"]
             rows.append(Row(f"sage_sla total {blkq}x{blkk} ({t / (0.1 * dense):.2f}x of 10% dense sage)", tag, t,
                             base_name, base, base / t, "eff. TOPS", flops / t / 1e9))
-        blkq, blkk = BLOCKS[0]
-        rows.append(Row(f"sage_sla total {blkq}x{blkk}, mma.sync kernel", tag, ms["mma"], base_name, base,
+        rows.append(Row(f"sage_sla total {mq}x{mk}, mma.sync kernel", tag, ms["mma"], base_name, base,
                         base / ms["mma"], "eff. TOPS", flops / ms["mma"] / 1e9))
         # Stage by stage on the first input set: the default blocks and 64x128 (TurboDiffusion's Hopper blocks).
         q, k, v = sets[0]
