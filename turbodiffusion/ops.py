@@ -597,16 +597,21 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
-    # The linear branch depends on k and v alone: on a GPU it runs on a side stream while the block map and
-    # the Q/K quantizer run (it is bound by latency more than by HBM bandwidth, so they overlap in part:
-    # docs/sla.md), and joins before V's quantizer, which takes its amax_N |v|. (Traced by torch.compile: in
-    # order, one stream.)
+    # The linear branch and V's quantizer (which takes the branch's amax_N |v|) depend on k and v alone: on a
+    # GPU they run on a side stream while the block map and the Q/K quantizer run (the branch is bound by
+    # latency more than by HBM bandwidth, so they overlap in part; V's quantizer then meets the block map's
+    # compute-bound scores and top-k: docs/sla.md), and join before the sparse kernel. (Traced by
+    # torch.compile: in order, one stream.)
+    def linear_branch_and_v():  # -> lin, v_fp8, v_scale (V's quantizer in one pass: the amax is given)
+        lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+        return (lin, *quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax))
+
     side = _sla_side_stream(q.device) if q.is_cuda and not torch.compiler.is_compiling() else None
     if side is not None:
         main = torch.cuda.current_stream(q.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+            lin, v8, vs = linear_branch_and_v()
     if lut is None:  # the block map and the Q/K quantizer in one op: one pass over q, K's mean from the map
         lut, count, q_i8, q_s, k_i8, k_s, km = sla_block_map_quantize_qk(
             q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
@@ -615,12 +620,11 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
         q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
                                                     q_scale_factor=scale * _LOG2E)
     if side is None:
-        lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
+        lin, v8, vs = linear_branch_and_v()
     else:
         main.wait_stream(side)
-        lin.record_stream(main)  # (allocated on the side stream, used and freed on this one)
-        v_amax.record_stream(main)
-    v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax)  # (one pass with the amax)
+        for t in (lin, v8, vs):
+            t.record_stream(main)  # (allocated on the side stream, used and freed on this one)
     out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)
     return (out, lse) if return_lse else out
 
