@@ -381,8 +381,10 @@ __global__ void __launch_bounds__(attn::Sm90AttnConfig<D, kSparse>::kThreads,
   const uint64_t desc_q = kmajor_desc<D>(sm.q[cg]);
 
   // Exp turns: the groups take turns on the softmax's exp phase (bar.sync on the group's named
-  // barrier before it, bar.arrive on the next group's after it; group 0 first, then 1, ...), so two exp
-  // phases do not share the MUFU (ex2 at 16 per clock per SM) and issue slots at once. Measured on the
+  // barrier before it, bar.arrive on the next group's after it; group 0 first, then 1, ...), so that the
+  // groups' exp phases (ex2 at 16 per clock per SM) overlap less. Only in part: ptxas moves about a third
+  // of the exps above the bar.sync (arithmetic crosses barriers), and forcing all of them after it, or more of
+  // them before it, was 1-31% slower (docs/attention.md, "What ptxas does with the exp turns"). Measured on the
   // H100 (same machine start, kernel only): two groups at D 64 16k 2.21 vs 2.28 ms (2026-11-26); three
   // groups at D 128 (2026-11-27) 1.3B-480p 7.44 / 7.49 vs 7.54 / 7.59 ms, 14B-720p 134.2 / 134.6 vs
   // 135.0 / 137.5 ms (two groups at D 128 were slower with turns); again with the row sums of kVRows (three rounds)
