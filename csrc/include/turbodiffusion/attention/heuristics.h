@@ -117,10 +117,11 @@ struct Sm90AttnConfig {
   // tile pairs spilled 68 B; the group rings' producer warps also count their walks' lengths: 32, all the
   // three 160-register groups leave.)
   static constexpr int kProducerRegs = kSparse && !kGroupRings ? 40 : kGroupRings ? 32 : 24;
-  static constexpr int kConsumerRegs = kConsumers == 4 ? 112 : kConsumers == 3 ? 160 : 216;
   static constexpr int kLaunchRegs = 65536 / (kThreads * kCtasPerSm) / 8 * 8;  // 128 (four groups: 96)
-  static_assert(128 * (kLaunchRegs - kProducerRegs) >= 128 * kConsumers * (kConsumerRegs - kLaunchRegs),
-                "the consumers take what the producer frees");
+  // The consumers take what the producer frees, split evenly, in setmaxnreg's steps of 8: 160 for three groups
+  // (D 128 dense, group rings), 112 for four (D 64 dense), 216 for the one-group sparse kernel.
+  static constexpr int kConsumerRegs = ((kLaunchRegs - kProducerRegs) / kConsumers + kLaunchRegs) / 8 * 8;
+  static_assert(kConsumerRegs <= 256, "setmaxnreg's limit");
 };
 
 }  // namespace attn
