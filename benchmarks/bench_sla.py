@@ -1,10 +1,10 @@
 """SageSLA (top-k 0.1) at the Wan shapes, each stage timed on its own and the whole call, against dense
-torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map; and with the Q/K quantizer
-as sage_sla runs them, sla_block_map_quantize_qk: one pass over q), quantization (quantize_qk_int8 +
-quantize_v_fp8), linear branch (sla_linear_state: one pass over k and v plus the
-proj_l fold), sparse attention (the block-sparse kernel with the linear epilogue: sm90 on Hopper at every
-block size, the default blocks also on the mma.sync kernel for comparison), and the
-total (ops.sage_sla, wall time on the calling stream: the linear branch runs on a side stream beside the
+torch SDPA (cuDNN backend, bf16) in the same process: block map (sla_block_map), linear branch (sla_linear_state:
+one pass over k and v plus the proj_l fold, with the key-block sums as sage_sla runs it), the block map and the
+Q/K quantizer from those sums as sage_sla runs them (sla_block_map_quantize_qk: one pass over q, none over k),
+quantization (quantize_qk_int8 + quantize_v_fp8), sparse attention (the block-sparse kernel with the linear
+epilogue: sm90 on Hopper at every block size, the default blocks also on the mma.sync kernel for comparison),
+and the total (ops.sage_sla, wall time on the calling stream: V's quantizer runs on a side stream beside the
 block map and the Q/K quantizer, so the stages add up to more than the total). Effective TOPS count the
 dense-equivalent 4 B H N^2 D; the sparse kernel's row also gives the TOPS of the work it actually does
 (kept / Mk of it). Dense SageAttention (same kernel,
@@ -81,17 +81,18 @@ def run(out_dir: str) -> list[Row]:
             total = time_ms(lambda: ops.sage_sla(q, k, v, w, bias, TOPK, blkq=blkq, blkk=blkk), [()], warmup=3,
                             reps=reps)
             stage(f"  block map {blkq}x{blkk}", lambda: ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk))
-            stage(f"  {blkq}x{blkk}: block map + Q/K quantization (one op, as in sage_sla)",
-                  lambda: ops.sla_block_map_quantize_qk(q, k, topk=TOPK, blkq=blkq, blkk=blkk, blk_q=16, blk_k=16,
-                                                        q_scale_factor=sm * LOG2E))
             lut, count, km = ops.sla_block_map(q, k, topk=TOPK, blkq=blkq, blkk=blkk, return_k_mean=True)
-            lin, v_amax = ops.sla_linear_state(k, v, w, return_v_amax=True)
-            # (as in sage_sla: k's mean comes from the block map and v's amax from the linear branch, so both
-            # quantizations are one pass)
+            lin, v_amax, k_sums = ops.sla_linear_state(k, v, w, return_v_amax=True, key_block=blkk)
+            # (as in sage_sla: the key-block sums and v's amax come from the linear branch's pass, k's mean from
+            # the block map, so the map needs no pass over k and both quantizations are one pass)
+            stage(f"  {blkq}x{blkk}: linear branch + key-block sums (H, z, proj_l fold; one pass over k, v)",
+                  lambda: ops.sla_linear_state(k, v, w, return_v_amax=True, key_block=blkk))
+            stage(f"  {blkq}x{blkk}: block map + Q/K quantization (one op from the key sums, as in sage_sla)",
+                  lambda: ops.sla_block_map_quantize_qk(q, k, topk=TOPK, blkq=blkq, blkk=blkk, blk_q=16, blk_k=16,
+                                                        q_scale_factor=sm * LOG2E, k_block_sums=k_sums))
             stage(f"  {blkq}x{blkk}: quantization (q, k int8; v fp8)", lambda: (
                 ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
                 ops.quantize_v_fp8(v, pad_to=64, v_amax=v_amax)))
-            stage(f"  {blkq}x{blkk}: linear branch (H, z, proj_l fold)", lambda: ops.sla_linear_state(k, v, w))
             qargs = (q, *ops.quantize_qk_int8(q, k, blk_q=16, blk_k=16, q_scale_factor=sm * LOG2E, k_mean=km),
                      *ops.quantize_v_fp8(v, pad_to=64, v_amax=v_amax))
             kept_frac = lut.shape[-1] / -(-n // blkk)
@@ -101,7 +102,7 @@ def run(out_dir: str) -> list[Row]:
                                                                       blkk=blkk), [()], warmup=3, reps=reps)
                 rows.append(Row(f"{name} (actual {flops * kept_frac / t / 1e9:.0f} TOPS)", tag, t, base_name, base,
                                 base / t, "eff. TOPS", flops / t / 1e9))
-        del sets, qargs, lin, lut, count, km, v_amax
+        del sets, qargs, lin, lut, count, km, v_amax, k_sums
         torch.cuda.empty_cache()
     print_table(rows, "sla")
     write_results("sla", rows, out_dir, notes)

@@ -38,9 +38,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
                                                       double topk);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 sla_block_map_quantize_qk_cuda(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blkq,
-                               int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor);
-std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
-                                                          const at::Tensor& proj_weight, const std::string& layout);
+                               int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor,
+                               const std::optional<at::Tensor>& k_block_sums);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
+                                                                      const at::Tensor& proj_weight,
+                                                                      const std::string& layout, int64_t key_block);
 at::Tensor w8a8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                           const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype,
                           const std::string& backend, at::IntArrayRef sm90_config);

@@ -179,6 +179,11 @@ def _sla_cases(device):
         (lambda: SLA_LIN(q, q, w.double(), "NHD"), TypeError, ["proj_weight", "float32", "float64"]),
         (lambda: SLA_LIN(q, q, w[:32], "NHD"), ValueError, ["proj_weight", "[64, 64]", "[32, 64]"]),
         (lambda: SLA_LIN(q, q[:, :50], w, "NHD"), ValueError, ["v", "like k"]),
+        (lambda: SLA_LIN(q, q, w, "NHD", -64), ValueError, ["key_block", "-64"]),
+        (lambda: SLA_MAP_QK(q, q, "NHD", 64, 64, 0.1, 16, 16, 0.5, torch.zeros(1, 2, 1, 64, device=device)),
+         ValueError, ["k_block_sums", "[1, 2, 2, 64]", "[1, 2, 1, 64]"]),
+        (lambda: SLA_MAP_QK(q, q, "NHD", 64, 64, 0.1, 16, 16, 0.5, torch.zeros(1, 2, 2, 64, **bf)), TypeError,
+         ["k_block_sums", "float32", "bfloat16"]),
         (lambda: sp(blkq=96), ValueError, ["blkq", "multiple of 64", "96"]),
         (lambda: sp(lut=lut.long()), TypeError, ["lut", "int32", "int64"]),
         (lambda: sp(lut=torch.zeros(1, 2, 3, 1, dtype=torch.int32, device=device)), ValueError,
@@ -192,6 +197,6 @@ def _sla_cases(device):
     ]
 
 
-@pytest.mark.parametrize("index", range(20))
+@pytest.mark.parametrize("index", range(23))
 def test_sla_bad_input_names_the_argument(device, index):
     _expect_error(*_sla_cases(device)[index])

@@ -38,12 +38,17 @@ def _samples(device):
         "sla_block_map_quantize_qk": [
             (torch.randn(1, 70, 2, 64, **bf), torch.randn(1, 130, 2, 64, **bf), "NHD", 64, 32, 0.3, 16, 32, 0.5),
             (torch.randn(2, 1, 300, 128, dtype=torch.float16, device=device),
-             torch.randn(2, 1, 90, 128, dtype=torch.float16, device=device), "HND", 128, 64, 1.0, 64, 16, 1.0)],
+             torch.randn(2, 1, 90, 128, dtype=torch.float16, device=device), "HND", 128, 64, 1.0, 64, 16, 1.0),
+            (torch.randn(1, 70, 2, 64, **bf), torch.randn(1, 130, 2, 64, **bf), "NHD", 64, 32, 0.3, 16, 32, 0.5,
+             torch.randn(1, 2, 5, 64, device=device))],
         "sla_linear_state": [
             (torch.randn(1, 33, 2, 64, **bf), torch.randn(1, 33, 2, 64, **bf), torch.randn(64, 64, device=device), "NHD"),
             (torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device),
              torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device), torch.randn(128, 128, device=device),
-             "HND")],
+             "HND"),
+            (torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device),
+             torch.randn(1, 2, 70, 128, dtype=torch.float16, device=device), torch.randn(128, 128, device=device),
+             "HND", 64)],
         "attention_int8_fp8_sparse_mma": [_sparse_sample(1, 130, 70, 2, 64, "NHD", torch.bfloat16, device, True),
                                           _sparse_sample(1, 40, 200, 1, 128, "HND", torch.float16, device, False)],
         "attention_int8_fp8_sparse_sm90": [

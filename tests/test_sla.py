@@ -80,7 +80,8 @@ def test_masked_attention_full_lut_is_dense_and_empty_rows_are_zero():
 def test_linear_state_reference_matches_linear_branch():
     q, k, v = _qkv(2, 2, 77, 90, 128, "NHD", torch.bfloat16, "cpu", family="bias", seed=3)
     w, b = _proj(128, "cpu")
-    lin, v_amax = ref.sla_linear_state(k, v, w, "NHD")
+    lin, v_amax, none = ref.sla_linear_state(k, v, w, "NHD")
+    assert none.shape == (2, 2, 0, 128)
     assert torch.equal(v_amax, to_bhnd(v, "NHD").float().abs().amax(2))
     assert lin.shape == (2, 2, 136, 128) and lin.dtype == torch.float16 and (lin[:, :, 129:] == 0).all()
     want = ref.sla.sla_linear_branch(q, k, v, "NHD", dtype=torch.float64) @ w.double().T + b.double()
@@ -188,6 +189,38 @@ def test_block_map_quantize_qk_equals_the_two_ops(device, case):
     for name, x, y in zip(names, got, want):
         assert x.shape == y.shape and x.dtype == y.dtype, f"{case} {name}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
         assert torch.equal(x, y), f"{case} {name}: differs"
+
+
+@pytest.mark.parametrize("case", MAP_QK_CASES[:6], ids=lambda c: "b{}h{}q{}k{}d{}_{}x{}_t{}_{}_{}".format(
+    *c[:-1], _ids(c[-1])))
+def test_block_map_quantize_qk_from_key_sums(device, case):
+    """sage_sla's path: sla_linear_state's key-block sums in place of the map's pass over k give the same map and
+    quantization up to float32 summation order: the same Q side bit for bit, K's mean within rounding, at most
+    one code apart in k_int8, the LUT the same sets as torch.topk up to ties."""
+    b, h, nq, nk, d, blkq, blkk, topk, layout, dtype = case
+    q, k, v = _qkv(b, h, nq, nk, d, layout, dtype, device, family="bias")
+    w, _ = _proj(d, device)
+    _, _, k_sums = ops.sla_linear_state(k, k, w, layout=layout, return_v_amax=True, key_block=blkk)
+    args = dict(topk=topk, blkq=blkq, blkk=blkk, layout=layout, blk_q=16, blk_k=16, q_scale_factor=0.3)
+    want = ops.sla_block_map_quantize_qk(q, k, **args)
+    poison_allocator(device)
+    got = ops.sla_block_map_quantize_qk(q, k, **args, k_block_sums=k_sums)
+    names = ("lut", "count", "q_int8", "q_scale", "k_int8", "k_scale", "k_mean")
+    for name, x, y in zip(names, got, want):
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{case} {name}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
+    for name in ("count", "q_int8", "q_scale"):
+        assert torch.equal(got[names.index(name)], want[names.index(name)]), f"{case} {name}: differs"
+    torch.testing.assert_close(got[6], want[6], rtol=1e-5, atol=1e-6, msg=f"{case} k_mean")
+    torch.testing.assert_close(got[5], want[5], rtol=1e-5, atol=0, msg=f"{case} k_scale")
+    assert (got[4].int() - want[4].int()).abs().max() <= 1, f"{case} k_int8"
+    s = ref.sla.sla_block_scores(q.cpu(), k.cpu(), layout, blkq, blkk)
+    lut = got[0].cpu().long()
+    if lut.shape[-1]:
+        kth = s.topk(lut.shape[-1], dim=-1).values[..., -1:]
+        tol = 1e-5 * s.abs().amax(dim=-1, keepdim=True) + 1e-6
+        chosen = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, lut, True)
+        assert (s.masked_fill(~chosen, math.inf) >= kth - tol).all(), case
+        assert (s.masked_fill(chosen, -math.inf) <= kth + tol).all(), case
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,13 +435,21 @@ LIN_CASES = [(1, 2, 1000, 128, "NHD", torch.bfloat16), (2, 1, 77, 64, "HND", tor
 
 @pytest.mark.parametrize("case", LIN_CASES, ids=lambda c: "b{}h{}n{}d{}_{}_{}".format(*c[:5], _ids(c[5])))
 @pytest.mark.parametrize("family", ["gaussian", "bias"])
-def test_linear_state(device, case, family):
+@pytest.mark.parametrize("key_block", [0, 64, 96, 48])  # 64, 96: in the kernel's pass (chunks on key blocks); 48: pooled
+def test_linear_state(device, case, family, key_block):
     b, h, n, d, layout, dtype = case
     _, k, v = _qkv(b, h, 1, n, d, layout, dtype, device, family=family)
     w, _ = _proj(d, device, seed=n)
     poison_allocator(device)
-    lin, v_amax = ops.sla_linear_state(k, v, w, layout=layout, return_v_amax=True)
-    want, want_amax = ref.sla_linear_state(k.cpu(), v.cpu(), w.cpu(), layout)
+    lin, v_amax, *k_sums = ops.sla_linear_state(k, v, w, layout=layout, return_v_amax=True, key_block=key_block)
+    want, want_amax, want_sums = ref.sla_linear_state(k.cpu(), v.cpu(), w.cpu(), layout, key_block)
+    if key_block:  # float32 sums of up to key_block values: summation order apart, the reference's
+        (got_sums,) = k_sums
+        assert got_sums.shape == want_sums.shape and got_sums.dtype == torch.float32, f"{case}: {got_sums.shape}"
+        tol = 1e-5 * key_block * to_bhnd(k.cpu(), layout).float().abs().amax().item()
+        torch.testing.assert_close(got_sums.cpu(), want_sums, rtol=1e-5, atol=tol, msg=f"{case} key sums")
+    else:
+        assert not k_sums
     assert torch.equal(v_amax.cpu(), want_amax), f"{case}: amax |v| (exact in any order)"
     assert lin.shape == (b, h, d + 8, d) and lin.dtype == torch.float16
     got = lin.cpu().float()

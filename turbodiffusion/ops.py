@@ -7,6 +7,7 @@ torch.compile see them as pure functions.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -447,18 +448,22 @@ _register("sla_block_map(Tensor q, Tensor k, str layout, int blkq, int blkk, flo
           _check_block_map, ref.sla_block_map, _fake_block_map)
 
 
-def _check_block_map_qk(q, k, layout, blkq, blkk, topk, blk_q, blk_k, q_scale_factor):
+def _check_block_map_qk(q, k, layout, blkq, blkk, topk, blk_q, blk_k, q_scale_factor, k_block_sums=None):
     _check_block_map(q, k, layout, blkq, blkk, topk)
     _check_qk(q, k, layout, blk_q, blk_k, q_scale_factor)
+    if k_block_sums is not None:
+        b, h, nk, d = C.bhnd(k, layout)
+        _check_proj("k_block_sums", k_block_sums, (b, h, _cdiv(nk, blkk), d), torch.float32, q.device)
 
 
-def _fake_block_map_qk(q, k, layout, blkq, blkk, topk, blk_q, blk_k, q_scale_factor):
+def _fake_block_map_qk(q, k, layout, blkq, blkk, topk, blk_q, blk_k, q_scale_factor, k_block_sums=None):
     lut, count, k_mean = _fake_block_map(q, k, layout, blkq, blkk, topk)
     return (lut, count, *_fake_qk(q, k, layout, blk_q, blk_k, q_scale_factor)[:4], k_mean)
 
 
 _register("sla_block_map_quantize_qk(Tensor q, Tensor k, str layout, int blkq, int blkk, float topk, int blk_q, "
-          "int blk_k, float q_scale_factor) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+          "int blk_k, float q_scale_factor, Tensor? k_block_sums=None) -> "
+          "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
           _check_block_map_qk, ref.sla_block_map_quantize_qk, _fake_block_map_qk)
 
 
@@ -470,21 +475,24 @@ def _check_proj(name, t, shape, dtype, device):
         raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(t.stride())}")
 
 
-def _check_linear_state(k, v, proj_weight, layout):
+def _check_linear_state(k, v, proj_weight, layout, key_block=0):
     _, _, d, _ = _check_same_qk(k, v, layout, kname="v")
     if v.shape != k.shape:
         raise ValueError(f"v: expected shape {tuple(k.shape)} (like k), got {tuple(v.shape)}")
     _check_proj("proj_weight", proj_weight, (d, d), torch.float32, k.device)
+    if key_block != 0:
+        _check_block("key_block", key_block)
 
 
-def _fake_linear_state(k, v, proj_weight, layout):
-    b, h, _, d = C.bhnd(k, layout)
-    return (torch.empty((b, h, d + SLA_LIN_PAD, d), dtype=torch.float16, device=k.device),
-            torch.empty((b, h, d), dtype=torch.float32, device=k.device))
+def _fake_linear_state(k, v, proj_weight, layout, key_block=0):
+    b, h, n, d = C.bhnd(k, layout)
+    f32 = dict(dtype=torch.float32, device=k.device)
+    return (torch.empty((b, h, d + SLA_LIN_PAD, d), dtype=torch.float16, device=k.device), torch.empty((b, h, d), **f32),
+            torch.empty((b, h, _cdiv(n, key_block) if key_block else 0, d), **f32))
 
 
-_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout) -> (Tensor, Tensor)",
-          _check_linear_state, ref.sla_linear_state, _fake_linear_state)
+_register("sla_linear_state(Tensor k, Tensor v, Tensor proj_weight, str layout, int key_block=0) -> "
+          "(Tensor, Tensor, Tensor)", _check_linear_state, ref.sla_linear_state, _fake_linear_state)
 
 
 def _check_sparse_attn(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin, lin_bias, layout,
@@ -537,21 +545,28 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 
 
 
 def sla_block_map_quantize_qk(q: torch.Tensor, k: torch.Tensor, *, topk: float, blkq: int = 64, blkk: int = 64,
-                              layout: str = "NHD", blk_q: int = 64, blk_k: int = 128, q_scale_factor: float = 1.0):
+                              layout: str = "NHD", blk_q: int = 64, blk_k: int = 128, q_scale_factor: float = 1.0,
+                              k_block_sums: torch.Tensor | None = None):
     """sla_block_map and then quantize_qk_int8 with the map's mean_N(k) (sage_sla's first steps), as one op: on
     a GPU the quantizer's pass over q also gives the map's pooled q (no second read of q), with the same
-    results bit for bit. Returns (lut, count, q_int8, q_scale, k_int8, k_scale, k_mean)."""
+    results bit for bit. k_block_sums: the sums of k over its blkk-token blocks (float32 [B, H, ceil(Nk / blkk),
+    D], from sla_linear_state with key_block=blkk): the map's k mean and key means then come from them instead
+    of a pass over k (the same up to float32 summation order). Returns (lut, count, q_int8, q_scale, k_int8,
+    k_scale, k_mean)."""
     return torch.ops.turbodiffusion.sla_block_map_quantize_qk(q, k, layout, blkq, blkk, float(topk), blk_q, blk_k,
-                                                               float(q_scale_factor))
+                                                               float(q_scale_factor), k_block_sums)
 
 
 def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, *, layout: str = "NHD",
-                     return_v_amax: bool = False):
+                     return_v_amax: bool = False, key_block: int = 0):
     """SLA's linear branch over all keys folded with proj_l.weight W: float16 [B, H, D + 8, D] holding
     (phi(k)^T v W^T)^T / Nk in rows < D and sum_N phi(k) / Nk in row D (phi = softmax over the head dim);
-    with return_v_amax also amax_N |v| (float32 [B, H, D], read on the way; quantize_v_fp8 takes it)."""
-    lin, v_amax = torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout)
-    return (lin, v_amax) if return_v_amax else lin
+    with return_v_amax also amax_N |v| (float32 [B, H, D], read on the way; quantize_v_fp8 takes it); with
+    key_block > 0 also the sums of k over every key_block tokens (float32 [B, H, ceil(Nk / key_block), D], on a
+    GPU from the same pass where key_block is a multiple of 32; sla_block_map_quantize_qk takes them)."""
+    lin, v_amax, k_sums = torch.ops.turbodiffusion.sla_linear_state(k, v, proj_weight, layout, key_block)
+    out = (lin,) + ((v_amax,) if return_v_amax else ()) + ((k_sums,) if key_block else ())
+    return out if len(out) > 1 else lin
 
 
 def attention_int8_fp8_sparse(q, q_int8, q_scale, k_int8, k_scale, k_mean, v_fp8, v_scale, lut, count, lin=None,
@@ -597,33 +612,29 @@ def sage_sla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_weight: tor
     kernel = getattr(torch.ops.turbodiffusion, _sparse_kernel(q, backend))  # a bad backend fails first
     d = q.shape[-1]
     scale = float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(d)
-    # The linear branch and V's quantizer (which takes the branch's amax_N |v|) depend on k and v alone: on a
-    # GPU they run on a side stream while the block map and the Q/K quantizer run (the branch is bound by
-    # latency more than by HBM bandwidth, so they overlap in part; V's quantizer then meets the block map's
-    # compute-bound scores and top-k: docs/sla.md), and join before the sparse kernel. (Traced by
-    # torch.compile: in order, one stream.)
-    def linear_branch_and_v():  # -> lin, v_fp8, v_scale (V's quantizer in one pass: the amax is given)
-        lin, v_amax = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True)
-        return (lin, *quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax))
-
+    # First the linear branch, one pass over k and v that also gives amax_N |v| (V's quantizer is then one pass)
+    # and, where the block map is computed, the sums of k over its key blocks (the map's key side needs no pass
+    # over k). Then V's quantizer runs on a side stream on a GPU while the block map and the Q/K quantizer run on
+    # this one (the map's scores and top-k are compute-bound, V's quantizer bandwidth-bound: docs/sla.md), and
+    # the two join before the sparse kernel. (Traced by torch.compile: in order, one stream.)
+    key_block = blkk if lut is None else 0
+    lin, v_amax, *k_sums = sla_linear_state(k, v, proj_weight, layout=layout, return_v_amax=True, key_block=key_block)
     side = _sla_side_stream(q.device) if q.is_cuda and not torch.compiler.is_compiling() else None
     if side is not None:
         main = torch.cuda.current_stream(q.device)
         side.wait_stream(main)
-        with torch.cuda.stream(side):
-            lin, v8, vs = linear_branch_and_v()
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        v8, vs = quantize_v_fp8(v, layout=layout, pad_to=ATTN_MMA_KV_TILE, v_amax=v_amax)
     if lut is None:  # the block map and the Q/K quantizer in one op: one pass over q, K's mean from the map
         lut, count, q_i8, q_s, k_i8, k_s, km = sla_block_map_quantize_qk(
             q, k, topk=topk, blkq=blkq, blkk=blkk, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
-            q_scale_factor=scale * _LOG2E)
+            q_scale_factor=scale * _LOG2E, k_block_sums=k_sums[0])
     else:
         q_i8, q_s, k_i8, k_s, km = quantize_qk_int8(q, k, layout=layout, blk_q=ATTN_MMA_BLK_Q, blk_k=ATTN_MMA_BLK_K,
                                                     q_scale_factor=scale * _LOG2E)
-    if side is None:
-        lin, v8, vs = linear_branch_and_v()
-    else:
+    if side is not None:
         main.wait_stream(side)
-        for t in (lin, v8, vs):
+        for t in (v8, vs):
             t.record_stream(main)  # (allocated on the side stream, used and freed on this one)
     out, lse = kernel(q, q_i8, q_s, k_i8, k_s, km, v8, vs, lut, count, lin, proj_bias, layout, scale, blkq, blkk)
     return (out, lse) if return_lse else out

@@ -117,11 +117,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
 // block map's tensor (returned once, not copied).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 sla_block_map_quantize_qk_cuda(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blkq,
-                               int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor) {
+                               int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor,
+                               const std::optional<at::Tensor>& k_block_sums) {
   // store_block_means reproduces sla_pool_kernel's sums only with the same thread -> (rows, channels) map.
   static_assert(sla::kPoolThreads == quant::kTileThreads, "the pool kernel's rows are the quantizer tile's");
   const c10::cuda::CUDAGuard guard(q.device());
   const BlockMap m = make_block_map(q, k, layout, blkq, blkk, topk);
+  if (k_block_sums) {  // sla_linear_state's key-block sums: the key side needs no pass over k
+    const at::Tensor& s = *k_block_sums;
+    check_cuda_tensor(s, "k_block_sums", q.device());
+    TORCH_CHECK_TYPE(s.scalar_type() == c10::kFloat, "k_block_sums: expected dtype float32, got ",
+                     dtype_name(s.scalar_type()));
+    TORCH_CHECK_VALUE(s.sizes() == c10::IntArrayRef({m.sq.b, m.sq.h, m.p.mk, m.sq.d}) && s.is_contiguous(),
+                      "k_block_sums: expected a contiguous tensor of shape ",
+                      dims_str({m.sq.b, m.sq.h, m.p.mk, m.sq.d}), " (ceil(Nk / blkk) key blocks), got shape ",
+                      dims_str(s.sizes()));
+  }
   QuantizeQK qk = prepare_quantize_qk_int8(q, k, layout, blk_q, blk_k, q_scale_factor, m.k_mean);
   const bool fused = m.p.mq > 0 && can_fuse_q_block_means(q, m.sq.d, blkq);
   if (fused) {
@@ -132,16 +143,21 @@ sla_block_map_quantize_qk_cuda(const at::Tensor& q, const at::Tensor& k, const s
   const int batch = static_cast<int>(m.sq.b);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   TD_DISPATCH_HEAD_DIM(m.sq.d, D, [&] {
-    launch_sla_key_stats<D>(m.p, batch, stream);
+    launch_sla_key_stats<D>(m.p, batch, stream, k_block_sums ? k_block_sums->data_ptr<float>() : nullptr);
     launch_quantize_qk_int8(qk, stream);
-    if (!fused && m.p.mq > 0) launch_sla_pool<D>(m.p, m.p.q, m.p.blkq, m.p.mq, m.p.q_sums, true, batch, stream);
+    if (!fused && m.p.mq > 0)
+      launch_sla_pool<D>(m.p.q, m.p.heads, m.p.bf16, m.p.blkq, m.p.mq, m.p.q_sums, true, batch, stream);
     launch_sla_select<D>(m.p, batch, stream);
   });
   return {m.lut, m.count, qk.q_i8, qk.q_scale, qk.k_i8, qk.k_scale, m.k_mean};
 }
 
-std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
-                                                          const at::Tensor& proj_weight, const std::string& layout) {
+// With key_block > 0 also the sums of k over every key_block tokens (the block map's key side): in the partial
+// kernel's MMAs where key_block is a multiple of its 32-token tiles (each chunk then starts on a key block),
+// else by the block map's pool kernel.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, const at::Tensor& v,
+                                                                      const at::Tensor& proj_weight,
+                                                                      const std::string& layout, int64_t key_block) {
   const auto [sk, sv] = check_pair(k, "k", v, "v", layout);
   TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected shape ", dims_str(k.sizes()), " (like k), got ",
                     dims_str(v.sizes()));
@@ -151,6 +167,8 @@ std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, co
   TORCH_CHECK_VALUE(proj_weight.sizes() == c10::IntArrayRef({sk.d, sk.d}) && proj_weight.is_contiguous(),
                     "proj_weight: expected a contiguous tensor of shape ", dims_str({sk.d, sk.d}), ", got shape ",
                     dims_str(proj_weight.sizes()));
+  TORCH_CHECK_VALUE(key_block >= 0 && key_block <= 1024, "key_block: expected 0 (no key sums) or a block size <= "
+                    "1024, got ", num(key_block));
   const c10::cuda::CUDAGuard guard(k.device());
   const int num_sms = at::cuda::getDeviceProperties(k.device().index())->multiProcessorCount;
   const int64_t tiles = (sk.n + sla::kLinTile - 1) / sla::kLinTile;
@@ -159,8 +177,13 @@ std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, co
   // Whole waves: at most kLinWaves x resident CTAs in all (rounding the split count up would start a
   // nearly empty extra wave).
   const int64_t target = std::max<int64_t>(1, int64_t(sla::kLinWaves) * resident / (sk.b * sk.h));
-  const int64_t per_split = std::max<int64_t>(sla::kLinMinTiles, (tiles + target - 1) / target);
+  const bool fused_sums = key_block > 0 && key_block % sla::kLinTile == 0;
+  const int64_t block_tiles = fused_sums ? key_block / sla::kLinTile : 1;
+  int64_t per_split = std::max<int64_t>(sla::kLinMinTiles, (tiles + target - 1) / target);
+  per_split = (per_split + block_tiles - 1) / block_tiles * block_tiles;  // chunks start on key blocks
   const int64_t splits = (tiles + per_split - 1) / per_split;
+  const int64_t mk = key_block > 0 ? (sk.n + key_block - 1) / key_block : 0;
+  at::Tensor k_sums = at::empty({sk.b, sk.h, mk, sk.d}, k.options().dtype(at::kFloat));
   at::Tensor lin = at::empty({sk.b, sk.h, sk.d + 8, sk.d}, k.options().dtype(at::kHalf));
   at::Tensor partial = at::empty({sk.b * sk.h * splits * sk.d * (sk.d + 9)}, k.options().dtype(at::kFloat));
   at::Tensor v_amax = at::empty({sk.b, sk.h, sk.d}, k.options().dtype(at::kFloat));
@@ -175,10 +198,18 @@ std::tuple<at::Tensor, at::Tensor> sla_linear_state_cuda(const at::Tensor& k, co
   p.proj_weight = proj_weight.data_ptr<float>();
   p.lin = reinterpret_cast<uint16_t*>(lin.data_ptr());
   p.v_amax = v_amax.data_ptr<float>();
+  p.k_sums = fused_sums ? k_sums.data_ptr<float>() : nullptr;
+  p.key_block_tiles = static_cast<int>(block_tiles);
+  p.mk = static_cast<int>(mk);
   p.bf16 = k.scalar_type() == c10::kBFloat16;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TD_DISPATCH_HEAD_DIM(sk.d, D, [&] { launch_sla_linear_state<D>(p, static_cast<int>(sk.b), stream); });
-  return {lin, v_amax};
+  TD_DISPATCH_HEAD_DIM(sk.d, D, [&] {
+    launch_sla_linear_state<D>(p, static_cast<int>(sk.b), stream);
+    if (mk > 0 && !fused_sums)
+      launch_sla_pool<D>(p.k, p.heads, p.bf16, static_cast<int>(key_block), static_cast<int>(mk),
+                         k_sums.data_ptr<float>(), false, static_cast<int>(sk.b), stream);
+  });
+  return {lin, v_amax, k_sums};
 }
 
 }  // namespace td

@@ -42,21 +42,36 @@ def kept_blocks(topk: float, mk: int) -> int:
     return min(mk, int(topk * mk))
 
 
-def block_means(x: torch.Tensor, blk: int) -> torch.Tensor:
-    """Means of every `blk` consecutive tokens of x [B, H, N, D] (float32), the last block over its true length."""
+def block_sums(x: torch.Tensor, blk: int) -> torch.Tensor:
+    """Sums of every `blk` consecutive tokens of x [B, H, N, D] -> [B, H, ceil(N / blk), D] (the last block partial)."""
     b, h, n, d = x.shape
     nb = (n + blk - 1) // blk
-    sums = F.pad(x, (0, 0, 0, nb * blk - n)).view(b, h, nb, blk, d).sum(dim=3)
-    lens = torch.clamp(n - blk * torch.arange(nb, device=x.device), max=blk).to(x.dtype)
-    return sums / lens[:, None]
+    return F.pad(x, (0, 0, 0, nb * blk - n)).view(b, h, nb, blk, d).sum(dim=3)
 
 
-def _scores_and_k_mean(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int):
+def _block_lengths(n: int, blk: int, like: torch.Tensor) -> torch.Tensor:
+    nb = (n + blk - 1) // blk
+    return torch.clamp(n - blk * torch.arange(nb, device=like.device), max=blk).to(like.dtype)[:, None]
+
+
+def block_means(x: torch.Tensor, blk: int) -> torch.Tensor:
+    """Means of every `blk` consecutive tokens of x [B, H, N, D] (float32), the last block over its true length."""
+    return block_sums(x, blk) / _block_lengths(x.shape[2], blk, x)
+
+
+def _scores_and_k_mean(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int,
+                       k_block_sums: torch.Tensor | None = None):
     q32 = _bhnd(q, layout).float()
-    k32 = _bhnd(k, layout).float()
-    k_mean = k32.mean(dim=2)
-    score = block_means(q32, blkq) @ block_means(k32 - k_mean[:, :, None, :], blkk).transpose(2, 3)
-    return score, k_mean
+    if k_block_sums is None:
+        k32 = _bhnd(k, layout).float()
+        k_mean = k32.mean(dim=2)
+        pk = block_means(k32 - k_mean[:, :, None, :], blkk)
+    else:  # the same means from the key-block sums (sla_linear_state's): equal up to float32 rounding
+        nk = _bhnd(k, layout).shape[2]
+        k_mean = k_block_sums.sum(dim=2) / nk
+        pk = k_block_sums / _block_lengths(nk, blkk, k_block_sums) - k_mean[:, :, None, :]
+    return block_means(q32, blkq) @ pk.transpose(2, 3), k_mean
+
 
 
 def sla_block_scores(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int) -> torch.Tensor:
@@ -64,10 +79,12 @@ def sla_block_scores(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, b
     return _scores_and_k_mean(q, k, layout, blkq, blkk)[0]
 
 
-def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float):
+def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float,
+                  k_block_sums: torch.Tensor | None = None):
     """(lut [B, H, Mq, kept] int32, kept key-block indices sorted ascending; count [B, H, Mq] int32 = kept;
-    k_mean [B, H, D] float32, the mean_N k the key blocks are centred with)."""
-    score, k_mean = _scores_and_k_mean(q, k, layout, blkq, blkk)
+    k_mean [B, H, D] float32, the mean_N k the key blocks are centred with). k_block_sums: k's key-block sums
+    [B, H, Mk, D] float32 where the caller has them (sla_linear_state with key_block = blkk)."""
+    score, k_mean = _scores_and_k_mean(q, k, layout, blkq, blkk, k_block_sums)
     b, h, mq, mk = score.shape
     kept = kept_blocks(topk, mk)
     lut = torch.topk(score, kept, dim=-1).indices.sort(dim=-1).values.to(torch.int32)
@@ -75,11 +92,11 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk
 
 
 def sla_block_map_quantize_qk(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float,
-                              blk_q: int, blk_k: int, q_scale_factor: float):
+                              blk_q: int, blk_k: int, q_scale_factor: float, k_block_sums: torch.Tensor | None = None):
     """sla_block_map, then quantize_qk_int8 with its k_mean (sage_sla's first steps, one op on a GPU: the
-    quantizer's pass over q gives the block map's pooled q). Returns (lut, count, q_int8, q_scale, k_int8,
-    k_scale, k_mean)."""
-    lut, count, k_mean = sla_block_map(q, k, layout, blkq, blkk, topk)
+    quantizer's pass over q gives the block map's pooled q; with k_block_sums, k is read once). Returns (lut,
+    count, q_int8, q_scale, k_int8, k_scale, k_mean)."""
+    lut, count, k_mean = sla_block_map(q, k, layout, blkq, blkk, topk, k_block_sums)
     q_i8, q_s, k_i8, k_s, _ = quantize_qk_int8(q, k, layout, blk_q, blk_k, q_scale_factor, k_mean)
     return lut, count, q_i8, q_s, k_i8, k_s, k_mean
 
@@ -140,10 +157,12 @@ def sla_attention(q, k, v, proj_weight, proj_bias, topk: float, layout: str, blk
     return _from_bhnd(out, layout)
 
 
-def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, layout: str):
+def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor, layout: str, key_block: int = 0):
     """The linear branch folded with proj_l for the sparse kernel's epilogue: float16 [B, H, D + 8, D]
-    (module docstring), computed in float32; and amax_N |v| per channel, float32 [B, H, D] (the kernel reads
-    all of v: quantize_v_fp8 takes it)."""
+    (module docstring), computed in float32; amax_N |v| per channel, float32 [B, H, D] (the kernel reads all
+    of v: quantize_v_fp8 takes it); and with key_block > 0 the sums of k over every key_block tokens, float32
+    [B, H, ceil(N / key_block), D] (the block map's key side: sla_block_map_quantize_qk takes them), else
+    [B, H, 0, D]."""
     k32, v32 = _bhnd(k, layout).float(), _bhnd(v, layout).float()
     b, h, n, d = k32.shape
     pk = k32.softmax(dim=-1)
@@ -151,7 +170,8 @@ def sla_linear_state(k: torch.Tensor, v: torch.Tensor, proj_weight: torch.Tensor
     out = torch.zeros(b, h, d + LIN_PAD, d, dtype=torch.float32, device=k.device)
     out[:, :, :d] = hw.transpose(2, 3) / n
     out[:, :, d] = pk.sum(dim=2) / n
-    return out.to(torch.float16), v32.abs().amax(dim=2)
+    sums = block_sums(k32, key_block) if key_block > 0 else k32.new_zeros(b, h, 0, d)
+    return out.to(torch.float16), v32.abs().amax(dim=2), sums.contiguous()
 
 
 def linear_epilogue(q: torch.Tensor, lin: torch.Tensor, lin_bias: torch.Tensor, nk: int) -> torch.Tensor:

@@ -41,6 +41,9 @@ struct SlaLinearParams {
   const float* proj_weight; // [D, D] fp32 (nn.Linear weight: [out, in])
   uint16_t* lin;            // [B*H, D + 8, D] fp16: rows c < D: (H W^T)[:, c] / nk, row D: z / nk, rest 0
   float* v_amax;            // [B*H, D]: amax_N |v| per channel (quantize_v_fp8 takes it)
+  float* k_sums;            // nullptr, or [B*H, mk, D]: fp32 sums of k over each key block (the block map's)
+  int key_block_tiles;      // tiles per key block (blkk / kLinTile; each chunk starts on a block)
+  int mk;                   // key blocks: ceil(n / blkk)
   bool bf16;                // element type of k and v
 };
 

@@ -193,22 +193,22 @@ __global__ void __launch_bounds__(sla::kPoolThreads) sla_pool_kernel(const AttnT
   }
 }
 
-// mean_N k from the block sums, then the block sums turned in place into centred block means (sum / len
-// - mean_N k, the two roundings the score kernel used to do per CTA). Grid (B*H, D / kKmeanCols),
+// mean_N k from the block sums, then the centred block means (sum / len - mean_N k, the two roundings the score
+// kernel used to do per CTA) into `centred` (may be `sums`: in place). Grid (B*H, D / kKmeanCols),
 // kKmeanThreads threads: column c = blockIdx.y * kKmeanCols + tid % kKmeanCols, the key blocks j = tid /
 // kKmeanCols (mod kKmeanThreads / kKmeanCols) summed in ascending order, the partial sums added in a fixed
 // order (deterministic).
 template <int D>
 __global__ void __launch_bounds__(sla::kKmeanThreads)
-    sla_kmean_kernel(float* k_sums, float* k_mean, int mk, int blkk, int64_t nk) {
+    sla_kmean_kernel(const float* sums, float* centred, float* k_mean, int mk, int blkk, int64_t nk) {
   constexpr int C = sla::kKmeanCols, G = sla::kKmeanThreads / C;
   static_assert(D % C == 0, "whole column groups");
   __shared__ float part[G][C];
   const int cl = threadIdx.x % C, g = threadIdx.x / C, c = blockIdx.y * C + cl;
-  float* col = k_sums + int64_t(blockIdx.x) * mk * D + c;
+  const int64_t col = int64_t(blockIdx.x) * mk * D + c;
   float s = 0.f;
 #pragma unroll 8
-  for (int j = g; j < mk; j += G) s += col[int64_t(j) * D];
+  for (int j = g; j < mk; j += G) s += sums[col + int64_t(j) * D];
   part[g][cl] = s;
   __syncthreads();
   float total = 0.f;
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(sla::kKmeanThreads)
   if (g == 0) k_mean[int64_t(blockIdx.x) * D + c] = km;
   for (int j = g; j < mk; j += G) {
     const int64_t len = std::min<int64_t>(blkk, nk - int64_t(j) * blkk);
-    col[int64_t(j) * D] = __fsub_rn(col[int64_t(j) * D] / static_cast<float>(len), km);
+    centred[col + int64_t(j) * D] = __fsub_rn(sums[col + int64_t(j) * D] / static_cast<float>(len), km);
   }
 }
 
@@ -314,25 +314,28 @@ inline void launch_sla_topk(const SlaBlockMapParams& p, int64_t slice0, int64_t 
   TD_CHECK_LAUNCH();
 }
 
-// Block sums of x into `sums` (means with `means`).
+// Block sums of x ([batch, heads] slices, bf16 or fp16) into `sums` (means with `means`).
 template <int D>
-void launch_sla_pool(const SlaBlockMapParams& p, const AttnTensorView& x, int blk, int nblocks, float* sums, bool means,
+void launch_sla_pool(const AttnTensorView& x, int heads, bool bf16, int blk, int nblocks, float* sums, bool means,
                      int batch, cudaStream_t stream) {
-  const dim3 grid(nblocks, p.heads, batch);
-  if (p.bf16)
-    sla_pool_kernel<D, __nv_bfloat16><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
+  const dim3 grid(nblocks, heads, batch);
+  if (bf16)
+    sla_pool_kernel<D, __nv_bfloat16><<<grid, sla::kPoolThreads, 0, stream>>>(x, heads, blk, nblocks, sums, means);
   else
-    sla_pool_kernel<D, __half><<<grid, sla::kPoolThreads, 0, stream>>>(x, p.heads, blk, nblocks, sums, means);
+    sla_pool_kernel<D, __half><<<grid, sla::kPoolThreads, 0, stream>>>(x, heads, blk, nblocks, sums, means);
   TD_CHECK_LAUNCH();
 }
 
-// The block map's key side: k's block sums, mean_N k and the centred key-block means (p.k_sums, p.k_mean).
+// The block map's key side: k's block sums (or the given ones, [B*H, mk, D], e.g. sla_linear_state's), mean_N k
+// and the centred key-block means (p.k_sums, p.k_mean).
 template <int D>
-void launch_sla_key_stats(const SlaBlockMapParams& p, int batch, cudaStream_t stream) {
+void launch_sla_key_stats(const SlaBlockMapParams& p, int batch, cudaStream_t stream,
+                          const float* k_block_sums = nullptr) {
   if (batch == 0 || p.heads == 0) return;
-  launch_sla_pool<D>(p, p.k, p.blkk, p.mk, p.k_sums, false, batch, stream);  // (mk >= 1: the launcher checks)
+  if (!k_block_sums)  // (mk >= 1: the launcher checks)
+    launch_sla_pool<D>(p.k, p.heads, p.bf16, p.blkk, p.mk, p.k_sums, false, batch, stream);
   sla_kmean_kernel<D><<<dim3(batch * p.heads, D / sla::kKmeanCols), sla::kKmeanThreads, 0, stream>>>(
-      p.k_sums, p.k_mean, p.mk, p.blkk, p.k.n);
+      k_block_sums ? k_block_sums : p.k_sums, p.k_sums, p.k_mean, p.mk, p.blkk, p.k.n);
   TD_CHECK_LAUNCH();
 }
 
@@ -360,7 +363,7 @@ template <int D>
 void launch_sla_block_map(const SlaBlockMapParams& p, int batch, cudaStream_t stream) {
   if (batch == 0 || p.heads == 0) return;
   launch_sla_key_stats<D>(p, batch, stream);
-  if (p.mq > 0) launch_sla_pool<D>(p, p.q, p.blkq, p.mq, p.q_sums, true, batch, stream);
+  if (p.mq > 0) launch_sla_pool<D>(p.q, p.heads, p.bf16, p.blkq, p.mq, p.q_sums, true, batch, stream);
   launch_sla_select<D>(p, batch, stream);
 }
 

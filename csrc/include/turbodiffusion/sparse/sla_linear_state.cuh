@@ -48,10 +48,11 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
   constexpr int kWarps = D / 16, kThreads = 32 * kWarps, BN = sla::kLinTile, CH = D / 8, NB = D / 8 + 1;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(BN % 16 == 0 && (BN * CH) % kThreads == 0, "k16 steps, whole cp.async rounds");
-  // bf16 / fp16 1.0 twice: the all-ones B fragment whose product with phi(k)^T is z.
+  // bf16 / fp16 1.0 twice: the all-ones B fragment whose product with phi(k)^T is z (and with k^T the key sums).
   constexpr uint32_t kOnes = kBf16 ? 0x3F803F80u : 0x3C003C00u;
   __shared__ __align__(128) T sK[2][BN * D];
   __shared__ __align__(128) T sV[2][BN * D];
+  __shared__ __align__(128) T sP[BN * D];  // phi(k) of the tile (k stays raw for the key-block sums)
   // The running |v| maxima of the 16-byte chunks a thread loads (its chunk column c = tid % CH, 8 channels
   // as 4 packed pairs), kept in shared memory between tiles: the kernel sits at 128 registers, two CTAs per
   // SM, so no loop-carried registers are added.
@@ -83,108 +84,138 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
 #pragma unroll
   for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   sAmax[tid] = make_uint4(0u, 0u, 0u, 0u);  // (+0: padded tokens are zero-filled, so they never raise it)
+  // The key-block sums (p.k_sums set; the launcher makes every chunk start on a key block) run in columns 4..7
+  // of the z block: B fragment column g of the two all-ones operands.
+  const bool key_sums = p.k_sums != nullptr;
+  const uint32_t ones_z = key_sums && g >= 4 ? 0u : kOnes, ones_k = key_sums && g >= 4 ? kOnes : 0u;
   if (tile0 < tile_end) load(tile0, 0);
   cp_async_commit();
-  for (int64_t tile = tile0; tile < tile_end; ++tile) {
-    const int st = static_cast<int>(tile - tile0) & 1;
-    if (tile + 1 < tile_end) load(tile + 1, st ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+  // Tiles in runs of a key block's (the whole chunk without key sums), so that a block's end is found once per
+  // block, not tested per tile (a per-tile modulo and its branch cost ~14% more instructions: ncu, 14B-720p).
+  const int ntiles = static_cast<int>(tile_end - tile0), run = key_sums ? p.key_block_tiles : ntiles;
+  for (int run0 = 0; run0 < ntiles; run0 += run) {
+    const int run_end = min(run0 + run, ntiles);
+    for (int i = run0; i < run_end; ++i) {
+      const int64_t tile = tile0 + i;
+      const int st = i & 1;
+      if (i + 1 < ntiles) load(tile + 1, st ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
 
-    {  // |v| maxima of this thread's chunks (before phi(k) below; v is not rewritten)
-      uint4 mx = sAmax[tid];
-      T2* m2 = reinterpret_cast<T2*>(&mx);
-#pragma unroll
-      for (int it = 0; it < BN * CH / kThreads; ++it) {
-        const int i = tid + it * kThreads;
-        uint4 x = *reinterpret_cast<const uint4*>(&sV[st][swz<D>(i / CH, 8 * (i % CH))]);
-        const T2* x2 = reinterpret_cast<const T2*>(&x);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) m2[e] = __hmax2(m2[e], __habs2(x2[e]));
+      {  // |v| maxima of this thread's chunks (before phi(k) below; v is not rewritten)
+        uint4 mx = sAmax[tid];
+        T2* m2 = reinterpret_cast<T2*>(&mx);
+  #pragma unroll
+        for (int it = 0; it < BN * CH / kThreads; ++it) {
+          const int i = tid + it * kThreads;
+          uint4 x = *reinterpret_cast<const uint4*>(&sV[st][swz<D>(i / CH, 8 * (i % CH))]);
+          const T2* x2 = reinterpret_cast<const T2*>(&x);
+  #pragma unroll
+          for (int e = 0; e < 4; ++e) m2[e] = __hmax2(m2[e], __habs2(x2[e]));
+        }
+        sAmax[tid] = mx;
       }
-      sAmax[tid] = mx;
-    }
 
-    // phi(k) in place: kTPT consecutive threads per token (8 at D 128, 4 at D 64), 16 channels each as two
-    // 16-byte chunks, j and j + kTPT (under the swizzle the kTPT threads of a row read kTPT distinct chunk
-    // columns, so a warp's loads and stores take the minimum number of wavefronts); maximum and sum over a
-    // token's threads by log2(kTPT) butterfly shuffles; exp as exp2(x log2 e - max log2 e), one FFMA and
-    // one MUFU op per element. Until 2026-11-27 a warp took a token, 4 channels per lane, with 2-byte
-    // shared accesses and five-step shuffle chains: ncu (1.3B-480p) found the kernel issue-bound at 578
-    // instructions per warp and tile, most of them there. H100, alternating A/B: the linear branch 0.145 ->
-    // 0.123 ms at 1.3B-480p, 0.87 -> 0.68 ms at 14B-720p (docs/sla.md).
-    {
-      constexpr int kTPT = kThreads / BN;
-      constexpr float kLog2e = 1.4426950408889634f;
-      static_assert(kTPT * 16 == D && (kTPT & (kTPT - 1)) == 0, "16 channels per thread, whole shuffle groups");
-      const int r = tid / kTPT, j = tid % kTPT;
-      uint4* const chunk[2] = {reinterpret_cast<uint4*>(&sK[st][swz<D>(r, 8 * j)]),
-                               reinterpret_cast<uint4*>(&sK[st][swz<D>(r, 8 * (j + kTPT))])};
-      float x[16];
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const uint4 raw = *chunk[c];
-        const T2* e2 = reinterpret_cast<const T2*>(&raw);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = to_float2(e2[e]);
-          x[8 * c + 2 * e] = f.x;
-          x[8 * c + 2 * e + 1] = f.y;
+      // phi(k) into sP: kTPT consecutive threads per token (8 at D 128, 4 at D 64), 16 channels each as two
+      // 16-byte chunks, j and j + kTPT (under the swizzle the kTPT threads of a row read kTPT distinct chunk
+      // columns, so a warp's loads and stores take the minimum number of wavefronts); maximum and sum over a
+      // token's threads by log2(kTPT) butterfly shuffles; exp as exp2(x log2 e - max log2 e), one FFMA and
+      // one MUFU op per element. Until 2026-11-27 a warp took a token, 4 channels per lane, with 2-byte
+      // shared accesses and five-step shuffle chains: ncu (1.3B-480p) found the kernel issue-bound at 578
+      // instructions per warp and tile, most of them there. H100, alternating A/B: the linear branch 0.145 ->
+      // 0.123 ms at 1.3B-480p, 0.87 -> 0.68 ms at 14B-720p (docs/sla.md).
+      {
+        constexpr int kTPT = kThreads / BN;
+        constexpr float kLog2e = 1.4426950408889634f;
+        static_assert(kTPT * 16 == D && (kTPT & (kTPT - 1)) == 0, "16 channels per thread, whole shuffle groups");
+        const int r = tid / kTPT, j = tid % kTPT;
+        const int at[2] = {swz<D>(r, 8 * j), swz<D>(r, 8 * (j + kTPT))};
+        float x[16];
+  #pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const uint4 raw = *reinterpret_cast<const uint4*>(&sK[st][at[c]]);
+          const T2* e2 = reinterpret_cast<const T2*>(&raw);
+  #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = to_float2(e2[e]);
+            x[8 * c + 2 * e] = f.x;
+            x[8 * c + 2 * e + 1] = f.y;
+          }
+        }
+        float mx[8];  // a tree: short dependency chains
+  #pragma unroll
+        for (int i = 0; i < 8; ++i) mx[i] = fmaxf(x[i], x[i + 8]);
+  #pragma unroll
+        for (int w = 4; w > 0; w >>= 1)
+  #pragma unroll
+          for (int i = 0; i < w; ++i) mx[i] = fmaxf(mx[i], mx[i + w]);
+        float m = mx[0];
+  #pragma unroll
+        for (int o = kTPT / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const float ml = m * kLog2e;
+  #pragma unroll
+        for (int i = 0; i < 16; ++i) x[i] = fast_exp2(fmaf(x[i], kLog2e, -ml));
+        float sm[8];
+  #pragma unroll
+        for (int i = 0; i < 8; ++i) sm[i] = x[i] + x[i + 8];
+  #pragma unroll
+        for (int w = 4; w > 0; w >>= 1)
+  #pragma unroll
+          for (int i = 0; i < w; ++i) sm[i] += sm[i + w];
+        float sum = sm[0];
+  #pragma unroll
+        for (int o = kTPT / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        const float inv = tile * BN + r < n ? 1.f / sum : 0.f;  // padded tokens contribute nothing to z
+  #pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          uint4 out;
+          T2* o2 = reinterpret_cast<T2*>(&out);
+  #pragma unroll
+          for (int e = 0; e < 4; ++e) o2[e] = from_float2<T2>(x[8 * c + 2 * e] * inv, x[8 * c + 2 * e + 1] * inv);
+          *reinterpret_cast<uint4*>(&sP[at[c]]) = out;
         }
       }
-      float mx[8];  // a tree: short dependency chains
-#pragma unroll
-      for (int i = 0; i < 8; ++i) mx[i] = fmaxf(x[i], x[i + 8]);
-#pragma unroll
-      for (int w = 4; w > 0; w >>= 1)
-#pragma unroll
-        for (int i = 0; i < w; ++i) mx[i] = fmaxf(mx[i], mx[i + w]);
-      float m = mx[0];
-#pragma unroll
-      for (int o = kTPT / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      const float ml = m * kLog2e;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) x[i] = fast_exp2(fmaf(x[i], kLog2e, -ml));
-      float sm[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) sm[i] = x[i] + x[i + 8];
-#pragma unroll
-      for (int w = 4; w > 0; w >>= 1)
-#pragma unroll
-        for (int i = 0; i < w; ++i) sm[i] += sm[i + w];
-      float sum = sm[0];
-#pragma unroll
-      for (int o = kTPT / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      const float inv = tile * BN + r < n ? 1.f / sum : 0.f;  // padded tokens contribute nothing to z
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        uint4 out;
-        T2* o2 = reinterpret_cast<T2*>(&out);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o2[e] = from_float2<T2>(x[8 * c + 2 * e] * inv, x[8 * c + 2 * e + 1] * inv);
-        *chunk[c] = out;
-      }
-    }
-    __syncthreads();
+      __syncthreads();
 
-    // H[16 warp rows][D + 8] += phi(k)^T v over the tile's tokens (A = phi^T via transposing ldmatrix:
-    // matrix q of x4 is (d half q % 2, token half q / 2); B = v likewise: (token half q % 2, n8 block q / 2)).
-    const int q = lane >> 3, rr = lane & 7;
-#pragma unroll
-    for (int ks = 0; ks < BN / 16; ++ks) {
-      uint32_t a[4];
-      ldmatrix_x4_trans(a, smem_u32(&sK[st][swz<D>(16 * ks + 8 * (q >> 1) + rr, 16 * warp + 8 * (q & 1))]));
-#pragma unroll
-      for (int nb = 0; nb < D / 16; ++nb) {
-        uint32_t bv[4];
-        ldmatrix_x4_trans(bv, smem_u32(&sV[st][swz<D>(16 * ks + 8 * (q & 1) + rr, 16 * nb + 8 * (q >> 1))]));
-        mma_16bit<kBf16>(acc[2 * nb], a, bv[0], bv[1]);
-        mma_16bit<kBf16>(acc[2 * nb + 1], a, bv[2], bv[3]);
+      // H[16 warp rows][D + 8] += phi(k)^T v over the tile's tokens (A = phi^T via transposing ldmatrix:
+      // matrix q of x4 is (d half q % 2, token half q / 2); B = v likewise: (token half q % 2, n8 block q / 2)).
+      // With key sums, the z block's columns 4..7 take k^T 1 instead (raw k as A; B ones in columns 4..7, and
+      // phi's B ones in columns 0..3 only): this warp's 16 channels of k summed over the tile's tokens (fp32
+      // accumulation of exact products), the block map's key-block sums, in no extra registers. Column 0, z, gets
+      // the same products as without (plus exact zeros).
+      const int q = lane >> 3, rr = lane & 7;
+  #pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        const int at = swz<D>(16 * ks + 8 * (q >> 1) + rr, 16 * warp + 8 * (q & 1));
+        uint32_t a[4];
+        ldmatrix_x4_trans(a, smem_u32(&sP[at]));
+        if (key_sums) {
+          uint32_t kr[4];
+          ldmatrix_x4_trans(kr, smem_u32(&sK[st][at]));
+          mma_16bit<kBf16>(acc[NB - 1], kr, ones_k, ones_k);
+        }
+  #pragma unroll
+        for (int nb = 0; nb < D / 16; ++nb) {
+          uint32_t bv[4];
+          ldmatrix_x4_trans(bv, smem_u32(&sV[st][swz<D>(16 * ks + 8 * (q & 1) + rr, 16 * nb + 8 * (q >> 1))]));
+          mma_16bit<kBf16>(acc[2 * nb], a, bv[0], bv[1]);
+          mma_16bit<kBf16>(acc[2 * nb + 1], a, bv[2], bv[3]);
+        }
+        mma_16bit<kBf16>(acc[NB - 1], a, ones_z, ones_z);
       }
-      mma_16bit<kBf16>(acc[NB - 1], a, kOnes, kOnes);
+      __syncthreads();  // the stage is refilled two iterations on, sP in the next
     }
-    __syncthreads();  // the stage is refilled two iterations on
+    // A key block ends here (or the keys do): its sums (column 4: lanes t = 2, rows g and g + 8) to p.k_sums, and
+    // columns 4..7 restart from zero. (Chunks start on key blocks: block (tile0 + run0) / key_block_tiles.)
+    if (key_sums) {
+      if (t == 2) {
+        float* sums = p.k_sums + (slice * p.mk + (tile0 + run0) / p.key_block_tiles) * D + 16 * warp + g;
+        sums[0] = acc[NB - 1][0];
+        sums[8] = acc[NB - 1][2];
+      }
+      if (t >= 2) acc[NB - 1][0] = acc[NB - 1][1] = acc[NB - 1][2] = acc[NB - 1][3] = 0.f;
+    }
   }
 
   // The chunk's amax |v| per channel: thread c < D takes the maxima of the threads that loaded chunk
