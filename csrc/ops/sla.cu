@@ -114,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sla_block_map_cuda(const at::Tens
 // block map's key side (mean_N k), the quantizer, whose Q tiles also give q's block means where blkq allows
 // (can_fuse_q_block_means; else the pool kernel reads q), then the selection. The outputs are
 // sla_block_map's and quantize_qk_int8(..., k_mean)'s bit for bit (store_block_means); the k mean is the
-// block map's tensor (returned once, not copied).
+// block map's tensor (returned once, not copied). With k_block_sums (sla_linear_state's) the key side starts
+// from them instead of pooling k: the same up to float32 summation order.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 sla_block_map_quantize_qk_cuda(const at::Tensor& q, const at::Tensor& k, const std::string& layout, int64_t blkq,
                                int64_t blkk, double topk, int64_t blk_q, int64_t blk_k, double q_scale_factor,
