@@ -1,7 +1,8 @@
 // SLA block map (ARCHITECTURE §4.3) in five launches, emitting the LUT of §4.2 directly:
 //   1. sla_pool_kernel (k, then q): fp32 sums of every block of tokens of k, means of q (the last block is
 //      partial); in sage_sla q's means come from quantize_qk_int8's Q tiles instead (store_block_means, the
-//      same bits), which saves the block map's read of q;
+//      same bits), which saves the block map's read of q, and k's sums from the linear branch's pass over k
+//      (sla_linear_state with key_block; the same up to float32 summation order), which saves its read of k;
 //   2. sla_kmean_kernel: mean_N k from the block sums (a CTA per (b, h) and 8 channels, a fixed order; also an
 //      output: sage_sla hands it to quantize_qk_int8, whose K pass is then single), and the centred key-block
 //      means in place of the sums;
