@@ -73,7 +73,6 @@ def _scores_and_k_mean(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int,
     return block_means(q32, blkq) @ pk.transpose(2, 3), k_mean
 
 
-
 def sla_block_scores(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int) -> torch.Tensor:
     """score [B, H, Mq, Mk] = mean-pooled q @ mean-pooled (k - mean_N k)^T, float32 (no scale, no softmax)."""
     return _scores_and_k_mean(q, k, layout, blkq, blkk)[0]
@@ -94,8 +93,8 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk
 def sla_block_map_quantize_qk(q: torch.Tensor, k: torch.Tensor, layout: str, blkq: int, blkk: int, topk: float,
                               blk_q: int, blk_k: int, q_scale_factor: float, k_block_sums: torch.Tensor | None = None):
     """sla_block_map, then quantize_qk_int8 with its k_mean (sage_sla's first steps, one op on a GPU: the
-    quantizer's pass over q gives the block map's pooled q; with k_block_sums, k is read once). Returns (lut,
-    count, q_int8, q_scale, k_int8, k_scale, k_mean)."""
+    quantizer's pass over q gives the block map's pooled q; with k_block_sums, sla_linear_state's, the map's key
+    side starts from them). Returns (lut, count, q_int8, q_scale, k_int8, k_scale, k_mean)."""
     lut, count, k_mean = sla_block_map(q, k, layout, blkq, blkk, topk, k_block_sums)
     q_i8, q_s, k_i8, k_s, _ = quantize_qk_int8(q, k, layout, blk_q, blk_k, q_scale_factor, k_mean)
     return lut, count, q_i8, q_s, k_i8, k_s, k_mean
