@@ -84,10 +84,10 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
 #pragma unroll
   for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   sAmax[tid] = make_uint4(0u, 0u, 0u, 0u);  // (+0: padded tokens are zero-filled, so they never raise it)
-  // The key-block sums (p.k_sums set; the launcher makes every chunk start on a key block) run in columns 4..7
-  // of the z block: B fragment column g of the two all-ones operands.
+  // The key-block sums (p.k_sums set; the launcher makes every chunk start on a key block): k^T 1 of the
+  // current block (all 8 columns equal).
   const bool key_sums = p.k_sums != nullptr;
-  const uint32_t ones_z = key_sums && g >= 4 ? 0u : kOnes, ones_k = key_sums && g >= 4 ? kOnes : 0u;
+  float ksum[4] = {0.f, 0.f, 0.f, 0.f};
   if (tile0 < tile_end) load(tile0, 0);
   cp_async_commit();
   // Tiles in runs of a key block's (the whole chunk without key sums), so that a block's end is found once per
@@ -180,10 +180,10 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
 
       // H[16 warp rows][D + 8] += phi(k)^T v over the tile's tokens (A = phi^T via transposing ldmatrix:
       // matrix q of x4 is (d half q % 2, token half q / 2); B = v likewise: (token half q % 2, n8 block q / 2)).
-      // With key sums, the z block's columns 4..7 take k^T 1 instead (raw k as A; B ones in columns 4..7, and
-      // phi's B ones in columns 0..3 only): this warp's 16 channels of k summed over the tile's tokens (fp32
-      // accumulation of exact products), the block map's key-block sums, in no extra registers. Column 0, z, gets
-      // the same products as without (plus exact zeros).
+      // With key sums, also ksum += k^T 1 (raw k as A): this warp's 16 channels of k summed over the tile's tokens
+      // (fp32 accumulation of exact products), the block map's key-block sums. (In columns 4..7 of the z block
+      // instead, with B ones split between the two products, it saved 4 registers but chained each k^T 1 MMA to a
+      // z MMA on one accumulator: 1% slower, H100, and the kernel fits 128 registers either way.)
       const int q = lane >> 3, rr = lane & 7;
   #pragma unroll
       for (int ks = 0; ks < BN / 16; ++ks) {
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
         if (key_sums) {
           uint32_t kr[4];
           ldmatrix_x4_trans(kr, smem_u32(&sK[st][at]));
-          mma_16bit<kBf16>(acc[NB - 1], kr, ones_k, ones_k);
+          mma_16bit<kBf16>(ksum, kr, kOnes, kOnes);
         }
   #pragma unroll
         for (int nb = 0; nb < D / 16; ++nb) {
@@ -202,19 +202,19 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
           mma_16bit<kBf16>(acc[2 * nb], a, bv[0], bv[1]);
           mma_16bit<kBf16>(acc[2 * nb + 1], a, bv[2], bv[3]);
         }
-        mma_16bit<kBf16>(acc[NB - 1], a, ones_z, ones_z);
+        mma_16bit<kBf16>(acc[NB - 1], a, kOnes, kOnes);
       }
       __syncthreads();  // the stage is refilled two iterations on, sP in the next
     }
-    // A key block ends here (or the keys do): its sums (column 4: lanes t = 2, rows g and g + 8) to p.k_sums, and
-    // columns 4..7 restart from zero. (Chunks start on key blocks: block (tile0 + run0) / key_block_tiles.)
+    // A key block ends here (or the keys do): its sums (column 0 of ksum: lanes t = 0, rows g and g + 8) to
+    // p.k_sums, and ksum restarts from zero. (Chunks start on key blocks: block (tile0 + run0) / key_block_tiles.)
     if (key_sums) {
-      if (t == 2) {
+      if (t == 0) {
         float* sums = p.k_sums + (slice * p.mk + (tile0 + run0) / p.key_block_tiles) * D + 16 * warp + g;
-        sums[0] = acc[NB - 1][0];
-        sums[8] = acc[NB - 1][2];
+        sums[0] = ksum[0];
+        sums[8] = ksum[2];
       }
-      if (t >= 2) acc[NB - 1][0] = acc[NB - 1][1] = acc[NB - 1][2] = acc[NB - 1][3] = 0.f;
+      ksum[0] = ksum[1] = ksum[2] = ksum[3] = 0.f;
     }
   }
 
