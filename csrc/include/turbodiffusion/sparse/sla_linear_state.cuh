@@ -2,9 +2,10 @@
 // epilogue, in two launches:
 //   1. sla_linear_partial_kernel: one pass over k and v. Each CTA takes a chunk of N for one (b, h):
 //      32-token tiles of k and v go to shared memory (cp.async, double-buffered), phi(k) = softmax over
-//      the head dim is computed in fp32 (ex2.approx) and written back in place in the input type, then tensor cores
-//      (mma.sync m16n8k16, fp32 accumulation) add phi(k)^T v to the CTA's [D, D] partial H; an extra
-//      n8 block with an all-ones B operand accumulates z = sum phi(k) in the same MMAs.
+//      the head dim is computed in fp32 (ex2.approx) and written to its own tile in the input type, then tensor
+//      cores (mma.sync m16n8k16, fp32 accumulation) add phi(k)^T v to the CTA's [D, D] partial H; an extra
+//      n8 block with an all-ones B operand accumulates z = sum phi(k) in the same MMAs, and with key sums
+//      (p.k_sums) one more k^T 1 over each key block (the block map's key side, from the raw k tile).
 //   2. sla_linear_fold_kernel: sums the chunks (fixed order: deterministic) and folds proj_l's weight:
 //      lin[c][d] = sum_e W[c][e] H[d][e] / nk, lin[D][d] = z[d] / nk, rows D+1..D+7 = 0, as fp16.
 // On the way, amax_N |v| per channel (each chunk's, then their maximum: exact in any order), which
