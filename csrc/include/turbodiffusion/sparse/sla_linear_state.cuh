@@ -107,12 +107,12 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
       {  // |v| maxima of this thread's chunks (before phi(k) below; v is not rewritten)
         uint4 mx = sAmax[tid];
         T2* m2 = reinterpret_cast<T2*>(&mx);
-  #pragma unroll
+#pragma unroll
         for (int it = 0; it < BN * CH / kThreads; ++it) {
           const int i = tid + it * kThreads;
           uint4 x = *reinterpret_cast<const uint4*>(&sV[st][swz<D>(i / CH, 8 * (i % CH))]);
           const T2* x2 = reinterpret_cast<const T2*>(&x);
-  #pragma unroll
+#pragma unroll
           for (int e = 0; e < 4; ++e) m2[e] = __hmax2(m2[e], __habs2(x2[e]));
         }
         sAmax[tid] = mx;
@@ -133,11 +133,11 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
         const int r = tid / kTPT, j = tid % kTPT;
         const int at[2] = {swz<D>(r, 8 * j), swz<D>(r, 8 * (j + kTPT))};
         float x[16];
-  #pragma unroll
+#pragma unroll
         for (int c = 0; c < 2; ++c) {
           const uint4 raw = *reinterpret_cast<const uint4*>(&sK[st][at[c]]);
           const T2* e2 = reinterpret_cast<const T2*>(&raw);
-  #pragma unroll
+#pragma unroll
           for (int e = 0; e < 4; ++e) {
             const float2 f = to_float2(e2[e]);
             x[8 * c + 2 * e] = f.x;
@@ -145,34 +145,34 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
           }
         }
         float mx[8];  // a tree: short dependency chains
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 8; ++i) mx[i] = fmaxf(x[i], x[i + 8]);
-  #pragma unroll
+#pragma unroll
         for (int w = 4; w > 0; w >>= 1)
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < w; ++i) mx[i] = fmaxf(mx[i], mx[i + w]);
         float m = mx[0];
-  #pragma unroll
+#pragma unroll
         for (int o = kTPT / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         const float ml = m * kLog2e;
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 16; ++i) x[i] = fast_exp2(fmaf(x[i], kLog2e, -ml));
         float sm[8];
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 8; ++i) sm[i] = x[i] + x[i + 8];
-  #pragma unroll
+#pragma unroll
         for (int w = 4; w > 0; w >>= 1)
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < w; ++i) sm[i] += sm[i + w];
         float sum = sm[0];
-  #pragma unroll
+#pragma unroll
         for (int o = kTPT / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         const float inv = tile * BN + r < n ? 1.f / sum : 0.f;  // padded tokens contribute nothing to z
-  #pragma unroll
+#pragma unroll
         for (int c = 0; c < 2; ++c) {
           uint4 out;
           T2* o2 = reinterpret_cast<T2*>(&out);
-  #pragma unroll
+#pragma unroll
           for (int e = 0; e < 4; ++e) o2[e] = from_float2<T2>(x[8 * c + 2 * e] * inv, x[8 * c + 2 * e + 1] * inv);
           *reinterpret_cast<uint4*>(&sP[at[c]]) = out;
         }
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
       // instead, with B ones split between the two products, it saved 4 registers but chained each k^T 1 MMA to a
       // z MMA on one accumulator: 1% slower, H100, and the kernel fits 128 registers either way.)
       const int q = lane >> 3, rr = lane & 7;
-  #pragma unroll
+#pragma unroll
       for (int ks = 0; ks < BN / 16; ++ks) {
         const int at = swz<D>(16 * ks + 8 * (q >> 1) + rr, 16 * warp + 8 * (q & 1));
         uint32_t a[4];
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(32 * (D / 16), 2) sla_linear_partial_kernel(co
           ldmatrix_x4_trans(kr, smem_u32(&sK[st][at]));
           mma_16bit<kBf16>(ksum, kr, kOnes, kOnes);
         }
-  #pragma unroll
+#pragma unroll
         for (int nb = 0; nb < D / 16; ++nb) {
           uint32_t bv[4];
           ldmatrix_x4_trans(bv, smem_u32(&sV[st][swz<D>(16 * ks + 8 * (q & 1) + rr, 16 * nb + 8 * (q >> 1))]));
